@@ -1,0 +1,134 @@
+//! The storage behind a [`CacheService`](crate::CacheService).
+//!
+//! A backend stores opaque bytes under physical keys (the service has already added its prefix
+//! and encoded the value). The service owns everything else: timeouts, the circuit breaker,
+//! statistics, fallbacks, decoding. Implement [`Backend`] to bring your own store and pass it to
+//! [`CacheServiceBuilder::backend`](crate::CacheServiceBuilder::backend).
+
+use crate::CacheError;
+use serde::Serialize;
+use std::fmt;
+use std::time::Duration;
+
+pub mod memory;
+pub mod redis;
+
+pub use memory::MemoryBackend;
+pub use redis::RedisBackend;
+
+/// Which kind of store a backend is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum BackendKind {
+    /// A standalone Redis server ([`RedisBackend`]).
+    Redis,
+    /// The embedded in-process store ([`MemoryBackend`]).
+    Memory,
+    /// No store: every read misses and the loader always runs. What a service configured with
+    /// `REDIS_ENABLED=false` and the pass-through fallback, or a service whose configuration was
+    /// invalid, runs on.
+    Disabled,
+    /// A user-supplied backend.
+    Custom,
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Redis => "redis",
+            Self::Memory => "memory",
+            Self::Disabled => "disabled",
+            Self::Custom => "custom",
+        })
+    }
+}
+
+/// Facts about the server behind a backend, reported by [`Health`](crate::Health).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct ServerInfo {
+    /// The server's version, when it reports one.
+    pub version: Option<String>,
+    /// How long the server has been up.
+    pub uptime_seconds: Option<u64>,
+    /// Memory the server uses, in bytes.
+    pub used_memory_bytes: Option<u64>,
+    /// Clients connected to the server.
+    pub connected_clients: Option<u64>,
+    /// Keys under this service's prefix. Counting walks the keyspace (`SCAN`), so it stops after
+    /// a bounded amount of work; then this is a lower bound and `keys_exact` is false.
+    pub keys_under_prefix: u64,
+    /// Whether `keys_under_prefix` is an exact count.
+    pub keys_exact: bool,
+}
+
+/// An object-safe store of bytes with per-entry expiry and glob removal.
+///
+/// Keys and patterns are physical: prefixed by the service, and patterns use Redis's glob
+/// dialect ([`glob_match`](crate::key::glob_match)). Methods return errors rather than
+/// swallowing them; the service decides how to degrade.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync + fmt::Debug + 'static {
+    /// Which kind of store this is.
+    fn kind(&self) -> BackendKind;
+
+    /// The value under `key`, if present and not expired.
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError>;
+
+    /// Stores `value` under `key` for `ttl` (at least one millisecond).
+    async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), CacheError>;
+
+    /// Removes `key`; returns whether it existed.
+    async fn delete(&self, key: &str) -> Result<bool, CacheError>;
+
+    /// Removes every key matching the glob `pattern`; returns how many were removed.
+    async fn delete_matching(&self, pattern: &str) -> Result<u64, CacheError>;
+
+    /// Counts keys matching `pattern`, examining at most about `budget` keys. Returns the count
+    /// and whether it is exact.
+    async fn count_matching(&self, pattern: &str, budget: u64) -> Result<(u64, bool), CacheError>;
+
+    /// One round trip to the store, to measure latency and prove it answers.
+    async fn ping(&self) -> Result<(), CacheError>;
+
+    /// Facts about the server, if the store has one. `prefix_pattern` matches this service's
+    /// keys, for [`ServerInfo::keys_under_prefix`].
+    async fn server_info(&self, prefix_pattern: &str) -> Result<Option<ServerInfo>, CacheError> {
+        let _ = prefix_pattern;
+        Ok(None)
+    }
+}
+
+/// The backend of a disabled cache: stores nothing, so every read misses.
+#[derive(Debug, Default)]
+pub(crate) struct DisabledBackend;
+
+#[async_trait::async_trait]
+impl Backend for DisabledBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Disabled
+    }
+    async fn get(&self, _key: &str) -> Result<Option<Vec<u8>>, CacheError> {
+        Ok(None)
+    }
+    async fn set(&self, _key: &str, _value: &[u8], _ttl: Duration) -> Result<(), CacheError> {
+        Ok(())
+    }
+    async fn delete(&self, _key: &str) -> Result<bool, CacheError> {
+        Ok(false)
+    }
+    async fn delete_matching(&self, _pattern: &str) -> Result<u64, CacheError> {
+        Ok(0)
+    }
+    async fn count_matching(
+        &self,
+        _pattern: &str,
+        _budget: u64,
+    ) -> Result<(u64, bool), CacheError> {
+        Ok((0, true))
+    }
+    async fn ping(&self) -> Result<(), CacheError> {
+        Ok(())
+    }
+}

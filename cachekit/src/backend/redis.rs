@@ -1,0 +1,175 @@
+//! The standalone Redis store, on redis-rs's auto-reconnecting multiplexed connection.
+
+use super::{Backend, BackendKind, ServerInfo};
+use crate::CacheError;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::time::Duration;
+
+/// How many keys one `SCAN` step asks for when walking a pattern.
+const SCAN_COUNT: u64 = 1000;
+
+/// A Redis server reached through one multiplexed connection that reconnects by itself
+/// (redis-rs's `ConnectionManager`): all clones of the service share it, and commands from
+/// concurrent tasks are pipelined on it.
+///
+/// Pattern removal walks the keyspace with `SCAN ... MATCH` and removes each batch with
+/// `UNLINK`; `KEYS`, `FLUSHDB` and `FLUSHALL` are never sent.
+#[derive(Clone)]
+pub struct RedisBackend {
+    conn: ConnectionManager,
+    endpoint: String,
+}
+
+impl RedisBackend {
+    /// Creates the backend without connecting: the connection is made on first use and remade
+    /// after it drops. `endpoint` is the redacted address used in logs and `Debug`.
+    pub(crate) fn connect_lazy(
+        client: redis::Client,
+        endpoint: String,
+        response_timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Result<Self, CacheError> {
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(response_timeout))
+            .set_connection_timeout(Some(connect_timeout))
+            // One quick retry: the service's circuit breaker, not the connection, decides how
+            // long to wait before trying an unreachable server again.
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(200))
+            // Commands from many tasks queue here while the connection is busy.
+            .set_pipeline_buffer_size(1024);
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(Self { conn, endpoint })
+    }
+
+    /// The server's address as `host:port/db` (never with credentials).
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for RedisBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Redis
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
+        let mut conn = self.conn.clone();
+        match redis::cmd("GET").arg(key).query_async(&mut conn).await {
+            Ok(value) => Ok(value),
+            // A key of another type (a list, a hash...) under our prefix is foreign data, not a
+            // sick server: report it as undecodable so the service removes it and misses.
+            Err(e) if e.code() == Some("WRONGTYPE") => Ok(Some(Vec::new())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), CacheError> {
+        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut conn = self.conn.clone();
+        redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("PX")
+            .arg(millis)
+            .exec_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, CacheError> {
+        let mut conn = self.conn.clone();
+        let removed: u64 = redis::cmd("UNLINK").arg(key).query_async(&mut conn).await?;
+        Ok(removed > 0)
+    }
+
+    async fn delete_matching(&self, pattern: &str) -> Result<u64, CacheError> {
+        let mut conn = self.conn.clone();
+        let mut cursor: u64 = 0;
+        let mut removed = 0;
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(SCAN_COUNT)
+                .query_async(&mut conn)
+                .await?;
+            if !keys.is_empty() {
+                let n: u64 = redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async(&mut conn)
+                    .await?;
+                removed += n;
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
+    }
+
+    async fn count_matching(&self, pattern: &str, budget: u64) -> Result<(u64, bool), CacheError> {
+        let mut conn = self.conn.clone();
+        let mut cursor: u64 = 0;
+        let mut count = 0;
+        let mut examined = 0;
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(SCAN_COUNT)
+                .query_async(&mut conn)
+                .await?;
+            count += keys.len() as u64;
+            examined += SCAN_COUNT;
+            if next == 0 {
+                return Ok((count, true));
+            }
+            if examined >= budget {
+                return Ok((count, false));
+            }
+            cursor = next;
+        }
+    }
+
+    async fn ping(&self) -> Result<(), CacheError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING").exec_async(&mut conn).await?;
+        Ok(())
+    }
+
+    async fn server_info(&self, prefix_pattern: &str) -> Result<Option<ServerInfo>, CacheError> {
+        let mut conn = self.conn.clone();
+        let text: String = redis::cmd("INFO").query_async(&mut conn).await?;
+        let field = |name: &str| {
+            text.lines().find_map(|line| {
+                let (k, v) = line.split_once(':')?;
+                (k == name).then(|| v.trim().to_owned())
+            })
+        };
+        let number = |name: &str| field(name).and_then(|v| v.parse::<u64>().ok());
+        let (keys, exact) = self.count_matching(prefix_pattern, 100_000).await?;
+        Ok(Some(ServerInfo {
+            version: field("redis_version"),
+            uptime_seconds: number("uptime_in_seconds"),
+            used_memory_bytes: number("used_memory"),
+            connected_clients: number("connected_clients"),
+            keys_under_prefix: keys,
+            keys_exact: exact,
+        }))
+    }
+}

@@ -1,0 +1,778 @@
+//! Configuration: [`CacheConfig`], its builder, and reading it from the environment.
+
+use crate::backend::{Backend, MemoryBackend};
+use crate::{CacheError, CacheService};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The prefix used when none is configured: physical keys look like `cachekit:users:1`.
+pub const DEFAULT_PREFIX: &str = "cachekit";
+/// The TTL used when a call gives none: 300 seconds.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
+/// The bound on one cache operation (a `GET`, a `SET`): 250 ms.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);
+/// The bound on making a connection: 1 s.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The bound on a whole pattern removal (`invalidate_pattern`, `clear_all`), which walks the
+/// keyspace in many steps: 30 s.
+pub const DEFAULT_ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Consecutive failures that open the circuit breaker: 5.
+pub const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
+/// How long an open breaker skips the backend before probing it: 5 s.
+pub const DEFAULT_BREAKER_OPEN_FOR: Duration = Duration::from_secs(5);
+/// TTL of entries in the in-process fallback store: 30 s.
+pub const DEFAULT_FALLBACK_TTL: Duration = Duration::from_secs(30);
+
+/// What a service does when its primary backend (Redis) cannot be used: it failed, timed out,
+/// or the circuit breaker is open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fallback {
+    /// Reads miss and go to the loader (the database); writes are dropped. Always consistent:
+    /// nothing is served that an invalidation could have missed. The default.
+    Passthrough,
+    /// Reads and writes use a small in-process store with a short TTL while Redis is
+    /// unavailable, so a hot key does not hit the database on every call during an outage.
+    ///
+    /// The trade-off: an invalidation made by *another* process during the outage does not
+    /// reach this store, so this process may serve a value up to `ttl` old that another process
+    /// has invalidated. Invalidations made in this process are applied to both stores. The
+    /// store is emptied when Redis comes back.
+    Memory {
+        /// How long an entry lives in the fallback store.
+        ttl: Duration,
+        /// The bound on the fallback store's keys and values, in bytes.
+        max_bytes: u64,
+    },
+}
+
+impl Fallback {
+    /// The in-process fallback with the default TTL (30 s) and bound (64 MiB).
+    pub fn memory() -> Self {
+        Self::Memory {
+            ttl: DEFAULT_FALLBACK_TTL,
+            max_bytes: MemoryBackend::DEFAULT_MAX_BYTES,
+        }
+    }
+}
+
+/// Which store a service uses as its primary backend.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum StoreConfig {
+    /// A Redis server.
+    Redis(RedisConfig),
+    /// The embedded in-process store, bounded to `max_bytes`.
+    Memory {
+        /// The bound on keys and values, in bytes.
+        max_bytes: u64,
+    },
+    /// No store: every read misses.
+    Disabled,
+    /// A user-supplied backend.
+    Custom(Arc<dyn Backend>),
+}
+
+impl fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Redis(redis) => f.debug_tuple("Redis").field(redis).finish(),
+            Self::Memory { max_bytes } => f
+                .debug_struct("Memory")
+                .field("max_bytes", max_bytes)
+                .finish(),
+            Self::Disabled => f.write_str("Disabled"),
+            Self::Custom(backend) => f.debug_tuple("Custom").field(backend).finish(),
+        }
+    }
+}
+
+/// Where a Redis server is. Built from a URL or from parts; either way `Debug` and logs show
+/// only host, port, db, user name and TLS, never the password.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisConfig {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Database number.
+    pub db: u16,
+    /// ACL user name (Redis 6+), if any.
+    pub username: Option<String>,
+    /// Password, if any. Never printed.
+    pub password: Option<String>,
+    /// Whether to connect with TLS (`rediss://`).
+    pub tls: bool,
+}
+
+impl RedisConfig {
+    /// `127.0.0.1:6379`, db 0, no credentials, no TLS.
+    pub fn localhost() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 6379,
+            db: 0,
+            username: None,
+            password: None,
+            tls: false,
+        }
+    }
+
+    /// Parses a `redis://[user[:password]@]host[:port][/db]` or `rediss://...` URL. Percent-
+    /// encoded user names and passwords are decoded. The error never contains the URL.
+    ///
+    /// ```
+    /// use cachekit::RedisConfig;
+    /// let c = RedisConfig::from_url("rediss://app:s3cret@cache.example.com:6380/2").unwrap();
+    /// assert_eq!((c.host.as_str(), c.port, c.db, c.tls), ("cache.example.com", 6380, 2, true));
+    /// assert!(!format!("{c:?}").contains("s3cret"));
+    /// assert!(RedisConfig::from_url("http://localhost").is_err());
+    /// ```
+    pub fn from_url(input: &str) -> Result<Self, CacheError> {
+        let url = url::Url::parse(input.trim())
+            .map_err(|e| CacheError::Config(format!("REDIS_URL is not a valid URL ({e})")))?;
+        let tls = match url.scheme() {
+            "redis" => false,
+            "rediss" => true,
+            other => {
+                return Err(CacheError::Config(format!(
+                    "unsupported Redis URL scheme `{other}` (expected redis:// or rediss://)"
+                )));
+            }
+        };
+        let host = match url.host() {
+            Some(url::Host::Ipv6(addr)) => addr.to_string(),
+            Some(host) => host.to_string(),
+            None => return Err(CacheError::Config("the Redis URL has no host".into())),
+        };
+        if host.is_empty() {
+            return Err(CacheError::Config("the Redis URL has no host".into()));
+        }
+        let port = url.port().unwrap_or(6379);
+        let db = match url.path().trim_matches('/') {
+            "" => 0,
+            path => parse_db(path)?,
+        };
+        let decode = |s: &str, what: &str| -> Result<String, CacheError> {
+            percent_decode(s).ok_or_else(|| {
+                CacheError::Config(format!(
+                    "the Redis URL's {what} is not valid percent-encoded UTF-8"
+                ))
+            })
+        };
+        let username = match url.username() {
+            "" => None,
+            user => Some(decode(user, "user name")?),
+        };
+        let password = url.password().map(|p| decode(p, "password")).transpose()?;
+        Ok(Self {
+            host,
+            port,
+            db,
+            username,
+            password,
+            tls,
+        })
+    }
+
+    /// `host:port/db`, for logs: no user name, no password.
+    pub fn endpoint(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}/{}", self.host, self.port, self.db)
+        } else {
+            format!("{}:{}/{}", self.host, self.port, self.db)
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), CacheError> {
+        if self.host.trim().is_empty() {
+            return Err(CacheError::Config("the Redis host is empty".into()));
+        }
+        if self.port == 0 {
+            return Err(CacheError::Config(
+                "the Redis port must be between 1 and 65535".into(),
+            ));
+        }
+        if self.tls && !cfg!(feature = "tls") {
+            return Err(CacheError::Config(
+                "a TLS connection (rediss:// or REDIS_SSL=true) needs cachekit's `tls` feature"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The redis-rs client for this server. Connects nothing.
+    pub(crate) fn client(&self) -> Result<redis::Client, CacheError> {
+        self.validate()?;
+        let addr = if self.tls {
+            redis::ConnectionAddr::TcpTls {
+                host: self.host.clone(),
+                port: self.port,
+                insecure: false,
+                tls_params: None,
+            }
+        } else {
+            redis::ConnectionAddr::Tcp(self.host.clone(), self.port)
+        };
+        let mut settings = redis::RedisConnectionInfo::default().set_db(i64::from(self.db));
+        if let Some(user) = &self.username {
+            settings = settings.set_username(user);
+        }
+        if let Some(password) = &self.password {
+            settings = settings.set_password(password);
+        }
+        // The error text of an invalid client configuration names no credentials, but do not
+        // rely on that: report our own words.
+        redis::IntoConnectionInfo::into_connection_info(addr)
+            .map(|info| info.set_redis_settings(settings))
+            .and_then(redis::Client::open)
+            .map_err(|e| {
+                CacheError::Config(format!(
+                    "Redis client rejected the configuration ({:?})",
+                    e.kind()
+                ))
+            })
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("db", &self.db)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+fn parse_db(s: &str) -> Result<u16, CacheError> {
+    s.trim().parse::<u16>().map_err(|_| {
+        CacheError::Config(format!(
+            "the Redis database number `{s}` is not a whole number from 0 to 65535"
+        ))
+    })
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .ok()
+        .map(|decoded| decoded.into_owned())
+}
+
+/// Everything a [`CacheService`] is built from. Usually made with
+/// [`CacheService::builder`] or [`CacheConfig::from_env`]; `Debug` never shows a password.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct CacheConfig {
+    /// The primary store.
+    pub store: StoreConfig,
+    /// Prepended to every key as `{prefix}:`. Never empty.
+    pub prefix: String,
+    /// TTL for writes that give none.
+    pub default_ttl: Duration,
+    /// The bound on one operation.
+    pub timeout: Duration,
+    /// The bound on making a connection.
+    pub connect_timeout: Duration,
+    /// The bound on a whole pattern removal.
+    pub admin_timeout: Duration,
+    /// Consecutive backend failures that open the circuit breaker.
+    pub breaker_threshold: u32,
+    /// How long the open breaker skips the backend before probing it.
+    pub breaker_open_for: Duration,
+    /// What to do while the primary store is unavailable.
+    pub fallback: Fallback,
+}
+
+impl Default for CacheConfig {
+    /// The embedded store with every other setting at its default.
+    fn default() -> Self {
+        Self {
+            store: StoreConfig::Memory {
+                max_bytes: MemoryBackend::DEFAULT_MAX_BYTES,
+            },
+            prefix: DEFAULT_PREFIX.into(),
+            default_ttl: DEFAULT_TTL,
+            timeout: DEFAULT_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            admin_timeout: DEFAULT_ADMIN_TIMEOUT,
+            breaker_threshold: DEFAULT_BREAKER_THRESHOLD,
+            breaker_open_for: DEFAULT_BREAKER_OPEN_FOR,
+            fallback: Fallback::Passthrough,
+        }
+    }
+}
+
+impl CacheConfig {
+    /// Reads the configuration from the process environment; see the crate docs for the
+    /// variables and their defaults. An invalid value is an `Err` naming the variable (and
+    /// never its value when it may hold a secret).
+    pub fn from_env() -> Result<Self, CacheError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`from_env`](Self::from_env), reading variables through `lookup`, so a
+    /// configuration can come from a `.env` map or a test without touching the process
+    /// environment.
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// let vars = HashMap::from([("REDIS_HOST", "cache.internal"), ("CACHE_TTL", "60")]);
+    /// let config = cachekit::CacheConfig::from_lookup(|k| vars.get(k).map(|v| v.to_string())).unwrap();
+    /// assert_eq!(config.default_ttl, std::time::Duration::from_secs(60));
+    /// ```
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, CacheError> {
+        let var = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let mut config = Self::default();
+
+        let url = var("REDIS_URL");
+        let host = var("REDIS_HOST");
+        let enabled = var("REDIS_ENABLED")
+            .map(|v| parse_bool("REDIS_ENABLED", &v))
+            .transpose()?;
+
+        if let Some(fallback) = var("CACHE_FALLBACK") {
+            config.fallback = match fallback.to_ascii_lowercase().as_str() {
+                "passthrough" | "none" | "loader" => Fallback::Passthrough,
+                "memory" => Fallback::memory(),
+                _ => {
+                    return Err(CacheError::Config(format!(
+                        "CACHE_FALLBACK must be `passthrough` or `memory`, not `{fallback}`"
+                    )));
+                }
+            };
+        }
+        if let Some(ttl) = var("CACHE_FALLBACK_TTL") {
+            let ttl = parse_secs("CACHE_FALLBACK_TTL", &ttl)?;
+            if let Fallback::Memory { ttl: t, .. } = &mut config.fallback {
+                *t = ttl;
+            }
+        }
+        let memory_max_bytes = var("CACHE_MEMORY_MAX_BYTES")
+            .map(|v| parse_num::<u64>("CACHE_MEMORY_MAX_BYTES", &v))
+            .transpose()?
+            .unwrap_or(MemoryBackend::DEFAULT_MAX_BYTES);
+
+        let redis = || -> Result<RedisConfig, CacheError> {
+            if let Some(url) = &url {
+                return RedisConfig::from_url(url).map_err(|e| match e {
+                    CacheError::Config(msg) => CacheError::Config(format!("REDIS_URL: {msg}")),
+                    other => other,
+                });
+            }
+            let mut redis = RedisConfig::localhost();
+            if let Some(host) = &host {
+                redis.host = host.clone();
+            }
+            if let Some(port) = var("REDIS_PORT") {
+                redis.port = parse_num("REDIS_PORT", &port)?;
+            }
+            if let Some(db) = var("REDIS_DB") {
+                redis.db = parse_db(&db).map_err(|_| {
+                    CacheError::Config(format!(
+                        "REDIS_DB must be a whole number from 0 to 65535, not `{db}`"
+                    ))
+                })?;
+            }
+            redis.username = var("REDIS_USERNAME");
+            redis.password = var("REDIS_PASSWORD");
+            if let Some(ssl) = var("REDIS_SSL") {
+                redis.tls = parse_bool("REDIS_SSL", &ssl)?;
+            }
+            redis.validate()?;
+            Ok(redis)
+        };
+
+        config.store = match var("CACHE_BACKEND")
+            .map(|b| b.to_ascii_lowercase())
+            .as_deref()
+        {
+            Some("redis") => StoreConfig::Redis(redis()?),
+            Some("memory") => StoreConfig::Memory {
+                max_bytes: memory_max_bytes,
+            },
+            Some("none" | "disabled") => StoreConfig::Disabled,
+            Some(other) => {
+                return Err(CacheError::Config(format!(
+                    "CACHE_BACKEND must be `redis`, `memory` or `none`, not `{other}`"
+                )));
+            }
+            None => match enabled {
+                Some(false) => match config.fallback {
+                    Fallback::Memory { .. } => StoreConfig::Memory {
+                        max_bytes: memory_max_bytes,
+                    },
+                    Fallback::Passthrough => StoreConfig::Disabled,
+                },
+                Some(true) => StoreConfig::Redis(redis()?),
+                None if url.is_some() || host.is_some() => StoreConfig::Redis(redis()?),
+                None => StoreConfig::Memory {
+                    max_bytes: memory_max_bytes,
+                },
+            },
+        };
+
+        if let Some(ttl) = var("CACHE_TTL").or_else(|| var("REDIS_DEFAULT_TTL")) {
+            let name = if var("CACHE_TTL").is_some() {
+                "CACHE_TTL"
+            } else {
+                "REDIS_DEFAULT_TTL"
+            };
+            config.default_ttl = parse_secs(name, &ttl)?;
+        }
+        if let Some(prefix) = var("CACHE_PREFIX") {
+            config.prefix = prefix;
+        }
+        if let Some(ms) = var("CACHE_TIMEOUT_MS") {
+            config.timeout = parse_millis("CACHE_TIMEOUT_MS", &ms)?;
+        }
+        if let Some(ms) = var("CACHE_CONNECT_TIMEOUT_MS") {
+            config.connect_timeout = parse_millis("CACHE_CONNECT_TIMEOUT_MS", &ms)?;
+        }
+        if let Some(ms) = var("CACHE_ADMIN_TIMEOUT_MS") {
+            config.admin_timeout = parse_millis("CACHE_ADMIN_TIMEOUT_MS", &ms)?;
+        }
+        if let Some(n) = var("CACHE_BREAKER_THRESHOLD") {
+            config.breaker_threshold = parse_num("CACHE_BREAKER_THRESHOLD", &n)?;
+        }
+        if let Some(ms) = var("CACHE_BREAKER_OPEN_MS") {
+            config.breaker_open_for = parse_millis("CACHE_BREAKER_OPEN_MS", &ms)?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every setting; what [`CacheServiceBuilder::build`] runs first.
+    pub fn validate(&self) -> Result<(), CacheError> {
+        if self.prefix.is_empty() {
+            return Err(CacheError::Config(
+                "the key prefix must not be empty".into(),
+            ));
+        }
+        if self.prefix.chars().any(char::is_control) {
+            return Err(CacheError::Config(
+                "the key prefix must not contain control characters".into(),
+            ));
+        }
+        for (name, value) in [
+            ("default_ttl", self.default_ttl),
+            ("timeout", self.timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("admin_timeout", self.admin_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(CacheError::Config(format!(
+                    "{name} must be greater than zero"
+                )));
+            }
+        }
+        if self.breaker_threshold == 0 {
+            return Err(CacheError::Config(
+                "breaker_threshold must be at least 1".into(),
+            ));
+        }
+        if let Fallback::Memory { ttl, max_bytes } = &self.fallback {
+            if ttl.is_zero() || *max_bytes == 0 {
+                return Err(CacheError::Config(
+                    "the memory fallback needs a TTL and a size above zero".into(),
+                ));
+            }
+        }
+        match &self.store {
+            StoreConfig::Redis(redis) => redis.validate(),
+            StoreConfig::Memory { max_bytes: 0 } => Err(CacheError::Config(
+                "the memory store's max_bytes must be above zero".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn parse_bool(name: &str, value: &str) -> Result<bool, CacheError> {
+    match value.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(CacheError::Config(format!(
+            "{name} must be true or false, not `{value}`"
+        ))),
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, CacheError> {
+    value.parse().map_err(|_| {
+        CacheError::Config(format!(
+            "{name} must be a whole number in range, not `{value}`"
+        ))
+    })
+}
+
+fn parse_secs(name: &str, value: &str) -> Result<Duration, CacheError> {
+    let secs: u64 = parse_num(name, value)?;
+    if secs == 0 {
+        return Err(CacheError::Config(format!(
+            "{name} must be at least 1 second"
+        )));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+fn parse_millis(name: &str, value: &str) -> Result<Duration, CacheError> {
+    let ms: u64 = parse_num(name, value)?;
+    if ms == 0 {
+        return Err(CacheError::Config(format!(
+            "{name} must be at least 1 millisecond"
+        )));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+/// Builds a [`CacheService`]: consuming setters, then [`build`](Self::build).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), cachekit::CacheError> {
+/// use std::time::Duration;
+/// let cache = cachekit::CacheService::builder()
+///     .redis_url("redis://127.0.0.1:6379/0")
+///     .prefix("myapp")
+///     .default_ttl(Duration::from_secs(300))
+///     .build()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+#[must_use = "a builder does nothing until `build` is awaited"]
+pub struct CacheServiceBuilder {
+    config: CacheConfig,
+    url_error: Option<String>,
+}
+
+impl CacheServiceBuilder {
+    /// Starts from `config`.
+    pub fn from_config(config: CacheConfig) -> Self {
+        Self {
+            config,
+            url_error: None,
+        }
+    }
+
+    /// Uses the Redis server at `url` (`redis://` or `rediss://`, with optional user, password
+    /// and `/db`). An invalid URL makes [`build`](Self::build) fail.
+    pub fn redis_url(mut self, url: impl AsRef<str>) -> Self {
+        match RedisConfig::from_url(url.as_ref()) {
+            Ok(redis) => {
+                self.config.store = StoreConfig::Redis(redis);
+                self.url_error = None;
+            }
+            Err(e) => self.url_error = Some(e.to_string()),
+        }
+        self
+    }
+
+    /// Uses the Redis server described by `redis`.
+    pub fn redis(mut self, redis: RedisConfig) -> Self {
+        self.config.store = StoreConfig::Redis(redis);
+        self.url_error = None;
+        self
+    }
+
+    /// Uses the embedded in-process store, bounded to `max_bytes` of keys and values.
+    pub fn memory(mut self, max_bytes: u64) -> Self {
+        self.config.store = StoreConfig::Memory { max_bytes };
+        self
+    }
+
+    /// Caches nothing: every read misses and the loader always runs.
+    pub fn disabled(mut self) -> Self {
+        self.config.store = StoreConfig::Disabled;
+        self
+    }
+
+    /// Uses a backend of your own.
+    pub fn backend(mut self, backend: impl Backend) -> Self {
+        self.config.store = StoreConfig::Custom(Arc::new(backend));
+        self
+    }
+
+    /// Every physical key starts with `{prefix}:`. Default: [`DEFAULT_PREFIX`].
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.config.prefix = prefix.into();
+        self
+    }
+
+    /// TTL for writes that give none. Default: [`DEFAULT_TTL`].
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.config.default_ttl = ttl;
+        self
+    }
+
+    /// The bound on one operation. Default: [`DEFAULT_TIMEOUT`].
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.config.timeout = timeout;
+        self
+    }
+
+    /// The bound on making a connection. Default: [`DEFAULT_CONNECT_TIMEOUT`].
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// The bound on a whole pattern removal. Default: [`DEFAULT_ADMIN_TIMEOUT`].
+    pub fn admin_timeout(mut self, timeout: Duration) -> Self {
+        self.config.admin_timeout = timeout;
+        self
+    }
+
+    /// Opens the breaker after `threshold` consecutive failures and keeps it open for
+    /// `open_for` before probing. Defaults: [`DEFAULT_BREAKER_THRESHOLD`],
+    /// [`DEFAULT_BREAKER_OPEN_FOR`].
+    pub fn circuit_breaker(mut self, threshold: u32, open_for: Duration) -> Self {
+        self.config.breaker_threshold = threshold;
+        self.config.breaker_open_for = open_for;
+        self
+    }
+
+    /// What to do while the primary store is unavailable. Default: [`Fallback::Passthrough`].
+    pub fn fallback(mut self, fallback: Fallback) -> Self {
+        self.config.fallback = fallback;
+        self
+    }
+
+    /// Validates the configuration and builds the service. Fails only for invalid
+    /// configuration: an unreachable Redis still builds, degraded, and is reconnected in the
+    /// background.
+    pub async fn build(self) -> Result<CacheService, CacheError> {
+        if let Some(message) = self.url_error {
+            return Err(CacheError::Config(message));
+        }
+        CacheService::from_config(self.config).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn from(vars: &[(&str, &str)]) -> Result<CacheConfig, CacheError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        CacheConfig::from_lookup(|k| map.get(k).cloned())
+    }
+
+    fn redis_of(config: &CacheConfig) -> &RedisConfig {
+        match &config.store {
+            StoreConfig::Redis(r) => r,
+            other => panic!("expected redis, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn nothing_configured_is_the_embedded_store() {
+        let c = from(&[]).unwrap();
+        assert!(matches!(c.store, StoreConfig::Memory { .. }));
+        assert_eq!(c.default_ttl, DEFAULT_TTL);
+        assert_eq!(c.prefix, DEFAULT_PREFIX);
+    }
+
+    #[test]
+    fn url_wins_over_parts() {
+        let c = from(&[
+            ("REDIS_URL", "redis://u:p%40ss@h1:7000/3"),
+            ("REDIS_HOST", "h2"),
+        ])
+        .unwrap();
+        let r = redis_of(&c);
+        assert_eq!((r.host.as_str(), r.port, r.db), ("h1", 7000, 3));
+        assert_eq!(r.username.as_deref(), Some("u"));
+        assert_eq!(r.password.as_deref(), Some("p@ss"));
+    }
+
+    #[test]
+    fn parts_from_the_seeds_env_files() {
+        let c = from(&[
+            ("REDIS_HOST", "cache.local"),
+            ("REDIS_PORT", "6380"),
+            ("REDIS_DB", "2"),
+            ("REDIS_PASSWORD", "hunter2"),
+            ("REDIS_SSL", "true"),
+            ("REDIS_DEFAULT_TTL", "120"),
+        ])
+        .unwrap();
+        let r = redis_of(&c);
+        assert_eq!(
+            (r.host.as_str(), r.port, r.db, r.tls),
+            ("cache.local", 6380, 2, true)
+        );
+        assert_eq!(c.default_ttl, Duration::from_secs(120));
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn cache_ttl_wins_over_redis_default_ttl() {
+        let c = from(&[("CACHE_TTL", "10"), ("REDIS_DEFAULT_TTL", "20")]).unwrap();
+        assert_eq!(c.default_ttl, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn redis_enabled_false_respects_the_fallback() {
+        let c = from(&[("REDIS_ENABLED", "False"), ("REDIS_HOST", "h")]).unwrap();
+        assert!(matches!(c.store, StoreConfig::Disabled));
+        let c = from(&[("REDIS_ENABLED", "false"), ("CACHE_FALLBACK", "memory")]).unwrap();
+        assert!(matches!(c.store, StoreConfig::Memory { .. }));
+        let c = from(&[("REDIS_ENABLED", "true")]).unwrap();
+        assert_eq!(redis_of(&c).host, "127.0.0.1");
+    }
+
+    #[test]
+    fn bad_values_are_clear_errors_without_secrets() {
+        for (vars, needle) in [
+            (
+                vec![("REDIS_PORT", "abc"), ("REDIS_HOST", "h")],
+                "REDIS_PORT",
+            ),
+            (
+                vec![("REDIS_PORT", "70000"), ("REDIS_HOST", "h")],
+                "REDIS_PORT",
+            ),
+            (vec![("REDIS_DB", "-1"), ("REDIS_HOST", "h")], "REDIS_DB"),
+            (vec![("CACHE_TTL", "0")], "CACHE_TTL"),
+            (vec![("CACHE_TTL", "soon")], "CACHE_TTL"),
+            (vec![("REDIS_ENABLED", "maybe")], "REDIS_ENABLED"),
+            (vec![("CACHE_FALLBACK", "disk")], "CACHE_FALLBACK"),
+            (vec![("CACHE_BACKEND", "etcd")], "CACHE_BACKEND"),
+            (vec![("REDIS_URL", "http://user:topsecret@h")], "scheme"),
+            (
+                vec![("REDIS_URL", "redis://user:topsecret@h/notanumber")],
+                "database",
+            ),
+            (vec![("REDIS_URL", "not a url topsecret")], "REDIS_URL"),
+        ] {
+            let err = from(&vars).unwrap_err();
+            let text = err.to_string();
+            assert!(err.is_config(), "{text}");
+            assert!(text.contains(needle), "{text} should mention {needle}");
+            assert!(!text.contains("topsecret"), "{text} leaks the password");
+        }
+    }
+
+    #[test]
+    fn ipv6_and_default_port() {
+        let r = RedisConfig::from_url("redis://[::1]").unwrap();
+        assert_eq!((r.host.as_str(), r.port, r.db), ("::1", 6379, 0));
+        assert_eq!(r.endpoint(), "[::1]:6379/0");
+    }
+}

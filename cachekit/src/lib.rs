@@ -1,0 +1,148 @@
+//! # cachekit
+//!
+//! Cache-aside for async Rust services. Annotate repository methods with
+//! `#[cached(ttl = 300, key = "users:{id}")]` and `#[invalidates("users:*")]`, and reads are
+//! served from Redis (or an in-process store) until they expire or a write invalidates them.
+//! Underneath is [`CacheService`], which never lets a cache fault break the caller: Redis down,
+//! slow, or returning garbage means the call goes to the loader (your database), the fault is
+//! logged and counted, and the service heals itself when Redis returns.
+//!
+//! ## Quick start
+//!
+//! ```
+//! use cachekit::CacheService;
+//! use std::time::Duration;
+//!
+//! # cachekit::__doc_block_on(async {
+//! // `CacheService::from_env().await` reads REDIS_URL & co; with nothing configured it uses the
+//! // embedded store, as here.
+//! let cache = CacheService::memory();
+//!
+//! let roles = cache
+//!     .get_or_load("user_roles:7", Some(Duration::from_secs(60)), || async {
+//!         Ok::<_, std::io::Error>(vec!["admin".to_string()]) // your database query
+//!     })
+//!     .await
+//!     .unwrap();
+//! assert_eq!(roles, ["admin"]);
+//! assert_eq!(cache.get::<Vec<String>>("user_roles:7").await, Some(roles));
+//! cache.invalidate_pattern("user_roles:*").await;
+//! assert_eq!(cache.stats().hits, 1);
+//! # });
+//! ```
+//!
+//! ## Configuration from the environment
+//!
+//! [`CacheService::from_env`] (and [`CacheConfig::from_env`]) read these variables, the names
+//! the usual `.env` files already have:
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `REDIS_URL` | — | `redis://[user[:password]@]host[:port][/db]` or `rediss://...` (TLS). Wins over the parts below. |
+//! | `REDIS_HOST` | `127.0.0.1` | Redis host (used when `REDIS_URL` is unset) |
+//! | `REDIS_PORT` | `6379` | Redis port |
+//! | `REDIS_DB` | `0` | database number |
+//! | `REDIS_USERNAME` | — | ACL user name |
+//! | `REDIS_PASSWORD` | — | password (never logged) |
+//! | `REDIS_SSL` | `false` | connect with TLS |
+//! | `REDIS_ENABLED` | set when `REDIS_URL` or `REDIS_HOST` is | `false`: no Redis; the embedded store if `CACHE_FALLBACK=memory`, else no caching |
+//! | `CACHE_BACKEND` | inferred | `redis`, `memory` or `none`: overrides the inference above |
+//! | `CACHE_TTL` | `300` | default TTL in seconds (`REDIS_DEFAULT_TTL` is read when `CACHE_TTL` is unset) |
+//! | `CACHE_PREFIX` | `cachekit` | every key is stored as `{prefix}:{key}` |
+//! | `CACHE_TIMEOUT_MS` | `250` | bound on one cache operation |
+//! | `CACHE_CONNECT_TIMEOUT_MS` | `1000` | bound on making a connection |
+//! | `CACHE_ADMIN_TIMEOUT_MS` | `30000` | bound on a whole `invalidate_pattern`/`clear_all` |
+//! | `CACHE_BREAKER_THRESHOLD` | `5` | consecutive failures that open the circuit breaker |
+//! | `CACHE_BREAKER_OPEN_MS` | `5000` | how long the open breaker skips Redis before probing |
+//! | `CACHE_FALLBACK` | `passthrough` | while Redis is unavailable: `passthrough` (go to the loader) or `memory` (a short-lived in-process store; see [`Fallback::Memory`] for its trade-off) |
+//! | `CACHE_FALLBACK_TTL` | `30` | TTL in seconds of the in-process fallback store |
+//! | `CACHE_MEMORY_MAX_BYTES` | `67108864` | bound on the embedded store |
+//!
+//! With none of them set, the service runs on the embedded in-process store.
+//!
+//! ## Keys and values
+//!
+//! A logical key `users:1` is stored under `{prefix}:users:1`; its value is the JSON of the
+//! value, readable with `redis-cli GET` and by services in other languages. The macros build
+//! logical keys in a stable format documented in [`key`]. Patterns use Redis's glob syntax
+//! and apply inside the prefix only: `clear_all` removes the service's keys and no others.
+//!
+//! ## Failure handling
+//!
+//! - Every Redis call is bounded by a timeout; repeated failures open a circuit breaker that
+//!   skips Redis for a cool-down, then probes it and closes by itself when Redis answers.
+//! - Start-up with Redis unreachable succeeds, degraded, and reconnects in the background.
+//! - A stored value that does not decode into the requested type is a miss: the entry is
+//!   deleted and a warning logged.
+//! - Passwords never appear in `Debug` output, logs or errors.
+//!
+//! ## Features
+//!
+//! - `tls` (default): `rediss://` URLs, through rustls.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+pub mod backend;
+mod breaker;
+mod codec;
+mod config;
+mod error;
+pub mod key;
+mod service;
+mod stats;
+
+pub use backend::{Backend, BackendKind, ServerInfo};
+pub use breaker::BreakerState;
+pub use config::{
+    CacheConfig, CacheServiceBuilder, DEFAULT_ADMIN_TIMEOUT, DEFAULT_BREAKER_OPEN_FOR,
+    DEFAULT_BREAKER_THRESHOLD, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FALLBACK_TTL, DEFAULT_PREFIX,
+    DEFAULT_TIMEOUT, DEFAULT_TTL, Fallback, RedisConfig, StoreConfig,
+};
+pub use error::CacheError;
+pub use service::{CacheService, Fetched, HasCache, Health, global, set_global};
+pub use stats::CacheStats;
+
+pub use cachekit_macros::{cached, invalidates};
+
+/// Runs a future to completion on a fresh current-thread runtime: lets the doc examples be
+/// plain `async` code without a dependency of their own.
+#[doc(hidden)]
+pub fn __doc_block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime builds")
+        .block_on(future)
+}
+
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    #[test]
+    fn public_futures_are_send() {
+        let cache = CacheService::memory();
+        assert_send(&cache.get::<String>("k"));
+        assert_send(&cache.try_get::<String>("k"));
+        assert_send(&cache.set("k", &1, None));
+        assert_send(&cache.try_set("k", &1, None));
+        assert_send(&cache.delete("k"));
+        assert_send(&cache.invalidate_pattern("k*"));
+        assert_send(&cache.clear_all());
+        assert_send(&cache.health());
+        assert_send(&cache.get_or_load("k", None, || async { Ok::<u8, std::io::Error>(1) }));
+        assert_send(&CacheService::from_env());
+        assert_send(&CacheService::builder().build());
+        fn service_is_send_sync<T: Send + Sync + Clone>() {}
+        service_is_send_sync::<CacheService>();
+    }
+}

@@ -1,0 +1,854 @@
+//! [`CacheService`]: the handle every repository shares.
+
+use crate::backend::{
+    Backend, BackendKind, DisabledBackend, MemoryBackend, RedisBackend, ServerInfo,
+};
+use crate::breaker::{Breaker, BreakerState};
+use crate::config::{CacheConfig, CacheServiceBuilder, Fallback, StoreConfig};
+use crate::key::escape_glob;
+use crate::stats::{CacheStats, Counters};
+use crate::{CacheError, codec};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::future::Future;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+/// The cache: a cheap-to-clone handle (an `Arc` inside), `Send + Sync`, shared by every
+/// repository of a service.
+///
+/// The plain methods never fail: a backend fault (Redis down, slow, returning garbage) is
+/// logged with `tracing`, counted in [`stats`](Self::stats), trips the circuit breaker, and
+/// reads as a miss, so the caller goes to its loader. The `try_*` methods return the
+/// [`CacheError`] instead, for callers who want to see it.
+///
+/// Keys are logical (`users:1`); the service stores them under `{prefix}:{key}`.
+#[derive(Clone)]
+pub struct CacheService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Arc<dyn Backend>,
+    kind: BackendKind,
+    /// Whether calls go through the timeout and the breaker (every backend but the embedded
+    /// store and the disabled one, which cannot hang or fail).
+    guarded: bool,
+    endpoint: Option<String>,
+    /// `{prefix}:`, prepended to every key.
+    key_prefix: String,
+    /// The prefix glob-escaped, then `:`, prepended to every pattern.
+    pattern_prefix: String,
+    default_ttl: Duration,
+    timeout: Duration,
+    admin_timeout: Duration,
+    breaker: Breaker,
+    fallback: Option<(MemoryBackend, Duration)>,
+    counters: Counters,
+}
+
+/// A value with where it came from: what [`CacheService::get_or_load_with_status`] and the
+/// `status` option of `#[cached]` return, for APIs that report `"cached": true/false`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Fetched<T> {
+    /// The value.
+    pub value: T,
+    /// `true` when it was read from the cache, `false` when the loader produced it.
+    pub from_cache: bool,
+}
+
+impl<T> Fetched<T> {
+    /// A value read from the cache.
+    pub fn hit(value: T) -> Self {
+        Self {
+            value,
+            from_cache: true,
+        }
+    }
+
+    /// A value the loader produced.
+    pub fn loaded(value: T) -> Self {
+        Self {
+            value,
+            from_cache: false,
+        }
+    }
+
+    /// Maps the value, keeping where it came from.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Fetched<U> {
+        Fetched {
+            value: f(self.value),
+            from_cache: self.from_cache,
+        }
+    }
+}
+
+/// The state of a service's backend, from [`CacheService::health`]. `Serialize`, for a
+/// `/health` endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct Health {
+    /// The primary backend.
+    pub backend: BackendKind,
+    /// `host:port/db` of the Redis server, never with credentials.
+    pub endpoint: Option<String>,
+    /// Whether the round trip succeeded.
+    pub connected: bool,
+    /// The measured round trip (a `PING`), in microseconds, when it succeeded.
+    pub latency_us: Option<u64>,
+    /// The circuit breaker's state after the check.
+    pub breaker: BreakerState,
+    /// Why the check failed, if it did.
+    pub error: Option<String>,
+    /// Server facts (keys under the prefix, memory used, uptime) when connected to a server.
+    pub server: Option<ServerInfo>,
+}
+
+impl Health {
+    /// The round-trip latency as a `Duration`.
+    pub fn latency(&self) -> Option<Duration> {
+        self.latency_us.map(Duration::from_micros)
+    }
+}
+
+impl std::fmt::Debug for CacheService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheService")
+            .field("backend", &self.inner.kind)
+            .field("endpoint", &self.inner.endpoint)
+            .field("prefix", &self.inner.key_prefix.trim_end_matches(':'))
+            .field("breaker", &self.inner.breaker.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CacheService {
+    /// A builder for an explicitly configured service.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), cachekit::CacheError> {
+    /// let cache = cachekit::CacheService::builder()
+    ///     .redis_url("redis://127.0.0.1:6379/0")
+    ///     .prefix("myapp")
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder() -> CacheServiceBuilder {
+        CacheServiceBuilder::default()
+    }
+
+    /// A service configured from the environment (see the crate docs for the variables). Never
+    /// fails: an invalid configuration is logged and gives a service that caches nothing, and
+    /// an unreachable Redis gives a degraded service that reconnects in the background.
+    ///
+    /// ```no_run
+    /// # async fn demo() {
+    /// let cache = cachekit::CacheService::from_env().await;
+    /// # }
+    /// ```
+    pub async fn from_env() -> Self {
+        match CacheConfig::from_env() {
+            Ok(config) => match Self::from_config(config).await {
+                Ok(service) => service,
+                Err(error) => Self::invalid(&error),
+            },
+            Err(error) => Self::invalid(&error),
+        }
+    }
+
+    fn invalid(error: &CacheError) -> Self {
+        tracing::error!(%error, "cachekit: invalid configuration; caching is disabled");
+        Self::assemble(CacheConfig::default(), Arc::new(DisabledBackend), None)
+    }
+
+    /// A service on the embedded in-process store (64 MiB, default TTL 300 s, prefix
+    /// `cachekit`). Needs no server and no runtime to create.
+    ///
+    /// ```
+    /// let cache = cachekit::CacheService::memory();
+    /// assert_eq!(cache.stats().backend, cachekit::BackendKind::Memory);
+    /// ```
+    pub fn memory() -> Self {
+        Self::assemble(
+            CacheConfig::default(),
+            Arc::new(MemoryBackend::default()),
+            None,
+        )
+    }
+
+    /// Builds a service from a configuration; see [`CacheServiceBuilder::build`].
+    pub async fn from_config(config: CacheConfig) -> Result<Self, CacheError> {
+        config.validate()?;
+        let (backend, endpoint): (Arc<dyn Backend>, _) = match &config.store {
+            StoreConfig::Redis(redis) => {
+                let endpoint = redis.endpoint();
+                let backend = RedisBackend::connect_lazy(
+                    redis.client()?,
+                    endpoint.clone(),
+                    config.timeout,
+                    config.connect_timeout,
+                )?;
+                (Arc::new(backend), Some(endpoint))
+            }
+            StoreConfig::Memory { max_bytes } => (Arc::new(MemoryBackend::new(*max_bytes)), None),
+            StoreConfig::Disabled => (Arc::new(DisabledBackend), None),
+            StoreConfig::Custom(backend) => (backend.clone(), None),
+        };
+        let tls = matches!(&config.store, StoreConfig::Redis(r) if r.tls);
+        let connect_timeout = config.connect_timeout;
+        let service = Self::assemble(config, backend, endpoint);
+        service.announce(tls);
+        if service.inner.guarded {
+            service.connect_or_degrade(connect_timeout).await;
+        }
+        Ok(service)
+    }
+
+    fn assemble(config: CacheConfig, backend: Arc<dyn Backend>, endpoint: Option<String>) -> Self {
+        let kind = backend.kind();
+        let fallback = match config.fallback {
+            Fallback::Memory { ttl, max_bytes } => Some((MemoryBackend::new(max_bytes), ttl)),
+            Fallback::Passthrough => None,
+        };
+        let inner = Inner {
+            guarded: !matches!(kind, BackendKind::Memory | BackendKind::Disabled),
+            kind,
+            backend,
+            endpoint,
+            key_prefix: format!("{}:", config.prefix),
+            pattern_prefix: format!("{}:", escape_glob(&config.prefix)),
+            default_ttl: config.default_ttl,
+            timeout: config.timeout,
+            admin_timeout: config.admin_timeout,
+            breaker: Breaker::new(config.breaker_threshold, config.breaker_open_for),
+            fallback,
+            counters: Counters::default(),
+        };
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The one start-up line saying which backend is in use.
+    fn announce(&self, tls: bool) {
+        let inner = &self.inner;
+        let prefix = inner.key_prefix.trim_end_matches(':');
+        match (&inner.kind, &inner.endpoint) {
+            (BackendKind::Redis, Some(endpoint)) => tracing::info!(
+                backend = "redis",
+                endpoint = %endpoint,
+                tls,
+                prefix,
+                "cachekit: using Redis at {endpoint}"
+            ),
+            (kind, _) => {
+                tracing::info!(backend = %kind, prefix, "cachekit: using the {kind} backend")
+            }
+        }
+    }
+
+    /// Makes the first connection; when it fails, opens the breaker and keeps trying in the
+    /// background, so start-up never waits on an absent server for longer than one attempt.
+    async fn connect_or_degrade(&self, connect_timeout: Duration) {
+        let inner = &self.inner;
+        let error = match tokio::time::timeout(connect_timeout, inner.backend.ping()).await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e,
+            Err(_) => CacheError::Timeout {
+                op: "connect",
+                timeout: connect_timeout,
+            },
+        };
+        tracing::warn!(
+            %error,
+            endpoint = inner.endpoint.as_deref().unwrap_or(""),
+            "cachekit: backend unreachable at start-up; running degraded and reconnecting in the background"
+        );
+        Counters::bump(&inner.counters.errors);
+        inner.breaker.trip();
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(reconnect_in_background(weak));
+    }
+
+    fn physical_key(&self, key: &str) -> String {
+        let prefix = &self.inner.key_prefix;
+        let mut physical = String::with_capacity(prefix.len() + key.len());
+        physical.push_str(prefix);
+        physical.push_str(key);
+        physical
+    }
+
+    fn physical_pattern(&self, pattern: &str) -> String {
+        let mut physical = String::with_capacity(self.inner.pattern_prefix.len() + pattern.len());
+        physical.push_str(&self.inner.pattern_prefix);
+        physical.push_str(pattern);
+        physical
+    }
+
+    /// Runs one backend call under the breaker and the timeout, and records its outcome.
+    async fn guarded<T>(
+        &self,
+        op: &'static str,
+        timeout: Duration,
+        call: impl Future<Output = Result<T, CacheError>>,
+    ) -> Result<T, CacheError> {
+        let inner = &*self.inner;
+        if !inner.guarded {
+            return call.await;
+        }
+        if !inner.breaker.allow() {
+            return Err(CacheError::CircuitOpen);
+        }
+        let result = match tokio::time::timeout(timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(CacheError::Timeout { op, timeout }),
+        };
+        match &result {
+            Ok(_) => {
+                if inner.breaker.on_success() {
+                    self.on_recovered();
+                }
+            }
+            Err(e) if e.is_backend_fault() => {
+                Counters::bump(&inner.counters.errors);
+                inner.breaker.on_failure();
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    fn on_recovered(&self) {
+        if let Some((store, _)) = &self.inner.fallback {
+            // Entries written during the outage may have missed other processes'
+            // invalidations; Redis is authoritative again.
+            store.clear();
+        }
+    }
+
+    /// Logs and counts a call that could not use the backend.
+    fn degraded(&self, op: &'static str, key: &str, error: &CacheError) {
+        Counters::bump(&self.inner.counters.fallbacks);
+        if error.is_circuit_open() {
+            tracing::debug!(op, key, "cache backend skipped (circuit open)");
+        } else {
+            tracing::warn!(op, key, %error, "cache backend failed; falling back");
+        }
+    }
+
+    // ----- reads -------------------------------------------------------------------------
+
+    /// Reads `key`. A missing key, a value that does not decode into `T` (the entry is then
+    /// deleted and a warning logged), and a backend failure all read as `None`.
+    ///
+    /// ```
+    /// # cachekit::__doc_block_on(async {
+    /// let cache = cachekit::CacheService::memory();
+    /// cache.set("users:1", &"Ada", None).await;
+    /// assert_eq!(cache.get::<String>("users:1").await.as_deref(), Some("Ada"));
+    /// assert_eq!(cache.get::<u64>("users:1").await, None); // wrong type: a miss
+    /// # });
+    /// ```
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
+        match self.try_get(key).await {
+            Ok(value) => value,
+            Err(e) if e.is_decode() => None,
+            Err(e) => {
+                self.degraded("get", key, &e);
+                self.fallback_get(key).await
+            }
+        }
+    }
+
+    /// Reads `key`, returning backend failures and undecodable values as errors (an
+    /// undecodable entry is deleted first).
+    ///
+    /// ```
+    /// # cachekit::__doc_block_on(async {
+    /// let cache = cachekit::CacheService::memory();
+    /// assert_eq!(cache.try_get::<u32>("nothing").await.unwrap(), None);
+    /// # });
+    /// ```
+    pub async fn try_get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, CacheError> {
+        let physical = self.physical_key(key);
+        let bytes = self
+            .guarded("get", self.inner.timeout, self.inner.backend.get(&physical))
+            .await;
+        let bytes = match bytes {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                Counters::bump(&self.inner.counters.misses);
+                return Err(e);
+            }
+        };
+        self.decode_read(key, &physical, bytes, &*self.inner.backend)
+            .await
+    }
+
+    async fn decode_read<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        physical: &str,
+        bytes: Option<Vec<u8>>,
+        store: &dyn Backend,
+    ) -> Result<Option<T>, CacheError> {
+        let counters = &self.inner.counters;
+        let Some(bytes) = bytes else {
+            Counters::bump(&counters.misses);
+            return Ok(None);
+        };
+        match codec::decode(key, &bytes) {
+            Ok(value) => {
+                Counters::bump(&counters.hits);
+                Ok(Some(value))
+            }
+            Err(error) => {
+                Counters::bump(&counters.misses);
+                Counters::bump(&counters.decode_errors);
+                tracing::warn!(key, %error, "cached value did not decode into the requested type; removing it");
+                // Best effort: if the delete fails too, the next read finds the same bytes and
+                // misses again, which is still correct.
+                let _ = self
+                    .guarded("delete", self.inner.timeout, store.delete(physical))
+                    .await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn fallback_get<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
+        let (store, _) = self.inner.fallback.as_ref()?;
+        let physical = self.physical_key(key);
+        let bytes = store.get(&physical).await.ok()?;
+        let store: &dyn Backend = store;
+        self.decode_read(key, &physical, bytes, store)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    // ----- writes ------------------------------------------------------------------------
+
+    /// Stores `value` under `key` for `ttl` (`None`: the default TTL). Returns whether the
+    /// primary backend stored it; a failure is logged and counted, never returned.
+    ///
+    /// ```
+    /// # cachekit::__doc_block_on(async {
+    /// use std::time::Duration;
+    /// let cache = cachekit::CacheService::memory();
+    /// assert!(cache.set("users:1", &vec!["admin", "editor"], Some(Duration::from_secs(60))).await);
+    /// # });
+    /// ```
+    pub async fn set<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: Option<Duration>,
+    ) -> bool {
+        match self.try_set(key, value, ttl).await {
+            Ok(()) => true,
+            Err(e) => {
+                if e.is_backend_fault() || e.is_circuit_open() {
+                    self.degraded("set", key, &e);
+                    if let Some((store, fallback_ttl)) = &self.inner.fallback {
+                        if let Ok(bytes) = codec::encode(key, value) {
+                            let ttl = ttl.unwrap_or(self.inner.default_ttl).min(*fallback_ttl);
+                            let _ = store.set(&self.physical_key(key), &bytes, ttl).await;
+                        }
+                    }
+                } else {
+                    tracing::warn!(key, error = %e, "value not cached");
+                }
+                false
+            }
+        }
+    }
+
+    /// Stores `value`, returning the error if it could not be encoded or stored. A zero
+    /// `ttl` is a [`CacheError::Config`] error.
+    ///
+    /// ```
+    /// # cachekit::__doc_block_on(async {
+    /// let cache = cachekit::CacheService::memory();
+    /// cache.try_set("k", &1, None).await.unwrap();
+    /// assert!(cache.try_set("k", &1, Some(std::time::Duration::ZERO)).await.is_err());
+    /// # });
+    /// ```
+    pub async fn try_set<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: Option<Duration>,
+    ) -> Result<(), CacheError> {
+        let ttl = ttl.unwrap_or(self.inner.default_ttl);
+        if ttl.is_zero() {
+            return Err(CacheError::Config(format!("zero TTL for key `{key}`")));
+        }
+        let bytes = codec::encode(key, value)?;
+        let physical = self.physical_key(key);
+        self.guarded(
+            "set",
+            self.inner.timeout,
+            self.inner.backend.set(&physical, &bytes, ttl),
+        )
+        .await?;
+        Counters::bump(&self.inner.counters.sets);
+        Ok(())
+    }
+
+    /// Removes `key`; returns whether it existed. A failure is logged and counted, and reads
+    /// as `false`.
+    ///
+    /// ```
+    /// # cachekit::__doc_block_on(async {
+    /// let cache = cachekit::CacheService::memory();
+    /// cache.set("users:1", &1, None).await;
+    /// assert!(cache.delete("users:1").await);
+    /// assert!(!cache.delete("users:1").await);
+    /// # });
+    /// ```
+    pub async fn delete(&self, key: &str) -> bool {
+        match self.try_delete(key).await {
+            Ok(existed) => existed,
+            Err(e) => {
+                self.degraded("delete", key, &e);
+                false
+            }
+        }
+    }
+
+    /// Removes `key`, returning the error if the backend failed.
+    ///
+    /// ```
+    /// # cachekit::__doc_block_on(async {
+    /// let cache = cachekit::CacheService::memory();
+    /// assert_eq!(cache.try_delete("absent").await.unwrap(), false);
+    /// # });
+    /// ```
+    pub async fn try_delete(&self, key: &str) -> Result<bool, CacheError> {
+        let physical = self.physical_key(key);
+        Counters::bump(&self.inner.counters.deletes);
+        if let Some((store, _)) = &self.inner.fallback {
+            let _ = store.delete(&physical).await;
+        }
+        self.guarded(
+            "delete",
+            self.inner.timeout,
+            self.inner.backend.delete(&physical),
+        )
+        .await
+    }
+
+    /// Removes every key matching the Redis glob `pattern` (`*`, `?`, `[...]`, `\` escapes)
+    /// inside this service's prefix; returns how many were removed. Keys outside the prefix are
+    /// never touched. On Redis this walks the keyspace with `SCAN`, bounded by the admin
+    /// timeout. A failure is logged and counted, and reads as `0`.
+    ///
+    /// ```
+    /// # cachekit::__doc_block_on(async {
+    /// let cache = cachekit::CacheService::memory();
+    /// cache.set("users:1", &1, None).await;
+    /// cache.set("users:2", &2, None).await;
+    /// cache.set("roles:1", &3, None).await;
+    /// assert_eq!(cache.invalidate_pattern("users:*").await, 2);
+    /// # });
+    /// ```
+    pub async fn invalidate_pattern(&self, pattern: &str) -> u64 {
+        match self.try_invalidate_pattern(pattern).await {
+            Ok(removed) => removed,
+            Err(e) => {
+                self.degraded("invalidate_pattern", pattern, &e);
+                0
+            }
+        }
+    }
+
+    /// Like [`invalidate_pattern`](Self::invalidate_pattern), returning the error.
+    ///
+    /// ```
+    /// # cachekit::__doc_block_on(async {
+    /// let cache = cachekit::CacheService::memory();
+    /// assert_eq!(cache.try_invalidate_pattern("users:*").await.unwrap(), 0);
+    /// # });
+    /// ```
+    pub async fn try_invalidate_pattern(&self, pattern: &str) -> Result<u64, CacheError> {
+        let physical = self.physical_pattern(pattern);
+        Counters::bump(&self.inner.counters.invalidations);
+        if let Some((store, _)) = &self.inner.fallback {
+            let _ = store.delete_matching(&physical).await;
+        }
+        self.guarded(
+            "invalidate_pattern",
+            self.inner.admin_timeout,
+            self.inner.backend.delete_matching(&physical),
+        )
+        .await
+    }
+
+    /// Removes every key under this service's prefix, and nothing else (never `FLUSHDB`);
+    /// returns how many were removed.
+    ///
+    /// ```
+    /// # cachekit::__doc_block_on(async {
+    /// let cache = cachekit::CacheService::memory();
+    /// cache.set("a", &1, None).await;
+    /// assert_eq!(cache.clear_all().await, 1);
+    /// # });
+    /// ```
+    pub async fn clear_all(&self) -> u64 {
+        self.invalidate_pattern("*").await
+    }
+
+    /// Like [`clear_all`](Self::clear_all), returning the error.
+    ///
+    /// ```
+    /// # cachekit::__doc_block_on(async {
+    /// let cache = cachekit::CacheService::memory();
+    /// assert_eq!(cache.try_clear_all().await.unwrap(), 0);
+    /// # });
+    /// ```
+    pub async fn try_clear_all(&self) -> Result<u64, CacheError> {
+        self.try_invalidate_pattern("*").await
+    }
+
+    // ----- cache-aside ---------------------------------------------------------------------
+
+    /// The cache-aside primitive: returns the cached value of `key` if there is one that
+    /// decodes; otherwise awaits `load`, stores an `Ok` value for `ttl` (`None`: the default)
+    /// and returns it. An `Err` from `load` is returned as is and never stored. Cache faults
+    /// never surface: the loader's result is returned.
+    ///
+    /// ```
+    /// # cachekit::__doc_block_on(async {
+    /// let cache = cachekit::CacheService::memory();
+    /// let load = || async { Ok::<_, std::io::Error>(vec!["admin".to_string()]) };
+    /// let roles = cache.get_or_load("user_roles:7", None, load).await.unwrap();
+    /// assert_eq!(roles, ["admin"]);
+    /// # });
+    /// ```
+    pub async fn get_or_load<T, E, F, Fut>(
+        &self,
+        key: &str,
+        ttl: Option<Duration>,
+        load: F,
+    ) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.load_through(key, ttl, |_| true, load())
+            .await
+            .map(|fetched| fetched.value)
+    }
+
+    /// [`get_or_load`](Self::get_or_load), also telling whether the value came from the cache.
+    ///
+    /// ```
+    /// # cachekit::__doc_block_on(async {
+    /// let cache = cachekit::CacheService::memory();
+    /// let load = || async { Ok::<_, std::io::Error>(42) };
+    /// let first = cache.get_or_load_with_status("answer", None, load).await.unwrap();
+    /// let second = cache.get_or_load_with_status("answer", None, load).await.unwrap();
+    /// assert_eq!((first.value, first.from_cache), (42, false));
+    /// assert_eq!((second.value, second.from_cache), (42, true));
+    /// # });
+    /// ```
+    pub async fn get_or_load_with_status<T, E, F, Fut>(
+        &self,
+        key: &str,
+        ttl: Option<Duration>,
+        load: F,
+    ) -> Result<Fetched<T>, E>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.load_through(key, ttl, |_| true, load()).await
+    }
+
+    /// The one load path every cache-aside call takes: read, else load and store what
+    /// `store_if` accepts. Single-flight loading and lease-checked writes plug in here.
+    pub(crate) async fn load_through<T, E, Fut>(
+        &self,
+        key: &str,
+        ttl: Option<Duration>,
+        store_if: impl FnOnce(&T) -> bool,
+        load: Fut,
+    ) -> Result<Fetched<T>, E>
+    where
+        T: Serialize + DeserializeOwned,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        if let Some(value) = self.get::<T>(key).await {
+            return Ok(Fetched::hit(value));
+        }
+        let value = load.await?;
+        if store_if(&value) {
+            self.set(key, &value, ttl).await;
+        }
+        Ok(Fetched::loaded(value))
+    }
+
+    // ----- introspection -------------------------------------------------------------------
+
+    /// A snapshot of the counters, the backend kind and the breaker state.
+    ///
+    /// ```
+    /// # cachekit::__doc_block_on(async {
+    /// let cache = cachekit::CacheService::memory();
+    /// let _: Option<u8> = cache.get("absent").await;
+    /// let stats = cache.stats();
+    /// assert_eq!((stats.hits, stats.misses), (0, 1));
+    /// # });
+    /// ```
+    pub fn stats(&self) -> CacheStats {
+        self.inner
+            .counters
+            .snapshot(self.inner.kind, self.inner.breaker.state())
+    }
+
+    /// Measures a real round trip to the backend (bypassing the breaker, and closing it when
+    /// the backend answers) and, for a server, reports its facts: keys under the prefix
+    /// (counted with a bounded `SCAN`), memory used, uptime.
+    ///
+    /// ```
+    /// # cachekit::__doc_block_on(async {
+    /// let health = cachekit::CacheService::memory().health().await;
+    /// assert!(health.connected);
+    /// # });
+    /// ```
+    pub async fn health(&self) -> Health {
+        let inner = &*self.inner;
+        let started = Instant::now();
+        let ping = tokio::time::timeout(inner.timeout, inner.backend.ping()).await;
+        let latency = started.elapsed();
+        let error = match ping {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(_) => Some(CacheError::Timeout {
+                op: "ping",
+                timeout: inner.timeout,
+            }),
+        };
+        let connected = error.is_none();
+        let mut server = None;
+        let error = match error {
+            Some(e) => Some(e),
+            None => {
+                if inner.breaker.on_success() {
+                    self.on_recovered();
+                }
+                let prefix_pattern = self.physical_pattern("*");
+                let info = inner.backend.server_info(&prefix_pattern);
+                match tokio::time::timeout(inner.admin_timeout, info).await {
+                    Ok(Ok(info)) => {
+                        server = info;
+                        None
+                    }
+                    Ok(Err(e)) => Some(e),
+                    Err(_) => Some(CacheError::Timeout {
+                        op: "info",
+                        timeout: inner.admin_timeout,
+                    }),
+                }
+            }
+        };
+        Health {
+            backend: inner.kind,
+            endpoint: inner.endpoint.clone(),
+            connected,
+            latency_us: connected.then(|| u64::try_from(latency.as_micros()).unwrap_or(u64::MAX)),
+            breaker: inner.breaker.state(),
+            error: error.map(|e| e.to_string()),
+            server,
+        }
+    }
+
+    /// The key prefix (without the trailing `:`).
+    pub fn prefix(&self) -> &str {
+        self.inner.key_prefix.trim_end_matches(':')
+    }
+
+    /// The TTL used when a call gives none.
+    pub fn default_ttl(&self) -> Duration {
+        self.inner.default_ttl
+    }
+}
+
+async fn reconnect_in_background(service: Weak<Inner>) {
+    loop {
+        let Some(inner) = service.upgrade() else {
+            return;
+        };
+        let wait = inner.breaker.open_for();
+        if inner.breaker.state() == BreakerState::Closed {
+            return;
+        }
+        let answered = matches!(
+            tokio::time::timeout(
+                inner.timeout.max(Duration::from_millis(100)),
+                inner.backend.ping()
+            )
+            .await,
+            Ok(Ok(()))
+        );
+        if answered {
+            if inner.breaker.on_success() {
+                if let Some((store, _)) = &inner.fallback {
+                    store.clear();
+                }
+            }
+            tracing::info!(
+                endpoint = inner.endpoint.as_deref().unwrap_or(""),
+                "cachekit: backend reachable again"
+            );
+            return;
+        }
+        drop(inner);
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Gives a repository's methods their cache: what `#[cached]` and `#[invalidates]` use on
+/// methods taking `&self`.
+///
+/// ```
+/// struct UserRepo { cache: cachekit::CacheService }
+/// impl cachekit::HasCache for UserRepo {
+///     fn cache(&self) -> &cachekit::CacheService { &self.cache }
+/// }
+/// ```
+pub trait HasCache {
+    /// The service this value's methods cache through.
+    fn cache(&self) -> &CacheService;
+}
+
+impl HasCache for CacheService {
+    fn cache(&self) -> &CacheService {
+        self
+    }
+}
+
+static GLOBAL: OnceLock<CacheService> = OnceLock::new();
+
+/// Sets the process-wide service that `#[cached]` and `#[invalidates]` use on free functions
+/// without a `cache = ...` option. It can be set once; a second call returns the service it was
+/// given back as `Err`. Until it is set, such functions run uncached (and say so once in the
+/// log).
+///
+/// ```
+/// let _ = cachekit::set_global(cachekit::CacheService::memory());
+/// assert!(cachekit::global().is_some());
+/// ```
+pub fn set_global(service: CacheService) -> Result<(), CacheService> {
+    GLOBAL.set(service)
+}
+
+/// The process-wide service set with [`set_global`], if any.
+pub fn global() -> Option<&'static CacheService> {
+    GLOBAL.get()
+}

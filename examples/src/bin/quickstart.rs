@@ -1,0 +1,2 @@
+//! Placeholder so the crate builds; the quickstart example.
+fn main() {}
