@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Runs what CI runs: formatting, clippy, then the whole test suite. The integration tests start
+# their own private redis-server processes (never the Redis on 127.0.0.1:6379), so redis-server
+# is installed first if it is missing.
+#
+# Usage: bash scripts/test.sh [ARGS...]   ARGS go to `cargo test --workspace`,
+#        e.g. bash scripts/test.sh -p cachekit-tests -- --nocapture
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Where the test harness looks for redis-server, besides PATH.
+has_redis_server() {
+  command -v redis-server >/dev/null 2>&1 && return 0
+  local dir
+  for dir in /usr/bin /usr/local/bin /opt/homebrew/bin; do
+    [[ -x "$dir/redis-server" ]] && return 0
+  done
+  return 1
+}
+
+# Runs a command as root: directly when we are root, through sudo when it exists.
+as_root() {
+  if [[ "$(id -u)" -eq 0 ]]; then
+    "$@"
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo "$@"
+  else
+    die "installing redis-server needs root, and sudo is not available: as root, run apt-get install -y redis-server"
+  fi
+}
+
+install_redis_server() {
+  has_redis_server && return 0
+  case "$(uname -s)" in
+    Linux)
+      command -v apt-get >/dev/null 2>&1 ||
+        die "redis-server is missing and this is not Debian/Ubuntu (no apt-get): install redis-server with your package manager"
+      step "installing redis-server (apt-get)"
+      as_root apt-get update
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server
+      ;;
+    Darwin)
+      command -v brew >/dev/null 2>&1 ||
+        die "redis-server is missing and Homebrew is not installed: install Homebrew, then run brew install redis"
+      step "installing redis (brew)"
+      brew install redis
+      ;;
+    *)
+      die "redis-server is missing and $(uname -s) is not supported by this script: install redis-server yourself"
+      ;;
+  esac
+  has_redis_server || die "redis-server is still not found after installing it"
+}
+
+ensure_rust_components() {
+  command -v cargo >/dev/null 2>&1 || die "cargo is not installed: see https://rustup.rs"
+  if cargo fmt --version >/dev/null 2>&1 && cargo clippy --version >/dev/null 2>&1; then
+    return 0
+  fi
+  command -v rustup >/dev/null 2>&1 ||
+    die "cargo fmt or cargo clippy is missing and rustup is not available to add them"
+  step "adding rustfmt and clippy (rustup)"
+  rustup component add rustfmt clippy
+}
+
+install_redis_server
+ensure_rust_components
+
+step "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo test --workspace $*"
+cargo test --workspace "$@"
