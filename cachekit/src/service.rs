@@ -352,7 +352,7 @@ impl CacheService {
     /// # });
     /// ```
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
-        match self.try_get(key).await {
+        match self.read(key).await {
             Ok(value) => value,
             Err(e) if e.is_decode() => None,
             Err(e) => {
@@ -372,27 +372,37 @@ impl CacheService {
     /// # });
     /// ```
     pub async fn try_get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, CacheError> {
-        let physical = self.physical_key(key);
-        let bytes = self
-            .guarded("get", self.inner.timeout, self.inner.backend.get(&physical))
-            .await;
-        let bytes = match bytes {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                Counters::bump(&self.inner.counters.misses);
-                return Err(e);
-            }
-        };
-        self.decode_read(key, &physical, bytes, &*self.inner.backend)
-            .await
+        let result = self.read(key).await;
+        if matches!(&result, Err(e) if !e.is_decode()) {
+            Counters::bump(&self.inner.counters.misses);
+        }
+        result
     }
 
-    async fn decode_read<T: DeserializeOwned>(
+    /// A read from the primary backend. Counts hits and misses of the reads that reached it;
+    /// a read that failed is counted by the caller, which may still find it in the fallback.
+    async fn read<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, CacheError> {
+        let physical = self.physical_key(key);
+        let inner = &*self.inner;
+        let bytes = self
+            .guarded("get", inner.timeout, inner.backend.get(&physical))
+            .await?;
+        let decoded = self.decode(key, bytes);
+        if decoded.is_err() {
+            // Best effort: if the delete fails too, the next read finds the same bytes and
+            // misses again, which is still correct.
+            let _ = self
+                .guarded("delete", inner.timeout, inner.backend.delete(&physical))
+                .await;
+        }
+        decoded
+    }
+
+    /// Decodes what a store returned, counting the hit, the miss or the undecodable value.
+    fn decode<T: DeserializeOwned>(
         &self,
         key: &str,
-        physical: &str,
         bytes: Option<Vec<u8>>,
-        store: &dyn Backend,
     ) -> Result<Option<T>, CacheError> {
         let counters = &self.inner.counters;
         let Some(bytes) = bytes else {
@@ -408,25 +418,27 @@ impl CacheService {
                 Counters::bump(&counters.misses);
                 Counters::bump(&counters.decode_errors);
                 tracing::warn!(key, %error, "cached value did not decode into the requested type; removing it");
-                // Best effort: if the delete fails too, the next read finds the same bytes and
-                // misses again, which is still correct.
-                let _ = self
-                    .guarded("delete", self.inner.timeout, store.delete(physical))
-                    .await;
                 Err(error)
             }
         }
     }
 
+    /// A read that could not use the primary backend: the fallback store if there is one,
+    /// else a miss.
     async fn fallback_get<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
-        let (store, _) = self.inner.fallback.as_ref()?;
+        let Some((store, _)) = &self.inner.fallback else {
+            Counters::bump(&self.inner.counters.misses);
+            return None;
+        };
         let physical = self.physical_key(key);
-        let bytes = store.get(&physical).await.ok()?;
-        let store: &dyn Backend = store;
-        self.decode_read(key, &physical, bytes, store)
-            .await
-            .ok()
-            .flatten()
+        let bytes = store.get(&physical).await.ok().flatten();
+        match self.decode(key, bytes) {
+            Ok(value) => value,
+            Err(_) => {
+                let _ = store.delete(&physical).await;
+                None
+            }
+        }
     }
 
     // ----- writes ------------------------------------------------------------------------
@@ -779,24 +791,22 @@ impl CacheService {
     }
 }
 
+/// Pings an unreachable backend every breaker cool-down until it answers, then closes the
+/// breaker. Holds only a weak reference: it ends when the service is dropped.
 async fn reconnect_in_background(service: Weak<Inner>) {
     loop {
+        let Some(wait) = service.upgrade().map(|inner| inner.breaker.open_for()) else {
+            return;
+        };
+        tokio::time::sleep(wait).await;
         let Some(inner) = service.upgrade() else {
             return;
         };
-        let wait = inner.breaker.open_for();
         if inner.breaker.state() == BreakerState::Closed {
             return;
         }
-        let answered = matches!(
-            tokio::time::timeout(
-                inner.timeout.max(Duration::from_millis(100)),
-                inner.backend.ping()
-            )
-            .await,
-            Ok(Ok(()))
-        );
-        if answered {
+        let ping = tokio::time::timeout(inner.timeout, inner.backend.ping()).await;
+        if matches!(ping, Ok(Ok(()))) {
             if inner.breaker.on_success() {
                 if let Some((store, _)) = &inner.fallback {
                     store.clear();
@@ -808,8 +818,6 @@ async fn reconnect_in_background(service: Weak<Inner>) {
             );
             return;
         }
-        drop(inner);
-        tokio::time::sleep(wait).await;
     }
 }
 
