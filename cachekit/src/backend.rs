@@ -63,11 +63,42 @@ pub struct ServerInfo {
     pub keys_exact: bool,
 }
 
+/// The bytes a lease marker starts with. No JSON text starts with a NUL byte, so a marker can
+/// never be mistaken for a value.
+pub const LEASE_MARKER_PREFIX: &[u8] = b"\0cachekit-lease:";
+
+/// Whether stored bytes are a lease marker rather than a value.
+pub fn is_lease_marker(bytes: &[u8]) -> bool {
+    bytes.starts_with(LEASE_MARKER_PREFIX)
+}
+
+/// What a store answers when a loader asks for the lease on a key it found empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Lease {
+    /// The key was empty; it now holds the caller's marker until the lease TTL.
+    Acquired,
+    /// The key holds a value: someone filled it in the meantime.
+    Value(Vec<u8>),
+    /// Another loader holds the lease.
+    Held,
+}
+
 /// An object-safe store of bytes with per-entry expiry and glob removal.
 ///
 /// Keys and patterns are physical: prefixed by the service, and patterns use Redis's glob
 /// dialect ([`glob_match`](crate::key::glob_match)). Methods return errors rather than
 /// swallowing them; the service decides how to degrade.
+///
+/// # Leases
+///
+/// A loader that misses takes a *lease*: [`try_lease`](Self::try_lease) atomically stores a
+/// marker (bytes starting with [`LEASE_MARKER_PREFIX`]) in the empty key. Any removal of the key
+/// (a delete, a pattern, `clear_all`, even a `DEL` from another program) removes the marker
+/// with it; [`fill`](Self::fill) stores the loaded value only if the key still holds the
+/// caller's marker. So a value loaded before an invalidation can never be written after it.
+/// The default implementations, for stores without atomic operations, grant every lease and
+/// fill unconditionally: correct, without that protection.
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Which kind of store this is.
@@ -91,6 +122,41 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 
     /// One round trip to the store, to measure latency and prove it answers.
     async fn ping(&self) -> Result<(), CacheError>;
+
+    /// Takes the lease on `key` if it is empty: stores `marker` there for `ttl`, atomically.
+    async fn try_lease(
+        &self,
+        key: &str,
+        marker: &[u8],
+        ttl: Duration,
+    ) -> Result<Lease, CacheError> {
+        let _ = (marker, ttl);
+        Ok(match self.get(key).await? {
+            Some(bytes) if is_lease_marker(&bytes) => Lease::Held,
+            Some(bytes) => Lease::Value(bytes),
+            None => Lease::Acquired,
+        })
+    }
+
+    /// Stores `value` under `key` for `ttl` only if `key` still holds `marker`; returns whether
+    /// it did. Atomic.
+    async fn fill(
+        &self,
+        key: &str,
+        marker: &[u8],
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, CacheError> {
+        let _ = marker;
+        self.set(key, value, ttl).await?;
+        Ok(true)
+    }
+
+    /// Removes `key` if it still holds `marker` (a loader that failed gives its lease back).
+    async fn release(&self, key: &str, marker: &[u8]) -> Result<(), CacheError> {
+        let _ = (key, marker);
+        Ok(())
+    }
 
     /// Facts about the server, if the store has one. `prefix_pattern` matches this service's
     /// keys, for [`ServerInfo::keys_under_prefix`].

@@ -21,6 +21,9 @@ pub const DEFAULT_ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_BREAKER_THRESHOLD: u32 = 5;
 /// How long an open breaker skips the backend before probing it: 5 s.
 pub const DEFAULT_BREAKER_OPEN_FOR: Duration = Duration::from_secs(5);
+/// How long a loader's lease on a missing key lasts, and the longest another caller waits for
+/// that loader before loading for itself: 10 s.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 /// TTL of entries in the in-process fallback store: 30 s.
 pub const DEFAULT_FALLBACK_TTL: Duration = Duration::from_secs(30);
 
@@ -289,6 +292,14 @@ pub struct CacheConfig {
     pub breaker_open_for: Duration,
     /// What to do while the primary store is unavailable.
     pub fallback: Fallback,
+    /// Concurrent misses of one key in this process run the loader once; the others wait for
+    /// its value.
+    pub single_flight: bool,
+    /// Misses take a lease in the store: one loader per key across processes, and a value
+    /// loaded before an invalidation is never written after it.
+    pub leases: bool,
+    /// How long a lease lasts (and so the longest a caller waits for another's loader).
+    pub lease_ttl: Duration,
 }
 
 impl Default for CacheConfig {
@@ -306,6 +317,9 @@ impl Default for CacheConfig {
             breaker_threshold: DEFAULT_BREAKER_THRESHOLD,
             breaker_open_for: DEFAULT_BREAKER_OPEN_FOR,
             fallback: Fallback::Passthrough,
+            single_flight: true,
+            leases: true,
+            lease_ttl: DEFAULT_LEASE_TTL,
         }
     }
 }
@@ -449,6 +463,15 @@ impl CacheConfig {
         if let Some(ms) = var("CACHE_BREAKER_OPEN_MS") {
             config.breaker_open_for = parse_millis("CACHE_BREAKER_OPEN_MS", &ms)?;
         }
+        if let Some(on) = var("CACHE_SINGLE_FLIGHT") {
+            config.single_flight = parse_bool("CACHE_SINGLE_FLIGHT", &on)?;
+        }
+        if let Some(on) = var("CACHE_LEASES") {
+            config.leases = parse_bool("CACHE_LEASES", &on)?;
+        }
+        if let Some(ms) = var("CACHE_LEASE_TTL_MS") {
+            config.lease_ttl = parse_millis("CACHE_LEASE_TTL_MS", &ms)?;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -470,6 +493,7 @@ impl CacheConfig {
             ("timeout", self.timeout),
             ("connect_timeout", self.connect_timeout),
             ("admin_timeout", self.admin_timeout),
+            ("lease_ttl", self.lease_ttl),
         ] {
             if value.is_zero() {
                 return Err(CacheError::Config(format!(
@@ -646,6 +670,26 @@ impl CacheServiceBuilder {
     /// What to do while the primary store is unavailable. Default: [`Fallback::Passthrough`].
     pub fn fallback(mut self, fallback: Fallback) -> Self {
         self.config.fallback = fallback;
+        self
+    }
+
+    /// Whether concurrent misses of one key in this process share one loader. Default: on.
+    pub fn single_flight(mut self, on: bool) -> Self {
+        self.config.single_flight = on;
+        self
+    }
+
+    /// Whether misses take a lease in the store (one loader per key across processes, and no
+    /// stale value written after an invalidation). Default: on.
+    pub fn leases(mut self, on: bool) -> Self {
+        self.config.leases = on;
+        self
+    }
+
+    /// How long a lease lasts, and so the longest a caller waits for another's loader before
+    /// loading for itself. Default: [`DEFAULT_LEASE_TTL`].
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.config.lease_ttl = ttl;
         self
     }
 

@@ -57,6 +57,9 @@
 //! | `CACHE_FALLBACK` | `passthrough` | while Redis is unavailable: `passthrough` (go to the loader) or `memory` (a short-lived in-process store; see [`Fallback::Memory`] for its trade-off) |
 //! | `CACHE_FALLBACK_TTL` | `30` | TTL in seconds of the in-process fallback store |
 //! | `CACHE_MEMORY_MAX_BYTES` | `67108864` | bound on the embedded store |
+//! | `CACHE_SINGLE_FLIGHT` | `true` | concurrent misses of one key in a process run the loader once |
+//! | `CACHE_LEASES` | `true` | misses take a lease in the store: one loader per key across processes, no stale sets |
+//! | `CACHE_LEASE_TTL_MS` | `10000` | how long a lease lasts, and the longest a caller waits for another's loader |
 //!
 //! With none of them set, the service runs on the embedded in-process store.
 //!
@@ -90,6 +93,7 @@ mod breaker;
 mod codec;
 mod config;
 mod error;
+mod flight;
 pub mod key;
 mod service;
 mod stats;
@@ -98,8 +102,8 @@ pub use backend::{Backend, BackendKind, ServerInfo};
 pub use breaker::BreakerState;
 pub use config::{
     CacheConfig, CacheServiceBuilder, DEFAULT_ADMIN_TIMEOUT, DEFAULT_BREAKER_OPEN_FOR,
-    DEFAULT_BREAKER_THRESHOLD, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FALLBACK_TTL, DEFAULT_PREFIX,
-    DEFAULT_TIMEOUT, DEFAULT_TTL, Fallback, RedisConfig, StoreConfig,
+    DEFAULT_BREAKER_THRESHOLD, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FALLBACK_TTL, DEFAULT_LEASE_TTL,
+    DEFAULT_PREFIX, DEFAULT_TIMEOUT, DEFAULT_TTL, Fallback, RedisConfig, StoreConfig,
 };
 pub use error::CacheError;
 pub use service::{CacheService, Fetched, HasCache, Health, global, set_global};

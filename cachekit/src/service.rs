@@ -1,17 +1,20 @@
 //! [`CacheService`]: the handle every repository shares.
 
 use crate::backend::{
-    Backend, BackendKind, DisabledBackend, MemoryBackend, RedisBackend, ServerInfo,
+    Backend, BackendKind, DisabledBackend, LEASE_MARKER_PREFIX, Lease, MemoryBackend, RedisBackend,
+    ServerInfo, is_lease_marker,
 };
 use crate::breaker::{Breaker, BreakerState};
 use crate::config::{CacheConfig, CacheServiceBuilder, Fallback, StoreConfig};
+use crate::flight::{self, Flights, Role, Shared};
 use crate::key::escape_glob;
 use crate::stats::{CacheStats, Counters};
 use crate::{CacheError, codec};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::future::Future;
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 /// The cache: a cheap-to-clone handle (an `Arc` inside), `Send + Sync`, shared by every
@@ -45,6 +48,10 @@ struct Inner {
     breaker: Breaker,
     fallback: Option<(MemoryBackend, Duration)>,
     counters: Counters,
+    flights: Flights,
+    single_flight: bool,
+    leases: bool,
+    lease_ttl: Duration,
 }
 
 /// A value with where it came from: what [`CacheService::get_or_load_with_status`] and the
@@ -225,6 +232,10 @@ impl CacheService {
             breaker: Breaker::new(config.breaker_threshold, config.breaker_open_for),
             fallback,
             counters: Counters::default(),
+            flights: Flights::default(),
+            single_flight: config.single_flight,
+            leases: config.leases,
+            lease_ttl: config.lease_ttl,
         };
         Self {
             inner: Arc::new(inner),
@@ -405,7 +416,8 @@ impl CacheService {
         bytes: Option<Vec<u8>>,
     ) -> Result<Option<T>, CacheError> {
         let counters = &self.inner.counters;
-        let Some(bytes) = bytes else {
+        let Some(bytes) = bytes.filter(|b| !is_lease_marker(b)) else {
+            // Empty, or another caller's lease: that caller is loading it.
             Counters::bump(&counters.misses);
             return Ok(None);
         };
@@ -459,23 +471,62 @@ impl CacheService {
         value: &T,
         ttl: Option<Duration>,
     ) -> bool {
-        match self.try_set(key, value, ttl).await {
+        match codec::encode(key, value) {
+            Ok(bytes) => self.store(key, &bytes, ttl).await,
+            Err(error) => {
+                tracing::warn!(key, %error, "value not cached: it did not encode");
+                false
+            }
+        }
+    }
+
+    /// Writes encoded bytes; on a backend failure, to the fallback store if there is one.
+    async fn store(&self, key: &str, bytes: &[u8], ttl: Option<Duration>) -> bool {
+        match self.try_store(key, bytes, ttl).await {
             Ok(()) => true,
             Err(e) => {
                 if e.is_backend_fault() || e.is_circuit_open() {
                     self.degraded("set", key, &e);
-                    if let Some((store, fallback_ttl)) = &self.inner.fallback {
-                        if let Ok(bytes) = codec::encode(key, value) {
-                            let ttl = ttl.unwrap_or(self.inner.default_ttl).min(*fallback_ttl);
-                            let _ = store.set(&self.physical_key(key), &bytes, ttl).await;
-                        }
-                    }
+                    self.store_fallback(key, bytes, ttl).await;
                 } else {
                     tracing::warn!(key, error = %e, "value not cached");
                 }
                 false
             }
         }
+    }
+
+    async fn store_fallback(&self, key: &str, bytes: &[u8], ttl: Option<Duration>) {
+        if let Some((store, fallback_ttl)) = &self.inner.fallback {
+            let ttl = ttl.unwrap_or(self.inner.default_ttl).min(*fallback_ttl);
+            let _ = store.set(&self.physical_key(key), bytes, ttl).await;
+        }
+    }
+
+    async fn try_store(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<(), CacheError> {
+        let ttl = self.ttl(key, ttl)?;
+        let physical = self.physical_key(key);
+        self.guarded(
+            "set",
+            self.inner.timeout,
+            self.inner.backend.set(&physical, bytes, ttl),
+        )
+        .await?;
+        Counters::bump(&self.inner.counters.sets);
+        Ok(())
+    }
+
+    fn ttl(&self, key: &str, ttl: Option<Duration>) -> Result<Duration, CacheError> {
+        let ttl = ttl.unwrap_or(self.inner.default_ttl);
+        if ttl.is_zero() {
+            return Err(CacheError::Config(format!("zero TTL for key `{key}`")));
+        }
+        Ok(ttl)
     }
 
     /// Stores `value`, returning the error if it could not be encoded or stored. A zero
@@ -494,20 +545,9 @@ impl CacheService {
         value: &T,
         ttl: Option<Duration>,
     ) -> Result<(), CacheError> {
-        let ttl = ttl.unwrap_or(self.inner.default_ttl);
-        if ttl.is_zero() {
-            return Err(CacheError::Config(format!("zero TTL for key `{key}`")));
-        }
+        self.ttl(key, ttl)?;
         let bytes = codec::encode(key, value)?;
-        let physical = self.physical_key(key);
-        self.guarded(
-            "set",
-            self.inner.timeout,
-            self.inner.backend.set(&physical, &bytes, ttl),
-        )
-        .await?;
-        Counters::bump(&self.inner.counters.sets);
-        Ok(())
+        self.try_store(key, &bytes, ttl).await
     }
 
     /// Removes `key`; returns whether it existed. A failure is logged and counted, and reads
@@ -682,8 +722,9 @@ impl CacheService {
         self.load_through(key, ttl, |_| true, load()).await
     }
 
-    /// The one load path every cache-aside call takes: read, else load and store what
-    /// `store_if` accepts. Single-flight loading and lease-checked writes plug in here.
+    /// The one load path every cache-aside call takes: read; on a miss, load once per key in
+    /// this process (single-flight) and, under a lease, once per key across processes; store
+    /// what `store_if` accepts unless the key was invalidated while loading.
     pub(crate) async fn load_through<T, E, Fut>(
         &self,
         key: &str,
@@ -698,11 +739,168 @@ impl CacheService {
         if let Some(value) = self.get::<T>(key).await {
             return Ok(Fetched::hit(value));
         }
-        let value = load.await?;
-        if store_if(&value) {
-            self.set(key, &value, ttl).await;
+        let inner = &*self.inner;
+        if !inner.single_flight {
+            return self
+                .load_leased(key, ttl, store_if, load)
+                .await
+                .map(|(f, _)| f);
         }
-        Ok(Fetched::loaded(value))
+        let physical = self.physical_key(key);
+        match inner.flights.join(&physical) {
+            Role::Leader(leader) => {
+                // On `Err`, a panic or a cancellation the leader drops unfinished, and its
+                // followers load for themselves.
+                let (fetched, shared) = self.load_leased(key, ttl, store_if, load).await?;
+                if let Some(bytes) = shared {
+                    leader.finish(bytes);
+                }
+                Ok(fetched)
+            }
+            Role::Follower(slot) => {
+                if let Some(bytes) = flight::wait(slot).await {
+                    if let Ok(value) = codec::decode::<T>(key, &bytes) {
+                        Counters::bump(&inner.counters.coalesced);
+                        return Ok(Fetched::hit(value));
+                    }
+                }
+                self.load_leased(key, ttl, store_if, load)
+                    .await
+                    .map(|(f, _)| f)
+            }
+        }
+    }
+
+    /// Loads under a lease (when leases are on): takes it, or waits for its holder's value, or
+    /// gives up waiting after the lease TTL; then loads, and fills the key only if the lease
+    /// survived. Also returns the encoded value, for single-flight followers.
+    async fn load_leased<T, E, Fut>(
+        &self,
+        key: &str,
+        ttl: Option<Duration>,
+        store_if: impl FnOnce(&T) -> bool,
+        load: Fut,
+    ) -> Result<(Fetched<T>, Option<Shared>), E>
+    where
+        T: Serialize + DeserializeOwned,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let inner = &*self.inner;
+        let physical = self.physical_key(key);
+        let lease = if inner.leases {
+            match self.take_lease::<T>(key, &physical).await {
+                Ok(lease) => lease,
+                Err(hit) => return Ok(hit),
+            }
+        } else {
+            LeaseState::Off
+        };
+
+        // On `Err` (or a panic or a cancellation) a held lease's guard gives it back.
+        let value = load.await?;
+        let bytes = match codec::encode(key, &value) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::warn!(key, %error, "loaded value not cached: it did not encode");
+                return Ok((Fetched::loaded(value), None));
+            }
+        };
+        let store = store_if(&value);
+        match lease {
+            LeaseState::Ours(mut guard) if store => {
+                self.fill(key, &physical, &guard.marker, &bytes, ttl).await;
+                guard.disarm();
+            }
+            LeaseState::Ours(guard) => drop(guard), // gives the lease back
+            LeaseState::Off | LeaseState::Unavailable if store => {
+                self.store(key, &bytes, ttl).await;
+            }
+            // Someone else held the lease for its whole TTL: do not overwrite what they write.
+            LeaseState::GaveUp | LeaseState::Off | LeaseState::Unavailable => {}
+        }
+        Ok((Fetched::loaded(value), Some(Shared::from(bytes))))
+    }
+
+    /// Takes the lease on a missing key, or waits for the holder's value (returned as `Err`,
+    /// the early exit), or gives up after the lease TTL.
+    async fn take_lease<T: Serialize + DeserializeOwned>(
+        &self,
+        key: &str,
+        physical: &str,
+    ) -> Result<LeaseState, (Fetched<T>, Option<Shared>)> {
+        let inner = &*self.inner;
+        let marker = new_marker();
+        let deadline = tokio::time::Instant::now() + inner.lease_ttl;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let attempt = inner.backend.try_lease(physical, &marker, inner.lease_ttl);
+            match self.guarded("lease", inner.timeout, attempt).await {
+                Ok(Lease::Acquired) => {
+                    return Ok(LeaseState::Ours(LeaseGuard::new(
+                        self,
+                        physical.to_owned(),
+                        marker,
+                    )));
+                }
+                Ok(Lease::Value(bytes)) => match self.decode::<T>(key, Some(bytes)) {
+                    Ok(Some(value)) => {
+                        let shared = codec::encode(key, &value).ok().map(Shared::from);
+                        return Err((Fetched::hit(value), shared));
+                    }
+                    // Undecodable (already counted and logged): remove it, then try again.
+                    _ => {
+                        let delete = inner.backend.delete(physical);
+                        let _ = self.guarded("delete", inner.timeout, delete).await;
+                    }
+                },
+                Ok(Lease::Held) => {}
+                Err(e) => {
+                    self.degraded("lease", key, &e);
+                    return Ok(LeaseState::Unavailable);
+                }
+            }
+            if tokio::time::Instant::now() + pause > deadline {
+                tracing::debug!(key, "gave up waiting for another loader's lease");
+                return Ok(LeaseState::GaveUp);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(25));
+        }
+    }
+
+    /// Writes a loaded value under the lease `marker`: refused if the key was invalidated
+    /// since the lease was taken.
+    async fn fill(
+        &self,
+        key: &str,
+        physical: &str,
+        marker: &[u8],
+        bytes: &[u8],
+        ttl: Option<Duration>,
+    ) {
+        let inner = &*self.inner;
+        let ttl = match self.ttl(key, ttl) {
+            Ok(ttl) => ttl,
+            Err(error) => {
+                tracing::warn!(key, %error, "value not cached");
+                return;
+            }
+        };
+        let fill = inner.backend.fill(physical, marker, bytes, ttl);
+        match self.guarded("fill", inner.timeout, fill).await {
+            Ok(true) => Counters::bump(&inner.counters.sets),
+            Ok(false) => {
+                Counters::bump(&inner.counters.stale_sets_prevented);
+                tracing::debug!(
+                    key,
+                    "loaded value not cached: the key was invalidated while it loaded"
+                );
+            }
+            Err(e) => {
+                self.degraded("set", key, &e);
+                self.store_fallback(key, bytes, Some(ttl)).await;
+            }
+        }
     }
 
     // ----- introspection -------------------------------------------------------------------
@@ -791,6 +989,72 @@ impl CacheService {
     }
 }
 
+/// Where a loader stands with respect to the key's lease.
+enum LeaseState {
+    /// Leases are off.
+    Off,
+    /// This caller holds the lease.
+    Ours(LeaseGuard),
+    /// The store could not be asked.
+    Unavailable,
+    /// Another caller held the lease for longer than this one would wait.
+    GaveUp,
+}
+
+/// A held lease. Dropped without [`disarm`](Self::disarm) (the loader failed, panicked or was
+/// cancelled), it gives the lease back in the background so waiters need not sit out its TTL.
+struct LeaseGuard {
+    service: Option<CacheService>,
+    physical: String,
+    marker: Vec<u8>,
+}
+
+impl LeaseGuard {
+    fn new(service: &CacheService, physical: String, marker: Vec<u8>) -> Self {
+        Self {
+            service: Some(service.clone()),
+            physical,
+            marker,
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.service = None;
+    }
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        let Some(service) = self.service.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // the lease expires by its TTL
+        };
+        let physical = std::mem::take(&mut self.physical);
+        let marker = std::mem::take(&mut self.marker);
+        runtime.spawn(async move {
+            let inner = &*service.inner;
+            let release = inner.backend.release(&physical, &marker);
+            let _ = service.guarded("release", inner.timeout, release).await;
+        });
+    }
+}
+
+/// A lease marker unique to this call: the marker prefix, a per-process random number, the
+/// process id and a counter.
+fn new_marker() -> Vec<u8> {
+    use std::hash::{BuildHasher, RandomState};
+    static PROCESS: LazyLock<u64> =
+        LazyLock::new(|| RandomState::new().hash_one(std::process::id()));
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut marker = LEASE_MARKER_PREFIX.to_vec();
+    marker
+        .extend_from_slice(format!("{:016x}-{}-{count}", *PROCESS, std::process::id()).as_bytes());
+    marker
+}
+
 /// Pings an unreachable backend every breaker cool-down until it answers, then closes the
 /// breaker. Holds only a weak reference: it ends when the service is dropped.
 async fn reconnect_in_background(service: Weak<Inner>) {
@@ -859,4 +1123,143 @@ pub fn set_global(service: CacheService) -> Result<(), CacheService> {
 /// The process-wide service set with [`set_global`], if any.
 pub fn global() -> Option<&'static CacheService> {
     GLOBAL.get()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    async fn memory_with(leases: bool, single_flight: bool) -> CacheService {
+        CacheService::builder()
+            .memory(1 << 20)
+            .leases(leases)
+            .single_flight(single_flight)
+            .build()
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_misses_run_the_loader_once() {
+        let cache = memory_with(true, true).await;
+        let runs = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..200 {
+            let (cache, runs) = (cache.clone(), runs.clone());
+            tasks.push(tokio::spawn(async move {
+                cache
+                    .get_or_load("hot", None, || async {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Ok::<_, std::io::Error>(7u32)
+                    })
+                    .await
+                    .unwrap()
+            }));
+        }
+        for task in tasks {
+            assert_eq!(task.await.unwrap(), 7);
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert!(cache.stats().coalesced > 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_single_flight_or_leases_every_miss_loads() {
+        let cache = memory_with(false, false).await;
+        let runs = Arc::new(AtomicUsize::new(0));
+        let barrier = Arc::new(tokio::sync::Barrier::new(20));
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let (cache, runs, barrier) = (cache.clone(), runs.clone(), barrier.clone());
+            tasks.push(tokio::spawn(async move {
+                cache
+                    .get_or_load("hot", None, || async {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        barrier.wait().await; // every caller is inside its loader at once
+                        Ok::<_, std::io::Error>(7u32)
+                    })
+                    .await
+                    .unwrap()
+            }));
+        }
+        for task in tasks {
+            assert_eq!(task.await.unwrap(), 7);
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 20);
+    }
+
+    #[tokio::test]
+    async fn a_failed_or_panicking_loader_does_not_wedge_the_key() {
+        let cache = memory_with(true, true).await;
+        let failed: Result<u32, &str> = cache
+            .get_or_load("k", None, || async { Err("db down") })
+            .await;
+        assert_eq!(failed, Err("db down"));
+        assert_eq!(cache.get::<u32>("k").await, None, "errors are not cached");
+
+        let panicking = {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                cache
+                    .get_or_load("k", None, || async {
+                        panic!("loader panicked");
+                        #[allow(unreachable_code)]
+                        Ok::<u32, std::io::Error>(0)
+                    })
+                    .await
+            })
+        };
+        assert!(panicking.await.is_err());
+        let value = cache
+            .get_or_load("k", None, || async { Ok::<_, std::io::Error>(3u32) })
+            .await
+            .unwrap();
+        assert_eq!(value, 3);
+        assert_eq!(cache.get::<u32>("k").await, Some(3));
+    }
+
+    /// A reader loads the old row; a writer invalidates while it loads; the reader's write must
+    /// not land. With leases off the stale value does land, which shows the test can fail.
+    #[tokio::test]
+    async fn an_invalidation_during_a_load_refuses_the_stale_write() {
+        for leases in [true, false] {
+            let cache = memory_with(leases, true).await;
+            let loading = Arc::new(tokio::sync::Notify::new());
+            let go_on = Arc::new(tokio::sync::Notify::new());
+            let reader = {
+                let (cache, loading, go_on) = (cache.clone(), loading.clone(), go_on.clone());
+                tokio::spawn(async move {
+                    cache
+                        .get_or_load("users:1", None, || async {
+                            loading.notify_one();
+                            go_on.notified().await;
+                            Ok::<_, std::io::Error>("old".to_string())
+                        })
+                        .await
+                        .unwrap()
+                })
+            };
+            loading.notified().await;
+            cache.invalidate_pattern("users:*").await; // the writer's invalidation
+            go_on.notify_one();
+            assert_eq!(
+                reader.await.unwrap(),
+                "old",
+                "the caller still gets what it loaded"
+            );
+            let cached = cache.get::<String>("users:1").await;
+            if leases {
+                assert_eq!(cached, None);
+                assert_eq!(cache.stats().stale_sets_prevented, 1);
+            } else {
+                assert_eq!(
+                    cached.as_deref(),
+                    Some("old"),
+                    "without leases the stale set lands"
+                );
+            }
+        }
+    }
 }

@@ -29,6 +29,12 @@ pub struct CacheStats {
     pub fallbacks: u64,
     /// Stored values that did not decode into the requested type (each deleted).
     pub decode_errors: u64,
+    /// Misses served by another caller's loader in this process (single-flight), without
+    /// running their own.
+    pub coalesced: u64,
+    /// Loaded values not written because the key was invalidated while they loaded: each one a
+    /// stale value that would otherwise have been cached.
+    pub stale_sets_prevented: u64,
     /// The primary backend.
     pub backend: BackendKind,
     /// The circuit breaker's state when the snapshot was taken.
@@ -69,6 +75,8 @@ pub(crate) struct Counters {
     pub(crate) errors: AtomicU64,
     pub(crate) fallbacks: AtomicU64,
     pub(crate) decode_errors: AtomicU64,
+    pub(crate) coalesced: AtomicU64,
+    pub(crate) stale_sets_prevented: AtomicU64,
 }
 
 impl Counters {
@@ -86,6 +94,8 @@ impl Counters {
             errors: self.errors.load(Relaxed),
             fallbacks: self.fallbacks.load(Relaxed),
             decode_errors: self.decode_errors.load(Relaxed),
+            coalesced: self.coalesced.load(Relaxed),
+            stale_sets_prevented: self.stale_sets_prevented.load(Relaxed),
             backend,
             breaker,
         }

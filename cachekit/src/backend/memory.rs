@@ -1,10 +1,11 @@
 //! The embedded in-process store, on moka.
 
-use super::{Backend, BackendKind};
+use super::{Backend, BackendKind, Lease, is_lease_marker};
 use crate::CacheError;
 use crate::key::glob_match;
 use moka::Expiry;
 use moka::future::Cache;
+use moka::ops::compute::{CompResult, Op};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -127,6 +128,72 @@ impl Backend for MemoryBackend {
         Ok((self.matching_keys(pattern).len() as u64, true))
     }
 
+    async fn try_lease(
+        &self,
+        key: &str,
+        marker: &[u8],
+        ttl: Duration,
+    ) -> Result<Lease, CacheError> {
+        let marker = Entry {
+            bytes: Arc::from(marker),
+            ttl,
+        };
+        let result = self
+            .cache
+            .entry_by_ref(key)
+            .and_compute_with(|current| async move {
+                match current {
+                    Some(_) => Op::Nop,
+                    None => Op::Put(marker),
+                }
+            })
+            .await;
+        Ok(match result {
+            CompResult::Inserted(_) => Lease::Acquired,
+            CompResult::Unchanged(entry) if is_lease_marker(&entry.value().bytes) => Lease::Held,
+            CompResult::Unchanged(entry) => Lease::Value(entry.value().bytes.to_vec()),
+            // Not produced by the operations above; read as "someone else is working on it".
+            _ => Lease::Held,
+        })
+    }
+
+    async fn fill(
+        &self,
+        key: &str,
+        marker: &[u8],
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, CacheError> {
+        let entry = Entry {
+            bytes: Arc::from(value),
+            ttl,
+        };
+        let result = self
+            .cache
+            .entry_by_ref(key)
+            .and_compute_with(|current| async move {
+                match current {
+                    Some(current) if &*current.value().bytes == marker => Op::Put(entry),
+                    _ => Op::Nop,
+                }
+            })
+            .await;
+        Ok(matches!(result, CompResult::ReplacedWith(_)))
+    }
+
+    async fn release(&self, key: &str, marker: &[u8]) -> Result<(), CacheError> {
+        self.cache
+            .entry_by_ref(key)
+            .and_compute_with(|current| async move {
+                match current {
+                    Some(current) if &*current.value().bytes == marker => Op::Remove,
+                    _ => Op::Nop,
+                }
+            })
+            .await;
+        Ok(())
+    }
+
     async fn ping(&self) -> Result<(), CacheError> {
         Ok(())
     }
@@ -155,6 +222,47 @@ mod tests {
             Some(&b"q:users:1"[..])
         );
         assert_eq!(m.count_matching("p:*", 100).await.unwrap(), (1, true));
+    }
+
+    #[tokio::test]
+    async fn a_lease_is_voided_by_a_delete_and_then_refuses_the_fill() {
+        let m = MemoryBackend::default();
+        let ttl = Duration::from_secs(60);
+        let marker = b"\0cachekit-lease:a";
+        assert_eq!(
+            m.try_lease("k", marker, ttl).await.unwrap(),
+            Lease::Acquired
+        );
+        assert_eq!(
+            m.try_lease("k", b"\0cachekit-lease:b", ttl).await.unwrap(),
+            Lease::Held
+        );
+        assert!(m.fill("k", marker, b"1", ttl).await.unwrap());
+        assert_eq!(
+            m.try_lease("k", marker, ttl).await.unwrap(),
+            Lease::Value(b"1".to_vec())
+        );
+
+        assert!(m.delete("k").await.unwrap());
+        assert_eq!(
+            m.try_lease("k", marker, ttl).await.unwrap(),
+            Lease::Acquired
+        );
+        assert!(m.delete("k").await.unwrap()); // an invalidation while loading
+        assert!(!m.fill("k", marker, b"stale", ttl).await.unwrap());
+        assert_eq!(m.get("k").await.unwrap(), None);
+
+        assert_eq!(
+            m.try_lease("k", marker, ttl).await.unwrap(),
+            Lease::Acquired
+        );
+        m.release("k", b"\0cachekit-lease:other").await.unwrap();
+        assert_eq!(
+            m.try_lease("k", b"\0cachekit-lease:b", ttl).await.unwrap(),
+            Lease::Held
+        );
+        m.release("k", marker).await.unwrap();
+        assert_eq!(m.get("k").await.unwrap(), None);
     }
 
     #[tokio::test]

@@ -1,9 +1,47 @@
 //! The standalone Redis store, on redis-rs's auto-reconnecting multiplexed connection.
 
-use super::{Backend, BackendKind, ServerInfo};
+use super::{Backend, BackendKind, Lease, ServerInfo, is_lease_marker};
 use crate::CacheError;
+use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::sync::LazyLock;
 use std::time::Duration;
+
+/// Take the lease: if the key is empty, store the marker with the lease TTL; else return what
+/// is there (a value, or another loader's marker).
+static LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"local v = redis.call('GET', KEYS[1])
+if v then return v end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false",
+    )
+});
+
+/// Fill under the lease: store the value only if the key still holds our marker.
+static FILL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0",
+    )
+});
+
+/// Give the lease back: remove the key only if it still holds our marker.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0",
+    )
+});
+
+fn millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
 
 /// How many keys one `SCAN` step asks for when walking a pattern.
 const SCAN_COUNT: u64 = 1000;
@@ -75,13 +113,12 @@ impl Backend for RedisBackend {
     }
 
     async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), CacheError> {
-        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut conn = self.conn.clone();
         redis::cmd("SET")
             .arg(key)
             .arg(value)
             .arg("PX")
-            .arg(millis)
+            .arg(millis(ttl))
             .exec_async(&mut conn)
             .await?;
         Ok(())
@@ -144,6 +181,50 @@ impl Backend for RedisBackend {
             }
             cursor = next;
         }
+    }
+
+    async fn try_lease(
+        &self,
+        key: &str,
+        marker: &[u8],
+        ttl: Duration,
+    ) -> Result<Lease, CacheError> {
+        let mut conn = self.conn.clone();
+        let found: Option<Vec<u8>> = LEASE
+            .key(key)
+            .arg(marker)
+            .arg(millis(ttl))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(match found {
+            None => Lease::Acquired,
+            Some(bytes) if is_lease_marker(&bytes) => Lease::Held,
+            Some(bytes) => Lease::Value(bytes),
+        })
+    }
+
+    async fn fill(
+        &self,
+        key: &str,
+        marker: &[u8],
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, CacheError> {
+        let mut conn = self.conn.clone();
+        let stored: u8 = FILL
+            .key(key)
+            .arg(marker)
+            .arg(value)
+            .arg(millis(ttl))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(stored == 1)
+    }
+
+    async fn release(&self, key: &str, marker: &[u8]) -> Result<(), CacheError> {
+        let mut conn = self.conn.clone();
+        let _: u8 = RELEASE.key(key).arg(marker).invoke_async(&mut conn).await?;
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), CacheError> {
