@@ -152,10 +152,11 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         Ok(true)
     }
 
-    /// Removes `key` if it still holds `marker` (a loader that failed gives its lease back).
-    async fn release(&self, key: &str, marker: &[u8]) -> Result<(), CacheError> {
+    /// Removes `key` if it still holds `marker` (a loader gives its lease back); returns
+    /// whether it did, i.e. whether the lease survived until now.
+    async fn release(&self, key: &str, marker: &[u8]) -> Result<bool, CacheError> {
         let _ = (key, marker);
-        Ok(())
+        Ok(true)
     }
 
     /// Facts about the server, if the store has one. `prefix_pattern` matches this service's

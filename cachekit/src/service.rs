@@ -806,19 +806,28 @@ impl CacheService {
             }
         };
         let store = store_if(&value);
-        match lease {
-            LeaseState::Ours(mut guard) if store => {
-                self.fill(key, &physical, &guard.marker, &bytes, ttl).await;
+        // Whether the value is known not to predate an invalidation: only then is it handed to
+        // single-flight followers, who may have arrived after that invalidation.
+        let fresh = match lease {
+            LeaseState::Ours(mut guard) => {
+                let fresh = if store {
+                    self.fill(key, &physical, &guard.marker, &bytes, ttl).await
+                } else {
+                    self.release(&physical, &guard.marker).await
+                };
                 guard.disarm();
+                fresh
             }
-            LeaseState::Ours(guard) => drop(guard), // gives the lease back
-            LeaseState::Off | LeaseState::Unavailable if store => {
-                self.store(key, &bytes, ttl).await;
+            LeaseState::Off | LeaseState::Unavailable => {
+                if store {
+                    self.store(key, &bytes, ttl).await;
+                }
+                true
             }
             // Someone else held the lease for its whole TTL: do not overwrite what they write.
-            LeaseState::GaveUp | LeaseState::Off | LeaseState::Unavailable => {}
-        }
-        Ok((Fetched::loaded(value), Some(Shared::from(bytes))))
+            LeaseState::GaveUp => true,
+        };
+        Ok((Fetched::loaded(value), fresh.then(|| Shared::from(bytes))))
     }
 
     /// Takes the lease on a missing key, or waits for the holder's value (returned as `Err`,
@@ -869,7 +878,7 @@ impl CacheService {
     }
 
     /// Writes a loaded value under the lease `marker`: refused if the key was invalidated
-    /// since the lease was taken.
+    /// since the lease was taken. Returns whether it was written.
     async fn fill(
         &self,
         key: &str,
@@ -877,30 +886,45 @@ impl CacheService {
         marker: &[u8],
         bytes: &[u8],
         ttl: Option<Duration>,
-    ) {
+    ) -> bool {
         let inner = &*self.inner;
         let ttl = match self.ttl(key, ttl) {
             Ok(ttl) => ttl,
             Err(error) => {
                 tracing::warn!(key, %error, "value not cached");
-                return;
+                return self.release(physical, marker).await;
             }
         };
         let fill = inner.backend.fill(physical, marker, bytes, ttl);
         match self.guarded("fill", inner.timeout, fill).await {
-            Ok(true) => Counters::bump(&inner.counters.sets),
+            Ok(true) => {
+                Counters::bump(&inner.counters.sets);
+                true
+            }
             Ok(false) => {
                 Counters::bump(&inner.counters.stale_sets_prevented);
                 tracing::debug!(
                     key,
                     "loaded value not cached: the key was invalidated while it loaded"
                 );
+                false
             }
             Err(e) => {
                 self.degraded("set", key, &e);
                 self.store_fallback(key, bytes, Some(ttl)).await;
+                false
             }
         }
+    }
+
+    /// Gives a lease back; returns whether it was still held (no invalidation meanwhile).
+    async fn release(&self, physical: &str, marker: &[u8]) -> bool {
+        let inner = &*self.inner;
+        let release = inner.backend.release(physical, marker);
+        matches!(
+            self.guarded("release", inner.timeout, release).await,
+            Ok(true)
+        )
     }
 
     // ----- introspection -------------------------------------------------------------------
@@ -1218,6 +1242,46 @@ mod tests {
             .unwrap();
         assert_eq!(value, 3);
         assert_eq!(cache.get::<u32>("k").await, Some(3));
+    }
+
+    /// A caller that arrives after an invalidation must not be handed the value an earlier
+    /// caller was loading when the invalidation happened.
+    #[tokio::test]
+    async fn a_follower_arriving_after_an_invalidation_does_not_get_the_stale_load() {
+        let cache = memory_with(true, true).await;
+        let loading = Arc::new(tokio::sync::Notify::new());
+        let go_on = Arc::new(tokio::sync::Notify::new());
+        let early = {
+            let (cache, loading, go_on) = (cache.clone(), loading.clone(), go_on.clone());
+            tokio::spawn(async move {
+                cache
+                    .get_or_load("users:1", None, || async {
+                        loading.notify_one();
+                        go_on.notified().await;
+                        Ok::<_, std::io::Error>("old".to_string())
+                    })
+                    .await
+                    .unwrap()
+            })
+        };
+        loading.notified().await;
+        cache.delete("users:1").await; // the writer's invalidation
+        let late = {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                cache
+                    .get_or_load("users:1", None, || async {
+                        Ok::<_, std::io::Error>("new".to_string())
+                    })
+                    .await
+                    .unwrap()
+            })
+        };
+        tokio::task::yield_now().await;
+        go_on.notify_one();
+        assert_eq!(early.await.unwrap(), "old");
+        assert_eq!(late.await.unwrap(), "new");
+        assert_eq!(cache.get::<String>("users:1").await.as_deref(), Some("new"));
     }
 
     /// A reader loads the old row; a writer invalidates while it loads; the reader's write must

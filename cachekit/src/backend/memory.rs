@@ -181,8 +181,9 @@ impl Backend for MemoryBackend {
         Ok(matches!(result, CompResult::ReplacedWith(_)))
     }
 
-    async fn release(&self, key: &str, marker: &[u8]) -> Result<(), CacheError> {
-        self.cache
+    async fn release(&self, key: &str, marker: &[u8]) -> Result<bool, CacheError> {
+        let result = self
+            .cache
             .entry_by_ref(key)
             .and_compute_with(|current| async move {
                 match current {
@@ -191,7 +192,7 @@ impl Backend for MemoryBackend {
                 }
             })
             .await;
-        Ok(())
+        Ok(matches!(result, CompResult::Removed(_)))
     }
 
     async fn ping(&self) -> Result<(), CacheError> {

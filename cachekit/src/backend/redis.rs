@@ -221,10 +221,10 @@ impl Backend for RedisBackend {
         Ok(stored == 1)
     }
 
-    async fn release(&self, key: &str, marker: &[u8]) -> Result<(), CacheError> {
+    async fn release(&self, key: &str, marker: &[u8]) -> Result<bool, CacheError> {
         let mut conn = self.conn.clone();
-        let _: u8 = RELEASE.key(key).arg(marker).invoke_async(&mut conn).await?;
-        Ok(())
+        let removed: u8 = RELEASE.key(key).arg(marker).invoke_async(&mut conn).await?;
+        Ok(removed == 1)
     }
 
     async fn ping(&self) -> Result<(), CacheError> {
