@@ -506,12 +506,12 @@ impl CacheConfig {
                 "breaker_threshold must be at least 1".into(),
             ));
         }
-        if let Fallback::Memory { ttl, max_bytes } = &self.fallback {
-            if ttl.is_zero() || *max_bytes == 0 {
-                return Err(CacheError::Config(
-                    "the memory fallback needs a TTL and a size above zero".into(),
-                ));
-            }
+        if let Fallback::Memory { ttl, max_bytes } = &self.fallback
+            && (ttl.is_zero() || *max_bytes == 0)
+        {
+            return Err(CacheError::Config(
+                "the memory fallback needs a TTL and a size above zero".into(),
+            ));
         }
         match &self.store {
             StoreConfig::Redis(redis) => redis.validate(),

@@ -57,14 +57,10 @@ impl Flights {
 }
 
 impl Leader<'_> {
-    /// Hands the loaded value to the waiters.
-    pub(crate) fn finish(self, value: Shared) {
-        self.tx.send_replace(Some(value));
-    }
-}
-
-impl Drop for Leader<'_> {
-    fn drop(&mut self) {
+    /// Stops taking followers: callers from now on go their own way (to the store). Called
+    /// before the loaded value is written, so every follower is known to have arrived before
+    /// that write: the condition for handing it a value whose write proved fresh.
+    pub(crate) fn close(&self) {
         let mut map = self
             .flights
             .in_flight
@@ -77,6 +73,17 @@ impl Drop for Leader<'_> {
             map.remove(&self.key);
         }
     }
+
+    /// Hands the loaded value to the waiters.
+    pub(crate) fn finish(self, value: Shared) {
+        self.tx.send_replace(Some(value));
+    }
+}
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        self.close();
+    }
 }
 
 /// Waits for the leader; `None` when it ended without a value.
@@ -86,8 +93,7 @@ pub(crate) async fn wait(mut slot: Slot) -> Option<Shared> {
     }
     // The sender dropped: the leader failed, panicked or was cancelled. It may still have sent
     // a value just before dropping.
-    let value = slot.borrow().clone();
-    value
+    slot.borrow().clone()
 }
 
 #[cfg(test)]
@@ -120,5 +126,23 @@ mod tests {
         drop(leader);
         assert_eq!(wait(slot).await, None);
         assert_eq!(flights.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_closed_flight_takes_no_new_followers_but_serves_its_own() {
+        let flights = Flights::default();
+        let Role::Leader(leader) = flights.join("k") else {
+            panic!("leads")
+        };
+        let Role::Follower(early) = flights.join("k") else {
+            panic!("follows")
+        };
+        leader.close();
+        assert!(
+            matches!(flights.join("k"), Role::Leader(_)),
+            "a late caller goes its own way"
+        );
+        leader.finish(Arc::from(&b"1"[..]));
+        assert_eq!(wait(early).await.as_deref(), Some(&b"1"[..]));
     }
 }

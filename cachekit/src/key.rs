@@ -159,12 +159,12 @@ fn glob_match_bytes(mut p: &[u8], mut s: &[u8]) -> bool {
                 p = rest;
                 continue;
             }
-            if let Some((&sc, srest)) = s.split_first() {
-                if let Some(prest_after) = match_one(p, sc) {
-                    p = prest_after;
-                    s = srest;
-                    continue;
-                }
+            if let Some((&sc, srest)) = s.split_first()
+                && let Some(prest_after) = match_one(p, sc)
+            {
+                p = prest_after;
+                s = srest;
+                continue;
             }
         } else if s.is_empty() {
             return true;

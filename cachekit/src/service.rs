@@ -6,7 +6,7 @@ use crate::backend::{
 };
 use crate::breaker::{Breaker, BreakerState};
 use crate::config::{CacheConfig, CacheServiceBuilder, Fallback, StoreConfig};
-use crate::flight::{self, Flights, Role, Shared};
+use crate::flight::{self, Flights, Leader, Role, Shared};
 use crate::key::escape_glob;
 use crate::stats::{CacheStats, Counters};
 use crate::{CacheError, codec};
@@ -742,7 +742,7 @@ impl CacheService {
         let inner = &*self.inner;
         if !inner.single_flight {
             return self
-                .load_leased(key, ttl, store_if, load)
+                .load_leased(key, ttl, store_if, load, None)
                 .await
                 .map(|(f, _)| f);
         }
@@ -751,20 +751,22 @@ impl CacheService {
             Role::Leader(leader) => {
                 // On `Err`, a panic or a cancellation the leader drops unfinished, and its
                 // followers load for themselves.
-                let (fetched, shared) = self.load_leased(key, ttl, store_if, load).await?;
+                let (fetched, shared) = self
+                    .load_leased(key, ttl, store_if, load, Some(&leader))
+                    .await?;
                 if let Some(bytes) = shared {
                     leader.finish(bytes);
                 }
                 Ok(fetched)
             }
             Role::Follower(slot) => {
-                if let Some(bytes) = flight::wait(slot).await {
-                    if let Ok(value) = codec::decode::<T>(key, &bytes) {
-                        Counters::bump(&inner.counters.coalesced);
-                        return Ok(Fetched::hit(value));
-                    }
+                if let Some(bytes) = flight::wait(slot).await
+                    && let Ok(value) = codec::decode::<T>(key, &bytes)
+                {
+                    Counters::bump(&inner.counters.coalesced);
+                    return Ok(Fetched::hit(value));
                 }
-                self.load_leased(key, ttl, store_if, load)
+                self.load_leased(key, ttl, store_if, load, None)
                     .await
                     .map(|(f, _)| f)
             }
@@ -780,6 +782,7 @@ impl CacheService {
         ttl: Option<Duration>,
         store_if: impl FnOnce(&T) -> bool,
         load: Fut,
+        flight: Option<&Leader<'_>>,
     ) -> Result<(Fetched<T>, Option<Shared>), E>
     where
         T: Serialize + DeserializeOwned,
@@ -806,6 +809,9 @@ impl CacheService {
             }
         };
         let store = store_if(&value);
+        if let Some(flight) = flight {
+            flight.close();
+        }
         // Whether the value is known not to predate an invalidation: only then is it handed to
         // single-flight followers, who may have arrived after that invalidation.
         let fresh = match lease {
@@ -1095,10 +1101,10 @@ async fn reconnect_in_background(service: Weak<Inner>) {
         }
         let ping = tokio::time::timeout(inner.timeout, inner.backend.ping()).await;
         if matches!(ping, Ok(Ok(()))) {
-            if inner.breaker.on_success() {
-                if let Some((store, _)) = &inner.fallback {
-                    store.clear();
-                }
+            if inner.breaker.on_success()
+                && let Some((store, _)) = &inner.fallback
+            {
+                store.clear();
             }
             tracing::info!(
                 endpoint = inner.endpoint.as_deref().unwrap_or(""),
