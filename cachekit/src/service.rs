@@ -830,8 +830,9 @@ impl CacheService {
                 }
                 true
             }
-            // Someone else held the lease for its whole TTL: do not overwrite what they write.
-            LeaseState::GaveUp => true,
+            // Someone else held the lease for its whole TTL: do not overwrite what they write,
+            // and, unable to prove this value fresh, do not hand it on.
+            LeaseState::GaveUp => false,
         };
         Ok((Fetched::loaded(value), fresh.then(|| Shared::from(bytes))))
     }
@@ -858,10 +859,9 @@ impl CacheService {
                     )));
                 }
                 Ok(Lease::Value(bytes)) => match self.decode::<T>(key, Some(bytes)) {
-                    Ok(Some(value)) => {
-                        let shared = codec::encode(key, &value).ok().map(Shared::from);
-                        return Err((Fetched::hit(value), shared));
-                    }
+                    // Not handed to followers: one may have arrived after an invalidation
+                    // that followed this read. They read the store themselves.
+                    Ok(Some(value)) => return Err((Fetched::hit(value), None)),
                     // Undecodable (already counted and logged): remove it, then try again.
                     _ => {
                         let delete = inner.backend.delete(physical);
