@@ -22,11 +22,6 @@ pub fn as_service<C: std::borrow::Borrow<CacheService> + ?Sized>(c: &C) -> &Cach
     c.borrow()
 }
 
-/// Seconds from a `ttl = N` option.
-pub const fn ttl_secs(secs: u64) -> Option<Duration> {
-    Some(Duration::from_secs(secs))
-}
-
 /// Store every value.
 pub fn always<T>(_: &T) -> bool {
     true

@@ -799,8 +799,18 @@ impl CacheService {
             LeaseState::Off
         };
 
-        // On `Err` (or a panic or a cancellation) a held lease's guard gives it back.
-        let value = load.await?;
+        let value = match load.await {
+            Ok(value) => value,
+            Err(error) => {
+                // Give the lease back before returning, so the next caller finds the key empty.
+                // (On a panic or a cancellation the guard gives it back in the background.)
+                if let LeaseState::Ours(mut guard) = lease {
+                    self.release(&physical, &guard.marker).await;
+                    guard.disarm();
+                }
+                return Err(error);
+            }
+        };
         let bytes = match codec::encode(key, &value) {
             Ok(bytes) => bytes,
             Err(error) => {
@@ -1124,6 +1134,10 @@ async fn reconnect_in_background(service: Weak<Inner>) {
 ///     fn cache(&self) -> &cachekit::CacheService { &self.cache }
 /// }
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not implement `cachekit::HasCache`",
+    note = "implement `HasCache` for `{Self}` to name its cache, or give the attribute `cache = ...`"
+)]
 pub trait HasCache {
     /// The service this value's methods cache through.
     fn cache(&self) -> &CacheService;
