@@ -1,53 +1,65 @@
-//! The quickstart: a repository cached with cachekit, showing a miss, a hit, an invalidation
-//! and the statistics.
+//! The quickstart: a repository annotated with `#[cached]` and `#[invalidates]`, showing a
+//! miss, a hit, an invalidation and the statistics.
 //!
 //! With no configuration it runs on the embedded in-process store; with `REDIS_URL` set
 //! (e.g. `REDIS_URL=redis://127.0.0.1:6379 bash scripts/quickstart.sh`) it uses Redis.
 
-use cachekit::CacheService;
+use cachekit::{CacheService, HasCache, cached, invalidates};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct User {
     id: u64,
     name: String,
-    email: String,
 }
+
+#[derive(Debug)]
+struct NotFound;
 
 /// A stand-in for a database table: each query takes 25 ms.
 struct UserRepo {
     cache: CacheService,
+    table: Mutex<HashMap<u64, String>>,
+}
+
+impl HasCache for UserRepo {
+    fn cache(&self) -> &CacheService {
+        &self.cache
+    }
 }
 
 impl UserRepo {
-    async fn query_user(&self, id: u64) -> Result<User, std::io::Error> {
+    #[cached(ttl = 300, key = "users:{id}", status)]
+    async fn get_user(&self, id: u64) -> Result<User, NotFound> {
         tokio::time::sleep(Duration::from_millis(25)).await;
-        Ok(User {
-            id,
-            name: format!("user {id}"),
-            email: format!("user{id}@example.com"),
-        })
+        let table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let name = table.get(&id).cloned().ok_or(NotFound)?;
+        Ok(User { id, name })
     }
 
-    async fn get_user(&self, id: u64) -> Result<(User, bool), std::io::Error> {
-        let fetched = self
-            .cache
-            .get_or_load_with_status(
-                &format!("users:{id}"),
-                Some(Duration::from_secs(300)),
-                || self.query_user(id),
-            )
-            .await?;
-        Ok((fetched.value, fetched.from_cache))
-    }
-
-    async fn rename_user(&self, id: u64, _name: &str) -> Result<(), std::io::Error> {
-        // ... the UPDATE would run here; then the cached copies go.
-        self.cache.invalidate_pattern("users:*").await;
-        let _ = id;
+    #[invalidates("users:{id}")]
+    async fn rename_user(&self, id: u64, name: &str) -> Result<(), NotFound> {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let row = table.get_mut(&id).ok_or(NotFound)?;
+        *row = name.to_owned();
         Ok(())
     }
+}
+
+async fn timed_read(repo: &UserRepo, label: &str) -> Result<(), NotFound> {
+    let started = Instant::now();
+    let fetched = repo.get_user_with_status(1).await?;
+    println!(
+        "{label:<13} {:<7} {:>8.3} ms  {:?}",
+        if fetched.from_cache { "hit" } else { "miss" },
+        started.elapsed().as_secs_f64() * 1000.0,
+        fetched.value
+    );
+    Ok(())
 }
 
 #[tokio::main]
@@ -60,44 +72,41 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let cache = CacheService::from_env().await;
     println!(
-        "backend: {}  prefix: {}",
+        "backend: {}, prefix: {}",
         cache.stats().backend,
         cache.prefix()
     );
+    cache.delete("users:1").await; // start from a cold key
     let repo = UserRepo {
         cache: cache.clone(),
+        table: Mutex::new(HashMap::from([(1, "Ada".to_owned())])),
     };
-    cache.clear_all().await;
 
-    for label in ["first read", "second read"] {
-        let started = Instant::now();
-        let (user, from_cache) = repo.get_user(1).await?;
-        println!(
-            "{label:<12} {:<9} {:>9.3} ms  {user:?}",
-            if from_cache { "(hit)" } else { "(miss)" },
-            started.elapsed().as_secs_f64() * 1000.0
-        );
-    }
-
-    repo.rename_user(1, "Ada").await?;
-    println!("renamed user 1: users:* invalidated");
-    let started = Instant::now();
-    let (_, from_cache) = repo.get_user(1).await?;
-    println!(
-        "{:<12} {:<9} {:>9.3} ms",
-        "after write",
-        if from_cache { "(hit)" } else { "(miss)" },
-        started.elapsed().as_secs_f64() * 1000.0
-    );
+    timed_read(&repo, "first read")
+        .await
+        .map_err(|_| "user 1 missing")?;
+    timed_read(&repo, "second read")
+        .await
+        .map_err(|_| "user 1 missing")?;
+    repo.rename_user(1, "Ada Lovelace")
+        .await
+        .map_err(|_| "user 1 missing")?;
+    println!("renamed user 1: users:1 invalidated");
+    timed_read(&repo, "after write")
+        .await
+        .map_err(|_| "user 1 missing")?;
+    timed_read(&repo, "again")
+        .await
+        .map_err(|_| "user 1 missing")?;
 
     let stats = cache.stats();
     println!(
-        "stats: hits={} misses={} hit_rate={:.2} sets={} invalidations={} errors={} breaker={}",
+        "stats: hits={} misses={} hit_rate={:.2} sets={} deletes={} errors={} breaker={}",
         stats.hits,
         stats.misses,
         stats.hit_rate(),
         stats.sets,
-        stats.invalidations,
+        stats.deletes,
         stats.errors,
         stats.breaker
     );
