@@ -1264,27 +1264,38 @@ mod tests {
         assert_eq!(cache.get::<u32>("k").await, Some(3));
     }
 
-    /// A caller that arrives after an invalidation must not be handed the value an earlier
-    /// caller was loading when the invalidation happened.
-    #[tokio::test]
-    async fn a_follower_arriving_after_an_invalidation_does_not_get_the_stale_load() {
-        let cache = memory_with(true, true).await;
+    /// Starts a `get_or_load` whose loader stops inside the load until the returned `Notify`
+    /// is notified, and returns once the loader is running.
+    async fn start_blocked_load(
+        cache: &CacheService,
+        key: &'static str,
+        value: &'static str,
+    ) -> (tokio::task::JoinHandle<String>, Arc<tokio::sync::Notify>) {
         let loading = Arc::new(tokio::sync::Notify::new());
         let go_on = Arc::new(tokio::sync::Notify::new());
-        let early = {
+        let task = {
             let (cache, loading, go_on) = (cache.clone(), loading.clone(), go_on.clone());
             tokio::spawn(async move {
                 cache
-                    .get_or_load("users:1", None, || async {
+                    .get_or_load(key, None, || async {
                         loading.notify_one();
                         go_on.notified().await;
-                        Ok::<_, std::io::Error>("old".to_string())
+                        Ok::<_, std::io::Error>(value.to_string())
                     })
                     .await
                     .unwrap()
             })
         };
         loading.notified().await;
+        (task, go_on)
+    }
+
+    /// A caller that arrives after an invalidation must not be handed the value an earlier
+    /// caller was loading when the invalidation happened.
+    #[tokio::test]
+    async fn a_follower_arriving_after_an_invalidation_does_not_get_the_stale_load() {
+        let cache = memory_with(true, true).await;
+        let (early, go_on) = start_blocked_load(&cache, "users:1", "old").await;
         cache.delete("users:1").await; // the writer's invalidation
         let late = {
             let cache = cache.clone();
@@ -1310,22 +1321,7 @@ mod tests {
     async fn an_invalidation_during_a_load_refuses_the_stale_write() {
         for leases in [true, false] {
             let cache = memory_with(leases, true).await;
-            let loading = Arc::new(tokio::sync::Notify::new());
-            let go_on = Arc::new(tokio::sync::Notify::new());
-            let reader = {
-                let (cache, loading, go_on) = (cache.clone(), loading.clone(), go_on.clone());
-                tokio::spawn(async move {
-                    cache
-                        .get_or_load("users:1", None, || async {
-                            loading.notify_one();
-                            go_on.notified().await;
-                            Ok::<_, std::io::Error>("old".to_string())
-                        })
-                        .await
-                        .unwrap()
-                })
-            };
-            loading.notified().await;
+            let (reader, go_on) = start_blocked_load(&cache, "users:1", "old").await;
             cache.invalidate_pattern("users:*").await; // the writer's invalidation
             go_on.notify_one();
             assert_eq!(

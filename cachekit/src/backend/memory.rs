@@ -67,6 +67,19 @@ impl MemoryBackend {
         self.cache.invalidate_all();
     }
 
+    /// Applies `op` to `key` atomically if it holds exactly `marker`.
+    async fn if_holds(&self, key: &str, marker: &[u8], op: Op<Entry>) -> CompResult<String, Entry> {
+        self.cache
+            .entry_by_ref(key)
+            .and_compute_with(|current| async move {
+                match current {
+                    Some(current) if &*current.value().bytes == marker => op,
+                    _ => Op::Nop,
+                }
+            })
+            .await
+    }
+
     fn matching_keys(&self, pattern: &str) -> Vec<Arc<String>> {
         self.cache
             .iter()
@@ -168,30 +181,12 @@ impl Backend for MemoryBackend {
             bytes: Arc::from(value),
             ttl,
         };
-        let result = self
-            .cache
-            .entry_by_ref(key)
-            .and_compute_with(|current| async move {
-                match current {
-                    Some(current) if &*current.value().bytes == marker => Op::Put(entry),
-                    _ => Op::Nop,
-                }
-            })
-            .await;
+        let result = self.if_holds(key, marker, Op::Put(entry)).await;
         Ok(matches!(result, CompResult::ReplacedWith(_)))
     }
 
     async fn release(&self, key: &str, marker: &[u8]) -> Result<bool, CacheError> {
-        let result = self
-            .cache
-            .entry_by_ref(key)
-            .and_compute_with(|current| async move {
-                match current {
-                    Some(current) if &*current.value().bytes == marker => Op::Remove,
-                    _ => Op::Nop,
-                }
-            })
-            .await;
+        let result = self.if_holds(key, marker, Op::Remove).await;
         Ok(matches!(result, CompResult::Removed(_)))
     }
 

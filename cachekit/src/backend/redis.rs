@@ -39,6 +39,22 @@ return 0",
     )
 });
 
+/// One `SCAN` step: the next cursor (0 when the walk is done) and the matching keys.
+async fn scan_step(
+    conn: &mut ConnectionManager,
+    cursor: u64,
+    pattern: &str,
+) -> Result<(u64, Vec<Vec<u8>>), CacheError> {
+    Ok(redis::cmd("SCAN")
+        .arg(cursor)
+        .arg("MATCH")
+        .arg(pattern)
+        .arg("COUNT")
+        .arg(SCAN_COUNT)
+        .query_async(conn)
+        .await?)
+}
+
 fn millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
@@ -132,17 +148,10 @@ impl Backend for RedisBackend {
 
     async fn delete_matching(&self, pattern: &str) -> Result<u64, CacheError> {
         let mut conn = self.conn.clone();
-        let mut cursor: u64 = 0;
+        let mut cursor = 0;
         let mut removed = 0;
         loop {
-            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(SCAN_COUNT)
-                .query_async(&mut conn)
-                .await?;
+            let (next, keys) = scan_step(&mut conn, cursor, pattern).await?;
             if !keys.is_empty() {
                 let n: u64 = redis::cmd("UNLINK")
                     .arg(&keys)
@@ -159,18 +168,11 @@ impl Backend for RedisBackend {
 
     async fn count_matching(&self, pattern: &str, budget: u64) -> Result<(u64, bool), CacheError> {
         let mut conn = self.conn.clone();
-        let mut cursor: u64 = 0;
+        let mut cursor = 0;
         let mut count = 0;
         let mut examined = 0;
         loop {
-            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(SCAN_COUNT)
-                .query_async(&mut conn)
-                .await?;
+            let (next, keys) = scan_step(&mut conn, cursor, pattern).await?;
             count += keys.len() as u64;
             examined += SCAN_COUNT;
             if next == 0 {
