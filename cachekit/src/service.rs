@@ -1019,11 +1019,19 @@ impl CacheService {
     }
 
     /// The key prefix (without the trailing `:`).
+    ///
+    /// ```
+    /// assert_eq!(cachekit::CacheService::memory().prefix(), cachekit::DEFAULT_PREFIX);
+    /// ```
     pub fn prefix(&self) -> &str {
         self.inner.key_prefix.trim_end_matches(':')
     }
 
     /// The TTL used when a call gives none.
+    ///
+    /// ```
+    /// assert_eq!(cachekit::CacheService::memory().default_ttl(), cachekit::DEFAULT_TTL);
+    /// ```
     pub fn default_ttl(&self) -> Duration {
         self.inner.default_ttl
     }
@@ -1165,6 +1173,12 @@ pub fn set_global(service: CacheService) -> Result<(), CacheService> {
 }
 
 /// The process-wide service set with [`set_global`], if any.
+///
+/// ```
+/// if let Some(cache) = cachekit::global() {
+///     println!("caching free functions with prefix {}", cache.prefix());
+/// }
+/// ```
 pub fn global() -> Option<&'static CacheService> {
     GLOBAL.get()
 }
