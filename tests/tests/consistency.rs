@@ -145,8 +145,12 @@ async fn run(leases: bool) -> Outcome {
         .flat_map(|r| std::iter::repeat_n(r, READERS_PER_SERVICE))
         .enumerate()
     {
-        let (repo, reads, done, operations) =
-            (repo.clone(), reads.clone(), done.clone(), operations.clone());
+        let (repo, reads, done, operations) = (
+            repo.clone(),
+            reads.clone(),
+            done.clone(),
+            operations.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut i = n as u32;
             while !done.load(Ordering::Relaxed) {
