@@ -1,0 +1,34 @@
+//! The roles service of the first seed document on cachekit: an axum app over SQLite.
+//!
+//! ```bash
+//! REDIS_URL=redis://127.0.0.1:6379 cargo run -p cachekit-examples --bin roles_api
+//! curl -s localhost:3000/role/get/1      # "cached":false, then "cached":true
+//! ```
+//!
+//! Environment: `REDIS_URL` & co (see cachekit's docs; with none set, the embedded store),
+//! `DATABASE_URL` (default `sqlite::memory:`, created and seeded on start), `BIND`
+//! (`host:port`) or `PORT` (default `127.0.0.1:3000`), `RUST_LOG` (default `info`).
+//! Ctrl-C stops it after the requests in flight.
+
+use cachekit::CacheService;
+use cachekit_examples::{db, roles_api};
+use tokio::net::TcpListener;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    cachekit_examples::init_tracing("info");
+
+    let bind = roles_api::bind_address(|name| std::env::var(name).ok())?;
+    let cache = CacheService::from_env().await;
+    let app = roles_api::app(cache.clone(), &db::database_url_from_env()).await?;
+    let listener = TcpListener::bind(bind).await?;
+    println!(
+        "roles_api listening on http://{} (cache: {}, prefix `{}`); Ctrl-C to stop",
+        listener.local_addr()?,
+        cache.stats().backend,
+        cache.prefix()
+    );
+    roles_api::serve(listener, app, roles_api::shutdown_signal()).await?;
+    println!("roles_api stopped");
+    Ok(())
+}
