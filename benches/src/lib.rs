@@ -1,1 +1,210 @@
-//! Shared helpers for the cachekit benchmarks.
+//! Benchmarks of cachekit, and a runner that measures it side by side with what a user would
+//! otherwise pick: raw redis-rs, and the `cached` crate's `#[concurrent_cached]` over its
+//! `AsyncRedisCache`.
+//!
+//! The criterion benchmarks (`cargo bench -p cachekit-benches`) time the pieces: key building,
+//! encoding and decoding the user record, an embedded-store hit, a Redis hit through
+//! `CacheService::get`, and a `#[cached]` hit.
+//!
+//! The comparison runner ([`run`], behind
+//! `cargo run --release -p cachekit-benches --bin compare`) measures everything in one
+//! process, against one Redis, on the same ~1 KB JSON [`User`] record, interleaving the
+//! contenders (call by call in a new random order each turn for latencies, block by block in a
+//! rotating order for throughput) so that a noisy machine affects them alike; each figure's
+//! ratio to raw redis-rs is computed per round and the median reported. See `BENCHMARKS.md` at
+//! the workspace root for a run and what each figure means.
+
+mod diagnostic;
+mod record;
+mod repo;
+mod report;
+mod runner;
+mod stats;
+
+pub use record::{Address, Preferences, User};
+pub use repo::{DbError, SLOW_LOAD, UserRepo};
+pub use report::{Machine, Report, Row, Settings};
+
+use cachekit_tests::RedisServer;
+use std::fmt;
+
+/// The prefix of every key the benchmarks write (cachekit's prefix, and the `cached` crate's
+/// namespace), so that they can be removed from a shared Redis afterwards.
+pub const PREFIX: &str = "cachekit-bench";
+
+/// The names of the scenarios and contenders in a [`Report`].
+pub mod names {
+    /// The cost of one timing sample by itself.
+    pub const CLOCK_SCENARIO: &str = "clock";
+    /// One task reading the cached user again and again, each call timed.
+    pub const SEQUENTIAL: &str = "sequential hit";
+    /// One task reading the user from the embedded store, each call timed.
+    pub const EMBEDDED: &str = "embedded store hit";
+    /// 64 tasks reading the cached user at once.
+    pub const CONCURRENT: &str = "concurrent hit (64 tasks)";
+    /// 1,000 concurrent calls on one cold key with a 50 ms loader.
+    pub const STAMPEDE: &str = "stampede";
+    /// Removing `users:*` among many other keys.
+    pub const INVALIDATION: &str = "invalidate users:*";
+
+    /// `Instant::now()` then `elapsed()`.
+    pub const CLOCK: &str = "Instant::now + elapsed";
+    /// redis-rs `GET` and `serde_json::from_slice` on a multiplexed connection: the baseline.
+    /// The raw connections get the settings cachekit gives its own (response timeout 250 ms,
+    /// pipeline buffer 1024).
+    pub const RAW: &str = "redis-rs GET + serde_json (multiplexed)";
+    /// The same on redis-rs's `ConnectionManager`, the connection cachekit and the `cached`
+    /// crate use, configured as cachekit configures it.
+    pub const RAW_MANAGER: &str = "redis-rs GET + serde_json (ConnectionManager)";
+    /// Diagnostic (`--diagnostics`): the `ConnectionManager` read inside a
+    /// `tokio::time::timeout`, the guard cachekit puts around every backend call.
+    pub const RAW_MANAGER_TIMEOUT: &str =
+        "redis-rs GET + serde_json (ConnectionManager) in tokio::time::timeout";
+    /// `CacheService::get` on Redis.
+    pub const SERVICE_GET: &str = "cachekit CacheService::get";
+    /// Diagnostic (`--diagnostics`): `CacheService::get` over a copy of cachekit's Redis
+    /// backend that cachekit calls without its guard (no per-call timeout, no breaker).
+    pub const SERVICE_GET_UNGUARDED: &str = "cachekit CacheService::get, guard off";
+    /// A `#[cached]` method on Redis.
+    pub const MACRO: &str = "cachekit #[cached]";
+    /// The `cached` crate's `#[concurrent_cached]` with its `AsyncRedisCache`.
+    pub const CACHED_CRATE: &str = "cached #[concurrent_cached] AsyncRedisCache";
+    /// `CacheService::get` on the embedded store.
+    pub const MEMORY_GET: &str = "cachekit embedded CacheService::get";
+    /// A `#[cached]` method on the embedded store.
+    pub const MEMORY_MACRO: &str = "cachekit embedded #[cached]";
+    /// `serde_json::from_slice` of the record alone, no store: the decoding every hit pays,
+    /// measured beside the embedded store's hits.
+    pub const DECODE_ONLY: &str = "serde_json::from_slice alone (no store)";
+    /// Cache-aside written by hand on redis-rs (`GET`; on a miss, load and `SET`): the
+    /// stampede's baseline.
+    pub const RAW_CACHE_ASIDE: &str = "redis-rs hand-written cache-aside";
+    /// `SCAN MATCH` + `UNLINK` written by hand on redis-rs: the invalidation's baseline.
+    pub const RAW_SCAN: &str = "redis-rs SCAN + UNLINK";
+    /// `CacheService::invalidate_pattern`.
+    pub const SERVICE_INVALIDATE: &str = "cachekit invalidate_pattern";
+}
+
+/// How to run the comparison.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Far less work (a few seconds): for CI, so that the runner cannot rot. Its figures are
+    /// not worth quoting.
+    pub quick: bool,
+    /// The Redis to use. `None`: start a private `redis-server` on a free port. The run writes
+    /// keys under [`PREFIX`] (a million of them in full mode) and removes them at the end.
+    pub redis_url: Option<String>,
+    /// Report progress on stderr.
+    pub progress: bool,
+    /// Also measure diagnostic contenders that isolate parts of cachekit's cost: raw redis-rs
+    /// inside cachekit's per-call timeout, and cachekit without that timeout.
+    pub diagnostics: bool,
+}
+
+/// Why the comparison could not run.
+#[derive(Debug)]
+pub struct Error(String);
+
+impl Error {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+macro_rules! error_from {
+    ($($source:ty),*) => {$(
+        impl From<$source> for Error {
+            fn from(error: $source) -> Self {
+                Self(error.to_string())
+            }
+        }
+    )*};
+}
+
+error_from!(
+    redis::RedisError,
+    serde_json::Error,
+    std::io::Error,
+    tokio::task::JoinError,
+    cachekit::CacheError
+);
+
+impl From<DbError> for Error {
+    fn from(error: DbError) -> Self {
+        Self(format!("{error:?}"))
+    }
+}
+
+/// Runs the comparison: starts a private Redis unless `options` names one, measures every
+/// scenario, and returns the figures. Blocks; call it outside any async runtime.
+///
+/// # Errors
+///
+/// When Redis cannot be reached, or a contender misbehaves (a hit that misses, a wrong value,
+/// a wrong count of removed keys).
+///
+/// # Panics
+///
+/// When a private `redis-server` cannot be started (the message says how to install it).
+pub fn run(options: &Options) -> Result<Report, Error> {
+    let (server, url, redis) = match &options.redis_url {
+        Some(url) => (None, url.clone(), "external"),
+        None => {
+            let server = RedisServer::start();
+            let url = server.url();
+            (Some(server), url, "private redis-server")
+        }
+    };
+    repo::set_cached_crate_url(&url).map_err(Error)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mode = if options.quick { "quick" } else { "full" };
+    let external = server.is_none();
+    let report = runtime.block_on(async {
+        let mut runner = runner::Runner::new(options, url).await?;
+        if external {
+            // A shared Redis: start and end without the benchmark's keys.
+            runner.clean_up().await?;
+        }
+        let report = runner.run(mode, redis).await;
+        if external {
+            runner.clean_up().await?;
+        }
+        report
+    });
+    drop(runtime);
+    drop(server);
+    report
+}
+
+/// Runs `calls` sequential hits of one contender (a name from [`names`]; the diagnostic ones
+/// included) against the Redis at `url`, untimed: a steady loop to run under a profiler
+/// (`valgrind --tool=callgrind`, `perf record`). See `examples/hit_loop.rs`.
+///
+/// # Errors
+///
+/// As [`run`].
+#[doc(hidden)]
+pub fn hit_loop(url: &str, contender: &str, calls: usize) -> Result<(), Error> {
+    repo::set_cached_crate_url(url).map_err(Error)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let options = Options {
+        diagnostics: true,
+        ..Options::default()
+    };
+    runtime.block_on(async {
+        let mut runner = runner::Runner::new(&options, url.to_owned()).await?;
+        runner.hit_loop(contender, calls).await
+    })
+}

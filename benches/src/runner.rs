@@ -1,0 +1,890 @@
+//! The comparison scenarios, run in one process against one Redis.
+
+use crate::diagnostic::UnguardedRedis;
+use crate::names::*;
+use crate::repo::{self, UserRepo};
+use crate::report::{Machine, Report, Row, Settings};
+use crate::stats::{mean, median, percentile};
+use crate::{Error, Options, PREFIX, User};
+use cachekit::CacheService;
+use redis::AsyncConnectionConfig;
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// What cachekit gives `set_pipeline_buffer_size` (`backend/redis.rs`); redis-rs's default is 50.
+const PIPELINE_BUFFER: usize = 1024;
+
+/// The `ConnectionManager` settings of cachekit's Redis backend with the default configuration
+/// (`RedisBackend::connect_lazy`), for the raw contenders: the same connection settings.
+pub(crate) fn manager_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_response_timeout(Some(cachekit::DEFAULT_TIMEOUT))
+        .set_connection_timeout(Some(cachekit::DEFAULT_CONNECT_TIMEOUT))
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_millis(200))
+        .set_pipeline_buffer_size(PIPELINE_BUFFER)
+}
+
+/// The user every hit reads.
+const HIT_ID: u64 = 1;
+/// TTL of the entries the benchmark writes itself.
+const TTL_MS: u64 = 300_000;
+
+/// How much work each scenario does.
+#[derive(Debug, Clone)]
+struct Plan {
+    sequential_rounds: usize,
+    sequential_calls: usize,
+    warmup_calls: usize,
+    concurrent_rounds: usize,
+    concurrent_tasks: usize,
+    concurrent_round: Duration,
+    stampede_rounds: usize,
+    stampede_calls: usize,
+    invalidation_rounds: usize,
+    invalidation_matching: usize,
+    invalidation_others: usize,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                sequential_rounds: 3,
+                sequential_calls: 100,
+                warmup_calls: 50,
+                concurrent_rounds: 3,
+                concurrent_tasks: 64,
+                concurrent_round: Duration::from_millis(50),
+                stampede_rounds: 1,
+                stampede_calls: 1000,
+                invalidation_rounds: 2,
+                invalidation_matching: 100,
+                invalidation_others: 10_000,
+            }
+        } else {
+            Self {
+                sequential_rounds: 30,
+                sequential_calls: 1000,
+                warmup_calls: 500,
+                concurrent_rounds: 100,
+                concurrent_tasks: 64,
+                concurrent_round: Duration::from_millis(50),
+                stampede_rounds: 5,
+                stampede_calls: 1000,
+                invalidation_rounds: 5,
+                invalidation_matching: 10_000,
+                invalidation_others: 1_000_000,
+            }
+        }
+    }
+
+    fn settings(&self) -> Settings {
+        Settings {
+            sequential_rounds: self.sequential_rounds,
+            sequential_calls: self.sequential_calls,
+            concurrent_rounds: self.concurrent_rounds,
+            concurrent_tasks: self.concurrent_tasks,
+            concurrent_round_ms: millis(self.concurrent_round),
+            stampede_rounds: self.stampede_rounds,
+            stampede_calls: self.stampede_calls,
+            stampede_load_ms: millis(repo::SLOW_LOAD),
+            invalidation_rounds: self.invalidation_rounds,
+            invalidation_matching: self.invalidation_matching,
+            invalidation_others: self.invalidation_others,
+            record_bytes: User::sample_json(HIT_ID).len(),
+            cached_crate_value_bytes: 0, // measured once the `cached` crate has stored it
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// One way of reading the cached user: a contender of the hit scenarios.
+#[derive(Clone)]
+enum Hit {
+    Raw(MultiplexedConnection),
+    RawManager(ConnectionManager),
+    /// Diagnostic: the ConnectionManager read inside a `tokio::time::timeout`, as cachekit's
+    /// guard wraps every backend call.
+    RawManagerTimeout(ConnectionManager),
+    Get(CacheService),
+    /// Diagnostic: `CacheService::get` over [`UnguardedRedis`].
+    Unguarded(CacheService),
+    Macro(UserRepo),
+    CachedCrate,
+    MemoryGet(CacheService),
+    MemoryMacro(UserRepo),
+    /// Decoding the record's JSON, without any store: what every hit above pays.
+    DecodeOnly(Arc<[u8]>),
+}
+
+impl Hit {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Raw(_) => RAW,
+            Self::RawManager(_) => RAW_MANAGER,
+            Self::RawManagerTimeout(_) => RAW_MANAGER_TIMEOUT,
+            Self::Get(_) => SERVICE_GET,
+            Self::Unguarded(_) => SERVICE_GET_UNGUARDED,
+            Self::Macro(_) => MACRO,
+            Self::CachedCrate => CACHED_CRATE,
+            Self::MemoryGet(_) => MEMORY_GET,
+            Self::MemoryMacro(_) => MEMORY_MACRO,
+            Self::DecodeOnly(_) => DECODE_ONLY,
+        }
+    }
+
+    /// One read of user `id`, as a user of each library would write it.
+    async fn call(&mut self, id: u64) -> Result<User, Error> {
+        match self {
+            Self::Raw(conn) => raw_get(conn, &format!("{PREFIX}:users:{id}")).await,
+            Self::RawManager(conn) => raw_get(conn, &format!("{PREFIX}:users:{id}")).await,
+            Self::RawManagerTimeout(conn) => {
+                let key = format!("{PREFIX}:users:{id}");
+                tokio::time::timeout(cachekit::DEFAULT_TIMEOUT, raw_get(conn, &key))
+                    .await
+                    .map_err(|_| Error::new("timed out"))?
+            }
+            Self::Get(cache) | Self::Unguarded(cache) | Self::MemoryGet(cache) => cache
+                .get::<User>(&format!("users:{id}"))
+                .await
+                .ok_or_else(|| Error::new("CacheService::get missed a key it should hit")),
+            Self::Macro(repo) | Self::MemoryMacro(repo) => Ok(repo.get_user(id).await?),
+            Self::CachedCrate => Ok(repo::cached_crate_get_user(id).await?),
+            Self::DecodeOnly(json) => Ok(serde_json::from_slice(json)?),
+        }
+    }
+}
+
+/// Raw redis-rs: `GET` and `serde_json` decoding, nothing else.
+async fn raw_get(conn: &mut impl ConnectionLike, key: &str) -> Result<User, Error> {
+    let bytes: Option<Vec<u8>> = redis::cmd("GET").arg(key).query_async(conn).await?;
+    let bytes = bytes.ok_or_else(|| Error::new("raw GET missed a key it should hit"))?;
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+/// What the hit scenarios found: per contender, per round, the latencies in µs.
+type Latencies = Vec<Vec<Vec<f64>>>;
+
+type Summary = fn(&[f64]) -> f64;
+
+/// The latency figures: mean, median, 99th percentile.
+const FIGURES: [(&str, Summary); 3] = [
+    ("mean", mean),
+    ("p50", |v| percentile(v, 50.0)),
+    ("p99", |v| percentile(v, 99.0)),
+];
+
+pub(crate) struct Runner {
+    plan: Plan,
+    progress: bool,
+    diagnostics: bool,
+    url: String,
+    client: redis::Client,
+    /// For setting up and cleaning up (long response timeout), not for measuring.
+    admin: MultiplexedConnection,
+    /// Runs of the `cached` crate's loader once its entry was primed: hits must not add any.
+    cached_crate_primed: u64,
+    /// Rows so far.
+    rows: Vec<Row>,
+}
+
+impl Runner {
+    pub(crate) async fn new(options: &Options, url: String) -> Result<Self, Error> {
+        let client = redis::Client::open(url.as_str())?;
+        let admin_config =
+            AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
+        let admin = client
+            .get_multiplexed_async_connection_with_config(&admin_config)
+            .await?;
+        Ok(Self {
+            plan: Plan::new(options.quick),
+            progress: options.progress,
+            diagnostics: options.diagnostics,
+            url,
+            client,
+            admin,
+            cached_crate_primed: 0,
+            rows: Vec::new(),
+        })
+    }
+
+    fn say(&self, what: &str) {
+        if self.progress {
+            eprintln!("compare: {what}");
+        }
+    }
+
+    /// A multiplexed connection for raw redis-rs, with the settings cachekit gives its own.
+    async fn raw_connection(&self) -> Result<MultiplexedConnection, Error> {
+        let config = AsyncConnectionConfig::new()
+            .set_response_timeout(Some(cachekit::DEFAULT_TIMEOUT))
+            .set_connection_timeout(Some(cachekit::DEFAULT_CONNECT_TIMEOUT))
+            .set_pipeline_buffer_size(PIPELINE_BUFFER);
+        Ok(self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?)
+    }
+
+    /// A `ConnectionManager` for raw redis-rs, configured as cachekit configures its own.
+    async fn raw_manager(&self) -> Result<ConnectionManager, Error> {
+        Ok(ConnectionManager::new_with_config(self.client.clone(), manager_config()).await?)
+    }
+
+    /// A cachekit service on the benchmark's Redis, with the default settings.
+    async fn service(&self) -> Result<CacheService, Error> {
+        let cache = CacheService::builder()
+            .redis_url(&self.url)
+            .prefix(PREFIX)
+            .build()
+            .await?;
+        let health = cache.health().await;
+        if !health.connected {
+            return Err(Error::new(format!(
+                "cachekit cannot reach Redis: {}",
+                health.error.unwrap_or_default()
+            )));
+        }
+        Ok(cache)
+    }
+
+    pub(crate) async fn run(&mut self, mode: &str, redis_kind: &str) -> Result<Report, Error> {
+        let mut machine = Machine {
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpu_model: cpu_model(),
+            load_before: load_average(),
+            load_after: None,
+            redis_version: self.redis_version().await?,
+            redis: redis_kind.to_owned(),
+        };
+        let mut settings = self.plan.settings();
+        self.clock();
+        let (redis, embedded) = self.hit_contenders().await?;
+        settings.cached_crate_value_bytes = self.cached_crate_value_bytes().await?;
+        let baseline = self.sequential(&redis).await?;
+        self.embedded(&embedded, baseline).await?;
+        self.concurrent(&redis).await?;
+        self.stampede().await?;
+        self.invalidation().await?;
+        self.check_no_misses(redis.iter().chain(&embedded))?;
+        machine.load_after = load_average();
+        Ok(Report {
+            mode: mode.to_owned(),
+            profile: if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            }
+            .to_owned(),
+            machine,
+            settings,
+            rows: std::mem::take(&mut self.rows),
+        })
+    }
+
+    async fn redis_version(&mut self) -> Result<String, Error> {
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut self.admin)
+            .await?;
+        Ok(info
+            .lines()
+            .find_map(|line| line.strip_prefix("redis_version:"))
+            .unwrap_or("unknown")
+            .trim()
+            .to_owned())
+    }
+
+    /// The size of what the `cached` crate stored for the user (its key format is its own).
+    async fn cached_crate_value_bytes(&mut self) -> Result<usize, Error> {
+        let (_, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(0)
+            .arg("MATCH")
+            .arg(format!("{PREFIX}:cached_crate_users:*"))
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(&mut self.admin)
+            .await?;
+        let key = keys
+            .first()
+            .ok_or_else(|| Error::new("the `cached` crate's entry is not where expected"))?;
+        let len: usize = redis::cmd("STRLEN")
+            .arg(key)
+            .query_async(&mut self.admin)
+            .await?;
+        Ok(len)
+    }
+
+    /// What one timing sample costs by itself.
+    fn clock(&mut self) {
+        const PAIRS: u32 = 100_000;
+        let started = Instant::now();
+        for _ in 0..PAIRS {
+            black_box(Instant::now().elapsed());
+        }
+        let mut row = Row::new(CLOCK_SCENARIO, CLOCK, "per sample", "ns");
+        row.value = started.elapsed().as_nanos() as f64 / f64::from(PAIRS);
+        self.rows.push(row);
+    }
+
+    /// The contenders on Redis and on the embedded store, each primed so that every measured
+    /// call is a hit. Raw redis-rs on a multiplexed connection comes first: the baseline.
+    async fn hit_contenders(&mut self) -> Result<(Vec<Hit>, Vec<Hit>), Error> {
+        self.say("connecting and priming the cache");
+        let service = self.service().await?;
+        let memory = CacheService::memory();
+        let user = User::sample(HIT_ID);
+        let key = format!("users:{HIT_ID}");
+        if !(service.set(&key, &user, None).await && memory.set(&key, &user, None).await) {
+            return Err(Error::new("cannot prime the cache"));
+        }
+        repo::cached_crate_get_user(HIT_ID).await?; // the `cached` crate fills its own entry
+        self.cached_crate_primed = repo::cached_crate_loads();
+        let mut redis = vec![
+            Hit::Raw(self.raw_connection().await?),
+            Hit::RawManager(self.raw_manager().await?),
+        ];
+        if self.diagnostics {
+            redis.push(Hit::RawManagerTimeout(self.raw_manager().await?));
+        }
+        redis.push(Hit::Get(service.clone()));
+        if self.diagnostics {
+            let unguarded = UnguardedRedis::service(self.client.clone()).await?;
+            redis.push(Hit::Unguarded(unguarded));
+        }
+        redis.extend([Hit::Macro(UserRepo::new(service)), Hit::CachedCrate]);
+        let embedded = vec![
+            Hit::MemoryGet(memory.clone()),
+            Hit::MemoryMacro(UserRepo::new(memory)),
+            Hit::DecodeOnly(User::sample_json(HIT_ID).into()),
+        ];
+        for contender in redis.iter().chain(&embedded) {
+            if contender.clone().call(HIT_ID).await? != user {
+                return Err(Error::new(format!(
+                    "{} read another value",
+                    contender.name()
+                )));
+            }
+        }
+        Ok((redis, embedded))
+    }
+
+    /// `calls` sequential hits of the contender named `name` (see [`crate::names`]), untimed:
+    /// a steady loop to run under a profiler.
+    pub(crate) async fn hit_loop(&mut self, name: &str, calls: usize) -> Result<(), Error> {
+        let (redis, embedded) = self.hit_contenders().await?;
+        let mut contender = redis
+            .into_iter()
+            .chain(embedded)
+            .find(|c| c.name() == name)
+            .ok_or_else(|| Error::new(format!("no contender named `{name}`")))?;
+        for _ in 0..calls {
+            let user = contender.call(black_box(HIT_ID)).await?;
+            if user.id != HIT_ID {
+                return Err(Error::new("read another user"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every hit scenario must have measured hits: no loader ran after priming.
+    fn check_no_misses<'a>(&self, contenders: impl Iterator<Item = &'a Hit>) -> Result<(), Error> {
+        for contender in contenders {
+            if let Hit::Macro(repo) | Hit::MemoryMacro(repo) = contender
+                && repo.loads() != 0
+            {
+                return Err(Error::new(format!(
+                    "{}: the loader ran {} times during the hit scenarios",
+                    contender.name(),
+                    repo.loads()
+                )));
+            }
+        }
+        let misses = repo::cached_crate_loads() - self.cached_crate_primed;
+        if misses != 0 {
+            return Err(Error::new(format!(
+                "{CACHED_CRATE}: the loader ran {misses} times during the hit scenarios"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Rounds of sequential calls, the contenders taking turns call by call; each call timed
+    /// on its own. Returns raw redis-rs's pooled figures, the embedded store's baseline.
+    async fn sequential(&mut self, contenders: &[Hit]) -> Result<[f64; 3], Error> {
+        let latencies = self.take_turns(SEQUENTIAL, contenders).await?;
+        let mut baseline = [0.0; 3];
+        for (i, contender) in contenders.iter().enumerate() {
+            for (f, (figure, summary)) in FIGURES.into_iter().enumerate() {
+                let pooled: Vec<f64> = latencies[i].concat();
+                let mut row = Row::new(SEQUENTIAL, contender.name(), figure, "µs");
+                row.value = summary(&pooled);
+                row.round_ratios = (0..latencies[i].len())
+                    .map(|r| summary(&latencies[i][r]) / summary(&latencies[0][r]))
+                    .collect();
+                row.ratio = Some(median(&row.round_ratios));
+                if i == 0 {
+                    baseline[f] = row.value;
+                }
+                self.rows.push(row);
+            }
+        }
+        Ok(baseline)
+    }
+
+    /// The embedded store's hits, measured like the sequential Redis hits but in rounds of
+    /// their own (between Redis calls they would run with cold CPU caches). Their ratio is to
+    /// raw redis-rs's pooled sequential figure: there is no same-round baseline.
+    async fn embedded(&mut self, contenders: &[Hit], baseline: [f64; 3]) -> Result<(), Error> {
+        let latencies = self.take_turns(EMBEDDED, contenders).await?;
+        for (i, contender) in contenders.iter().enumerate() {
+            for (f, (figure, summary)) in FIGURES.into_iter().enumerate() {
+                let pooled: Vec<f64> = latencies[i].concat();
+                let mut row = Row::new(EMBEDDED, contender.name(), figure, "µs");
+                row.value = summary(&pooled);
+                row.ratio = Some(row.value / baseline[f]);
+                self.rows.push(row);
+            }
+        }
+        Ok(())
+    }
+
+    /// Rounds in which the contenders take turns call by call, in a new random order each
+    /// turn (A B C, C A B, B C A ...): a burst of noise hits them alike, and none always
+    /// follows the same other. Returns the latencies in µs, per contender, per round.
+    async fn take_turns(&self, scenario: &str, contenders: &[Hit]) -> Result<Latencies, Error> {
+        let plan = &self.plan;
+        let mut contenders = contenders.to_vec();
+        for contender in &mut contenders {
+            for _ in 0..plan.warmup_calls {
+                black_box(contender.call(HIT_ID).await?);
+            }
+        }
+        let n = contenders.len();
+        let mut order: Vec<usize> = (0..n).collect();
+        let mut rng = XorShift::new(0x5EED_CAC4_E417);
+        let mut latencies: Latencies = vec![Vec::new(); n];
+        for round in 0..plan.sequential_rounds {
+            if round % 10 == 0 {
+                self.say(&format!(
+                    "{scenario}: round {}/{}",
+                    round + 1,
+                    plan.sequential_rounds
+                ));
+            }
+            let mut samples = vec![Vec::with_capacity(plan.sequential_calls); n];
+            for _ in 0..plan.sequential_calls {
+                rng.shuffle(&mut order);
+                for &i in &order {
+                    let contender = &mut contenders[i];
+                    let started = Instant::now();
+                    let user = contender.call(black_box(HIT_ID)).await?;
+                    let elapsed = started.elapsed();
+                    if user.id != HIT_ID {
+                        return Err(Error::new(format!(
+                            "{} read another user",
+                            contender.name()
+                        )));
+                    }
+                    samples[i].push(elapsed.as_nanos() as f64 / 1000.0);
+                }
+            }
+            for (i, samples) in samples.into_iter().enumerate() {
+                latencies[i].push(samples);
+            }
+        }
+        Ok(latencies)
+    }
+
+    /// Interleaved rounds of 64 tasks calling in a loop for a fixed time: calls per second,
+    /// and this process's CPU time per call (the client's cost; Redis runs in its own process).
+    async fn concurrent(&mut self, contenders: &[Hit]) -> Result<(), Error> {
+        let plan = self.plan.clone();
+        let n = contenders.len();
+        let (mut throughput, mut cpu) = (vec![Vec::new(); n], vec![Vec::new(); n]);
+        for round in 0..plan.concurrent_rounds {
+            if round % 25 == 0 {
+                self.say(&format!(
+                    "{CONCURRENT}: round {}/{}",
+                    round + 1,
+                    plan.concurrent_rounds
+                ));
+            }
+            for k in 0..n {
+                let i = (round + k) % n;
+                let (ops, cpu_per_call) =
+                    run_concurrently(&contenders[i], plan.concurrent_tasks, plan.concurrent_round)
+                        .await?;
+                throughput[i].push(ops);
+                cpu[i].push(cpu_per_call);
+            }
+        }
+        for (i, contender) in contenders.iter().enumerate() {
+            for (figure, unit, values) in [
+                ("throughput", "ops/s", &throughput),
+                ("client CPU per call", "µs", &cpu),
+            ] {
+                let row = Row::new(CONCURRENT, contender.name(), figure, unit);
+                self.rows.push(by_round(row, &values[i], &values[0]));
+            }
+        }
+        Ok(())
+    }
+
+    /// 1,000 concurrent calls on one cold key whose loader takes 50 ms: how often the loader
+    /// runs, and how long until every call has its value.
+    async fn stampede(&mut self) -> Result<(), Error> {
+        let plan = self.plan.clone();
+        let repo = UserRepo::new(self.service().await?);
+        let raw_loads = Arc::new(AtomicU64::new(0));
+        let contenders = [
+            Stampede::Raw(self.raw_connection().await?, raw_loads.clone()),
+            Stampede::Macro(repo.clone()),
+            Stampede::CachedCrate,
+        ];
+        // Connect every contender first (the `cached` crate creates its store on first call).
+        for contender in &contenders {
+            contender.call(999_999).await?;
+        }
+        let n = contenders.len();
+        let (mut runs, mut wall) = (vec![Vec::new(); n], vec![Vec::new(); n]);
+        for round in 0..plan.stampede_rounds {
+            self.say(&format!(
+                "stampede: round {}/{}",
+                round + 1,
+                plan.stampede_rounds
+            ));
+            // A key no earlier round or run used: cold.
+            let id = 1_000_000 + round as u64;
+            for k in 0..n {
+                let i = (round + k) % n;
+                let contender = &contenders[i];
+                let before = contender.loads();
+                let started = Instant::now();
+                let mut tasks = Vec::with_capacity(plan.stampede_calls);
+                let barrier = Arc::new(tokio::sync::Barrier::new(plan.stampede_calls));
+                for _ in 0..plan.stampede_calls {
+                    let (contender, barrier) = (contender.clone(), barrier.clone());
+                    tasks.push(tokio::spawn(async move {
+                        barrier.wait().await;
+                        contender.call(id).await
+                    }));
+                }
+                for task in tasks {
+                    let user = task.await??;
+                    if user.id != id {
+                        return Err(Error::new(format!(
+                            "{} read another user",
+                            contender.name()
+                        )));
+                    }
+                }
+                wall[i].push(started.elapsed().as_secs_f64() * 1000.0);
+                runs[i].push((contender.loads() - before) as f64);
+            }
+        }
+        for (i, contender) in contenders.iter().enumerate() {
+            for (figure, unit, values) in [("loader runs", "runs", &runs), ("time", "ms", &wall)] {
+                let row = Row::new(STAMPEDE, contender.name(), figure, unit);
+                self.rows.push(by_round(row, &values[i], &values[0]));
+            }
+        }
+        Ok(())
+    }
+
+    /// `invalidate_pattern("users:*")` with the matching keys among many others, against the
+    /// same `SCAN` + `UNLINK` walk written by hand.
+    async fn invalidation(&mut self) -> Result<(), Error> {
+        let plan = self.plan.clone();
+        self.say(&format!(
+            "invalidation: writing {} other keys",
+            plan.invalidation_others
+        ));
+        let loading = Instant::now();
+        populate_others(&mut self.admin, plan.invalidation_others).await?;
+        self.say(&format!(
+            "invalidation: wrote them in {:.1} s",
+            loading.elapsed().as_secs_f64()
+        ));
+        let service = self.service().await?;
+        let mut raw = self.raw_connection().await?;
+        let names = [RAW_SCAN, SERVICE_INVALIDATE];
+        let (mut time, mut removed) = (vec![Vec::new(); 2], vec![Vec::new(); 2]);
+        for round in 0..plan.invalidation_rounds {
+            self.say(&format!(
+                "invalidation: round {}/{}",
+                round + 1,
+                plan.invalidation_rounds
+            ));
+            for k in 0..2 {
+                let i = (round + k) % 2;
+                populate_matching(&mut self.admin, plan.invalidation_matching).await?;
+                let started = Instant::now();
+                let count = if i == 0 {
+                    let pattern = format!("{PREFIX}:users:*");
+                    scan_unlink(&mut raw, &pattern).await?
+                } else {
+                    service.try_invalidate_pattern("users:*").await?
+                };
+                time[i].push(started.elapsed().as_secs_f64() * 1000.0);
+                if count != plan.invalidation_matching as u64 {
+                    return Err(Error::new(format!(
+                        "{} removed {count} keys, not {}",
+                        names[i], plan.invalidation_matching
+                    )));
+                }
+                removed[i].push(count as f64);
+            }
+        }
+        for (i, name) in names.iter().enumerate() {
+            for (figure, unit, values) in
+                [("time", "ms", &time), ("keys removed", "keys", &removed)]
+            {
+                let row = Row::new(INVALIDATION, name, figure, unit);
+                self.rows.push(by_round(row, &values[i], &values[0]));
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every key the run wrote (for a Redis the runner did not start).
+    pub(crate) async fn clean_up(&mut self) -> Result<u64, Error> {
+        self.say("removing the benchmark's keys");
+        scan_unlink(&mut self.admin, &format!("{PREFIX}*")).await
+    }
+}
+
+/// `row` with one figure per round in `values`: its value the median round, its ratios those of
+/// each round to the same round of `baseline`.
+fn by_round(mut row: Row, values: &[f64], baseline: &[f64]) -> Row {
+    row.value = median(values);
+    row.round_ratios = values.iter().zip(baseline).map(|(v, b)| v / b).collect();
+    row.ratio = Some(median(&row.round_ratios));
+    row
+}
+
+/// `tasks` tasks calling `contender` until `duration` has passed; returns calls per second and
+/// this process's CPU time per call in µs.
+async fn run_concurrently(
+    contender: &Hit,
+    tasks: usize,
+    duration: Duration,
+) -> Result<(f64, f64), Error> {
+    let cpu_before = process_cpu()?;
+    let started = Instant::now();
+    let deadline = started + duration;
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| {
+            let mut contender = contender.clone();
+            tokio::spawn(async move {
+                let mut calls = 0u64;
+                while Instant::now() < deadline {
+                    let user = contender.call(black_box(HIT_ID)).await?;
+                    if user.id != HIT_ID {
+                        return Err(Error::new("read another user"));
+                    }
+                    calls += 1;
+                }
+                Ok::<_, Error>(calls)
+            })
+        })
+        .collect();
+    let mut calls = 0;
+    for handle in handles {
+        calls += handle.await??;
+    }
+    let elapsed = started.elapsed();
+    let cpu = process_cpu()? - cpu_before;
+    let calls = calls.max(1) as f64;
+    Ok((
+        calls / elapsed.as_secs_f64(),
+        cpu.as_nanos() as f64 / 1000.0 / calls,
+    ))
+}
+
+/// CPU time used so far by all threads of this process.
+fn process_cpu() -> Result<Duration, Error> {
+    let time = nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID)
+        .map_err(|errno| Error::new(format!("clock_gettime: {errno}")))?;
+    Ok(Duration::from(time))
+}
+
+/// A small deterministic random number generator (xorshift64*), for shuffling turns.
+struct XorShift(u64);
+
+impl XorShift {
+    fn new(seed: u64) -> Self {
+        Self(seed.max(1))
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Fisher-Yates.
+    fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = (self.next() % (i as u64 + 1)) as usize;
+            items.swap(i, j);
+        }
+    }
+}
+
+/// A contender of the stampede.
+#[derive(Clone)]
+enum Stampede {
+    /// Hand-written cache-aside on redis-rs: `GET`; on a miss, load and `SET`.
+    Raw(MultiplexedConnection, Arc<AtomicU64>),
+    Macro(UserRepo),
+    CachedCrate,
+}
+
+impl Stampede {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Raw(..) => RAW_CACHE_ASIDE,
+            Self::Macro(_) => MACRO,
+            Self::CachedCrate => CACHED_CRATE,
+        }
+    }
+
+    fn loads(&self) -> u64 {
+        match self {
+            Self::Raw(_, loads) => loads.load(Ordering::SeqCst),
+            Self::Macro(repo) => repo.loads(),
+            Self::CachedCrate => repo::cached_crate_slow_loads(),
+        }
+    }
+
+    async fn call(&self, id: u64) -> Result<User, Error> {
+        match self {
+            Self::Raw(conn, loads) => {
+                let mut conn = conn.clone();
+                let key = format!("{PREFIX}:raw_slow_users:{id}");
+                let bytes: Option<Vec<u8>> =
+                    redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
+                if let Some(bytes) = bytes {
+                    return Ok(serde_json::from_slice(&bytes)?);
+                }
+                loads.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(repo::SLOW_LOAD).await;
+                let user = User::sample(id);
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(serde_json::to_vec(&user)?)
+                    .arg("PX")
+                    .arg(TTL_MS)
+                    .exec_async(&mut conn)
+                    .await?;
+                Ok(user)
+            }
+            Self::Macro(repo) => Ok(repo.get_user_slowly(id).await?),
+            Self::CachedCrate => Ok(repo::cached_crate_get_user_slowly(id).await?),
+        }
+    }
+}
+
+/// Writes `count` small keys `{PREFIX}:orders:{i}` with pipelined `MSET`s.
+async fn populate_others(conn: &mut MultiplexedConnection, count: usize) -> Result<(), Error> {
+    const PER_MSET: usize = 1000;
+    const PER_PIPELINE: usize = 20;
+    let mut next = 0;
+    while next < count {
+        let mut pipe = redis::pipe();
+        for _ in 0..PER_PIPELINE {
+            if next >= count {
+                break;
+            }
+            let end = (next + PER_MSET).min(count);
+            let mut mset = redis::cmd("MSET");
+            for i in next..end {
+                mset.arg(format!("{PREFIX}:orders:{i}")).arg(i);
+            }
+            pipe.add_command(mset).ignore();
+            next = end;
+        }
+        pipe.exec_async(conn).await?;
+    }
+    Ok(())
+}
+
+/// Writes the matching keys `{PREFIX}:users:{i}`, each holding a user record, with pipelined
+/// `SET ... PX`.
+async fn populate_matching(conn: &mut MultiplexedConnection, count: usize) -> Result<(), Error> {
+    const PER_PIPELINE: usize = 1000;
+    let json = User::sample_json(HIT_ID);
+    let mut next = 0;
+    while next < count {
+        let mut pipe = redis::pipe();
+        let end = (next + PER_PIPELINE).min(count);
+        for i in next..end {
+            pipe.cmd("SET")
+                .arg(format!("{PREFIX}:users:{i}"))
+                .arg(&json)
+                .arg("PX")
+                .arg(TTL_MS)
+                .ignore();
+        }
+        pipe.exec_async(conn).await?;
+        next = end;
+    }
+    Ok(())
+}
+
+/// The hand-written pattern removal: `SCAN ... MATCH ... COUNT 1000`, `UNLINK` each batch.
+async fn scan_unlink(conn: &mut MultiplexedConnection, pattern: &str) -> Result<u64, Error> {
+    let mut cursor: u64 = 0;
+    let mut removed = 0;
+    loop {
+        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await?;
+        if !keys.is_empty() {
+            let n: u64 = redis::cmd("UNLINK").arg(&keys).query_async(conn).await?;
+            removed += n;
+        }
+        if next == 0 {
+            return Ok(removed);
+        }
+        cursor = next;
+    }
+}
+
+/// The 1, 5 and 15 minute load averages, from `/proc/loadavg`: how busy the machine was.
+fn load_average() -> Option<String> {
+    let loadavg = std::fs::read_to_string("/proc/loadavg").ok()?;
+    Some(
+        loadavg
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
+}
+
+/// The CPU model, from `/proc/cpuinfo`.
+fn cpu_model() -> Option<String> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    cpuinfo.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        (name.trim() == "model name").then(|| value.trim().to_owned())
+    })
+}
