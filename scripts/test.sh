@@ -75,5 +75,12 @@ cargo fmt --all -- --check
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
+# Workspace builds unify features across packages (the benches' `cached` crate turns on more of
+# redis-rs), which could hide a feature the library forgets to ask for: check it on its own too,
+# with and without its default features.
+step "cargo check -p cachekit (alone; default features, then none)"
+cargo check -p cachekit --all-targets
+cargo check -p cachekit --no-default-features
+
 step "cargo test --workspace $*"
 cargo test --workspace "$@"

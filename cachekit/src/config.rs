@@ -210,6 +210,9 @@ impl RedisConfig {
     /// The redis-rs client for this server. Connects nothing.
     pub(crate) fn client(&self) -> Result<redis::Client, CacheError> {
         self.validate()?;
+        if self.tls {
+            install_crypto_provider();
+        }
         let addr = if self.tls {
             redis::ConnectionAddr::TcpTls {
                 host: self.host.clone(),
@@ -251,6 +254,18 @@ impl fmt::Debug for RedisConfig {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("tls", &self.tls)
             .finish()
+    }
+}
+
+/// redis-rs builds its TLS configuration with rustls's process-wide crypto provider, which
+/// rustls can only pick by itself when exactly one provider is compiled in; an application that
+/// also links another (aws-lc-rs, through some other crate) would make that a panic at the first
+/// `rediss://` connect. Installing ring, ours, up front avoids it; if the application installed
+/// a provider already, that one stays.
+fn install_crypto_provider() {
+    #[cfg(feature = "tls")]
+    {
+        let _ = rustls::crypto::ring::default_provider().install_default();
     }
 }
 
