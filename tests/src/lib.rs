@@ -7,6 +7,8 @@
 //! [`restart`](RedisServer::restart) their server to exercise outages. The Redis that may already
 //! run on `127.0.0.1:6379` is never touched.
 //!
+//! Tests read and write Redis behind the cache's back with the one-command helpers of [`raw`].
+//!
 //! A missing `redis-server` binary is a test failure with installation instructions, never a skip:
 //! run `bash scripts/test.sh`, which installs it.
 //!
@@ -22,6 +24,7 @@
 
 mod binary;
 mod port;
+pub mod raw;
 mod server;
 
 pub use server::RedisServer;

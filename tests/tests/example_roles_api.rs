@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use cachekit::CacheService;
 use cachekit_examples::roles_api;
-use cachekit_tests::{RedisServer, init_tracing};
-use example_support::{kill, raw_get, raw_keys};
+use cachekit_tests::{RedisServer, init_tracing, raw};
+use example_support::kill;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
@@ -179,7 +179,7 @@ async fn roles_are_cached_and_invalidated_by_writes() {
         app.roles(1).await,
         (true, vec!["admin".into(), "editor".into()])
     );
-    let stored = raw_get(&mut conn, "roles:user_roles:1")
+    let stored = raw::get::<Option<String>>(&mut conn, "roles:user_roles:1")
         .await
         .expect("user 1's roles are in Redis");
     let stored: Value = serde_json::from_str(&stored).expect("the value is JSON");
@@ -189,7 +189,11 @@ async fn roles_are_cached_and_invalidated_by_writes() {
     assert!(!app.roles(2).await.0);
     assert!(app.roles(2).await.0);
     let auditor = app.add(1, "auditor").await;
-    assert!(raw_get(&mut conn, "roles:user_roles:1").await.is_none());
+    assert!(
+        raw::get::<Option<String>>(&mut conn, "roles:user_roles:1")
+            .await
+            .is_none()
+    );
     assert_eq!(
         app.roles(1).await,
         (
@@ -221,7 +225,7 @@ async fn roles_are_cached_and_invalidated_by_writes() {
     assert_eq!(body["message"], "Cache invalidated for user 1");
     assert!(!app.roles(1).await.0);
     assert!(!app.roles(3).await.0);
-    let cached = raw_keys(&mut conn, "roles:user_roles:*").await;
+    let cached = raw::keys(&mut conn, "roles:user_roles:*").await;
     assert_eq!(
         cached,
         [
@@ -235,7 +239,7 @@ async fn roles_are_cached_and_invalidated_by_writes() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["deleted_count"], 4, "{body}");
     assert_eq!(body["message"], "Invalidated 4 cached entries");
-    assert!(raw_keys(&mut conn, "roles:user_roles:*").await.is_empty());
+    assert!(raw::keys(&mut conn, "roles:user_roles:*").await.is_empty());
     for user in 1..=4 {
         assert!(!app.roles(user).await.0);
     }
@@ -383,7 +387,11 @@ async fn bad_requests_get_json_4xx_answers() {
     // None of that was cached or changed anything: the unknown user stays unknown (an error
     // is never cached), user 1 still has exactly their two roles, and the app still answers.
     let mut conn = server.connection().await;
-    assert!(raw_get(&mut conn, "roles:user_roles:999").await.is_none());
+    assert!(
+        raw::get::<Option<String>>(&mut conn, "roles:user_roles:999")
+            .await
+            .is_none()
+    );
     assert_eq!(
         app.roles(1).await,
         (false, vec!["admin".into(), "editor".into()])

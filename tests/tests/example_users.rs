@@ -4,14 +4,15 @@
 //! never reaches Redis, the scripted demo, and correct answers with Redis killed halfway.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use cachekit::CacheService;
 use cachekit::key::hash_args;
 use cachekit_examples::users::{
     NewUser, Permission, Role, SortBy, UserError, UserFilter, UserPatch, UserRepo, run_demo,
 };
-use cachekit_tests::{RedisServer, init_tracing};
-use example_support::{kill, raw_get, raw_keys};
+use cachekit_tests::{RedisServer, init_tracing, raw};
+use example_support::kill;
 use redis::aio::MultiplexedConnection;
 use serde_json::Value;
 
@@ -29,23 +30,11 @@ async fn repo(cache: CacheService) -> UserRepo {
         .expect("the database opens and is seeded")
 }
 
-async fn raw_pttl(conn: &mut MultiplexedConnection, key: &str) -> i64 {
-    redis::cmd("PTTL")
-        .arg(key)
-        .query_async(conn)
-        .await
-        .expect("PTTL works")
-}
-
 /// Every key in Redis with its value (as text), with `SCAN` and `GET`.
 async fn raw_dump(conn: &mut MultiplexedConnection) -> Vec<(String, String)> {
     let mut entries = Vec::new();
-    for key in raw_keys(conn, "*").await {
-        let value: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(&key)
-            .query_async(conn)
-            .await
-            .expect("every key holds a string");
+    for key in raw::keys(conn, "*").await {
+        let value: Option<Vec<u8>> = raw::get(conn, &key).await;
         if let Some(value) = value {
             entries.push((key, String::from_utf8_lossy(&value).into_owned()));
         }
@@ -90,10 +79,14 @@ async fn lists_and_filters_are_cached_under_hashed_keys_and_invalidated_by_write
     assert_eq!(names(&first.value), ["ada", "grace", "linus"]);
     assert!(repo.list_users_with_status(0, 3).await.unwrap().from_cache);
     let list_key = format!("{PREFIX}:users:list:{}", hash_args(&(0u32, 3u32)));
-    let stored: Value = serde_json::from_str(&raw_get(&mut conn, &list_key).await.unwrap())
-        .expect("the value is JSON");
+    let stored: Value = serde_json::from_str(
+        &raw::get::<Option<String>>(&mut conn, &list_key)
+            .await
+            .unwrap(),
+    )
+    .expect("the value is JSON");
     assert_eq!(stored.as_array().map(Vec::len), Some(3));
-    let ttl = raw_pttl(&mut conn, &list_key).await;
+    let ttl = raw::pttl(&mut conn, &list_key).await;
     assert!((55_000..=60_000).contains(&ttl), "PTTL {ttl}");
     repo.list_users(3, 3).await.unwrap();
 
@@ -115,7 +108,11 @@ async fn lists_and_filters_are_cached_under_hashed_keys_and_invalidated_by_write
             .from_cache
     );
     let filter_key = format!("{PREFIX}:users:filter:{}", hash_args(&(&filter,)));
-    assert!(raw_get(&mut conn, &filter_key).await.is_some());
+    assert!(
+        raw::get::<Option<String>>(&mut conn, &filter_key)
+            .await
+            .is_some()
+    );
     let active = UserFilter {
         active: Some(false),
         ..UserFilter::default()
@@ -123,7 +120,7 @@ async fn lists_and_filters_are_cached_under_hashed_keys_and_invalidated_by_write
     let inactive = repo.filter_users(&active).await.unwrap();
     assert_eq!(names(&inactive.items), ["alan"]);
     assert_eq!(
-        raw_keys(&mut conn, &format!("{PREFIX}:users:*"))
+        raw::keys(&mut conn, &format!("{PREFIX}:users:*"))
             .await
             .len(),
         4
@@ -133,12 +130,12 @@ async fn lists_and_filters_are_cached_under_hashed_keys_and_invalidated_by_write
     repo.get_user(1).await.unwrap();
     let hedy = repo.create_user(hedy()).await.unwrap();
     assert!(
-        raw_keys(&mut conn, &format!("{PREFIX}:users:*"))
+        raw::keys(&mut conn, &format!("{PREFIX}:users:*"))
             .await
             .is_empty()
     );
     assert!(
-        raw_get(&mut conn, &format!("{PREFIX}:user:id:1"))
+        raw::get::<Option<String>>(&mut conn, &format!("{PREFIX}:user:id:1"))
             .await
             .is_some()
     );
@@ -153,7 +150,7 @@ async fn lists_and_filters_are_cached_under_hashed_keys_and_invalidated_by_write
     };
     repo.update_user(hedy.id, patch).await.unwrap();
     assert!(
-        raw_keys(&mut conn, &format!("{PREFIX}:users:*"))
+        raw::keys(&mut conn, &format!("{PREFIX}:users:*"))
             .await
             .is_empty()
     );
@@ -161,7 +158,7 @@ async fn lists_and_filters_are_cached_under_hashed_keys_and_invalidated_by_write
     repo.list_users(0, 100).await.unwrap();
     repo.delete_user(hedy.id).await.unwrap();
     assert!(
-        raw_keys(&mut conn, &format!("{PREFIX}:users:*"))
+        raw::keys(&mut conn, &format!("{PREFIX}:users:*"))
             .await
             .is_empty()
     );
@@ -188,10 +185,11 @@ async fn permissions_have_a_one_hour_ttl_are_invalidated_by_role_changes_and_ref
     let second = repo.permissions_with_status(3).await.unwrap();
     assert!(second.from_cache);
     assert_eq!(second.value, manager);
-    let ttl = raw_pttl(&mut conn, &key).await;
+    let ttl = raw::pttl(&mut conn, &key).await;
     assert!((3_590_000..=3_600_000).contains(&ttl), "PTTL {ttl}");
-    let stored: HashSet<String> = serde_json::from_str(&raw_get(&mut conn, &key).await.unwrap())
-        .expect("a JSON array of names");
+    let stored: HashSet<String> =
+        serde_json::from_str(&raw::get::<Option<String>>(&mut conn, &key).await.unwrap())
+            .expect("a JSON array of names");
     assert_eq!(
         stored,
         HashSet::from(["view_projects", "edit_projects", "view_reports"].map(String::from))
@@ -200,9 +198,9 @@ async fn permissions_have_a_one_hour_ttl_are_invalidated_by_role_changes_and_ref
     // A role change drops the user's set (and only theirs).
     repo.permissions(2).await.unwrap();
     assert!(repo.assign_role(3, Role::Admin).await.unwrap());
-    assert!(raw_get(&mut conn, &key).await.is_none());
+    assert!(raw::get::<Option<String>>(&mut conn, &key).await.is_none());
     assert!(
-        raw_get(&mut conn, &format!("{PREFIX}:permissions:2"))
+        raw::get::<Option<String>>(&mut conn, &format!("{PREFIX}:permissions:2"))
             .await
             .is_some()
     );
@@ -212,34 +210,33 @@ async fn permissions_have_a_one_hour_ttl_are_invalidated_by_role_changes_and_ref
             .unwrap()
     );
     assert!(repo.revoke_role(3, Role::Admin).await.unwrap());
-    assert!(raw_get(&mut conn, &key).await.is_none());
+    assert!(raw::get::<Option<String>>(&mut conn, &key).await.is_none());
     assert_eq!(repo.permissions(3).await.unwrap(), manager);
 
     // A change the repository did not make (here: the cached set edited behind its back) is
     // served until it expires, or until a refresh drops and recomputes it.
-    let () = redis::cmd("SET")
-        .arg(&key)
-        .arg(r#"["view_projects"]"#)
-        .arg("EX")
-        .arg(3600)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    raw::set_px(
+        &mut conn,
+        &key,
+        r#"["view_projects"]"#,
+        Duration::from_secs(3600),
+    )
+    .await;
     assert_eq!(
         repo.permissions(3).await.unwrap(),
         HashSet::from([Permission::ViewProjects])
     );
     assert_eq!(repo.refresh_permissions(3).await.unwrap(), manager);
     let stored: HashSet<String> =
-        serde_json::from_str(&raw_get(&mut conn, &key).await.unwrap()).unwrap();
+        serde_json::from_str(&raw::get::<Option<String>>(&mut conn, &key).await.unwrap()).unwrap();
     assert_eq!(stored.len(), 3);
-    let ttl = raw_pttl(&mut conn, &key).await;
+    let ttl = raw::pttl(&mut conn, &key).await;
     assert!((3_590_000..=3_600_000).contains(&ttl), "PTTL {ttl}");
 
     // Everyone's, at once; and an unknown user is an error, never cached.
     repo.forget_all_permissions().await;
     assert!(
-        raw_keys(&mut conn, &format!("{PREFIX}:permissions:*"))
+        raw::keys(&mut conn, &format!("{PREFIX}:permissions:*"))
             .await
             .is_empty()
     );
@@ -248,7 +245,7 @@ async fn permissions_have_a_one_hour_ttl_are_invalidated_by_role_changes_and_ref
         Err(UserError::NotFound(999))
     ));
     assert!(
-        raw_keys(&mut conn, &format!("{PREFIX}:permissions:*"))
+        raw::keys(&mut conn, &format!("{PREFIX}:permissions:*"))
             .await
             .is_empty()
     );
@@ -277,9 +274,16 @@ async fn lookups_by_id_email_and_username_share_one_cached_user() {
     let email_key = format!("{PREFIX}:user:email:grace@example.com");
     let username_key = format!("{PREFIX}:user:username:grace");
     let id_key = format!("{PREFIX}:user:id:2");
-    assert_eq!(raw_get(&mut conn, &email_key).await.as_deref(), Some("2"));
     assert_eq!(
-        raw_get(&mut conn, &username_key).await.as_deref(),
+        raw::get::<Option<String>>(&mut conn, &email_key)
+            .await
+            .as_deref(),
+        Some("2")
+    );
+    assert_eq!(
+        raw::get::<Option<String>>(&mut conn, &username_key)
+            .await
+            .as_deref(),
         Some("2")
     );
     let holding: Vec<String> = raw_dump(&mut conn)
@@ -312,7 +316,10 @@ async fn lookups_by_id_email_and_username_share_one_cached_user() {
     };
     let updated = repo.update_user(2, patch).await.unwrap();
     for key in [&email_key, &username_key, &id_key] {
-        assert!(raw_get(&mut conn, key).await.is_none(), "{key} survived");
+        assert!(
+            raw::get::<Option<String>>(&mut conn, key).await.is_none(),
+            "{key} survived"
+        );
     }
     assert_eq!(repo.find_by_email("grace@example.com").await.unwrap(), None);
     assert_eq!(repo.find_by_username("grace").await.unwrap(), None);
@@ -350,7 +357,7 @@ async fn lookups_by_id_email_and_username_share_one_cached_user() {
     repo.find_by_username("amazing-grace").await.unwrap();
     repo.permissions(2).await.unwrap();
     repo.delete_user(2).await.unwrap();
-    let left: Vec<String> = raw_keys(&mut conn, "*")
+    let left: Vec<String> = raw::keys(&mut conn, "*")
         .await
         .into_iter()
         .filter(|key| key.ends_with(":2") || key.contains("grace"))

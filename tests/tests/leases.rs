@@ -3,7 +3,7 @@
 //! delays waiters by at most the lease TTL.
 
 use cachekit::CacheService;
-use cachekit_tests::RedisServer;
+use cachekit_tests::{RedisServer, raw};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -94,14 +94,13 @@ async fn without_leases_each_service_loads_for_itself() {
 /// A lease left by a holder that died: the key holds a marker nobody will fill.
 async fn plant_dead_lease(server: &RedisServer, key: &str, ttl: Duration) {
     let mut conn = server.connection().await;
-    let _: () = redis::cmd("SET")
-        .arg(format!("fleet:{key}"))
-        .arg(&b"\0cachekit-lease:dead-holder"[..])
-        .arg("PX")
-        .arg(ttl.as_millis() as u64)
-        .query_async(&mut conn)
-        .await
-        .expect("SET");
+    raw::set_px(
+        &mut conn,
+        &format!("fleet:{key}"),
+        b"\0cachekit-lease:dead-holder",
+        ttl,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,11 +145,7 @@ async fn a_waiter_gives_up_after_its_lease_ttl_and_loads_without_writing() {
 
     // It did not overwrite the other holder's lease.
     let mut conn = server.connection().await;
-    let raw: Vec<u8> = redis::cmd("GET")
-        .arg("fleet:users:2")
-        .query_async(&mut conn)
-        .await
-        .expect("GET");
+    let raw: Vec<u8> = raw::get(&mut conn, "fleet:users:2").await;
     assert!(
         raw.starts_with(b"\0cachekit-lease:"),
         "the key still holds the marker"

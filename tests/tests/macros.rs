@@ -4,8 +4,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
 use cachekit::{CacheService, HasCache, cached, invalidates};
-use cachekit_tests::{RedisServer, init_tracing};
-use redis::aio::MultiplexedConnection;
+use cachekit_tests::{RedisServer, init_tracing, raw};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -133,31 +132,6 @@ async fn service(server: &RedisServer) -> CacheService {
         .expect("a valid configuration builds")
 }
 
-async fn raw_get(conn: &mut MultiplexedConnection, key: &str) -> Option<String> {
-    redis::cmd("GET")
-        .arg(key)
-        .query_async(conn)
-        .await
-        .expect("raw GET")
-}
-
-async fn raw_set(conn: &mut MultiplexedConnection, key: &str, value: &str) {
-    let () = redis::cmd("SET")
-        .arg(key)
-        .arg(value)
-        .query_async(conn)
-        .await
-        .expect("raw SET");
-}
-
-async fn raw_ttl(conn: &mut MultiplexedConnection, key: &str) -> i64 {
-    redis::cmd("TTL")
-        .arg(key)
-        .query_async(conn)
-        .await
-        .expect("raw TTL")
-}
-
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -185,9 +159,11 @@ async fn the_value_is_plain_json_under_the_prefixed_key_with_its_ttl() {
     let mut conn = server.connection().await;
 
     repo.get_user(7).await.unwrap();
-    let json = raw_get(&mut conn, "macros:users:7").await.expect("stored");
+    let json = raw::get::<Option<String>>(&mut conn, "macros:users:7")
+        .await
+        .expect("stored");
     assert_eq!(json, r#"{"id":7,"name":"user 7"}"#);
-    let ttl = raw_ttl(&mut conn, "macros:users:7").await;
+    let ttl = raw::ttl(&mut conn, "macros:users:7").await;
     assert!((1..=300).contains(&ttl), "ttl = 300 applied, found {ttl}");
 }
 
@@ -205,7 +181,7 @@ async fn unnamed_arguments_are_hashed_as_documented() {
         hash,
         "ba9e2e0a09d7b9299347d9d498a66648dcf88929d89755628674e2ef922ccbd7"
     );
-    let json = raw_get(&mut conn, &format!("macros:users:list:{hash}"))
+    let json = raw::get::<Option<String>>(&mut conn, &format!("macros:users:list:{hash}"))
         .await
         .expect("stored under the documented key");
     assert_eq!(serde_json::from_str::<Vec<User>>(&json).unwrap(), users);
@@ -225,7 +201,7 @@ async fn a_key_written_by_another_language_is_read() {
 
     // What a service in another language would write under the same documented key.
     let key = format!("macros:users:list:{}", sha256_hex(b"[5,2]"));
-    raw_set(&mut conn, &key, r#"[{"id":5,"name":"from python"}]"#).await;
+    raw::set(&mut conn, &key, r#"[{"id":5,"name":"from python"}]"#).await;
     let users = repo.list_users(5, 2).await.unwrap();
     assert_eq!(users[0].name, "from python");
     assert_eq!(repo.queries(), 0);
@@ -257,24 +233,31 @@ async fn invalidation_runs_after_success_only() {
 
     repo.get_user(1).await.unwrap();
     repo.list_users(0, 10).await.unwrap();
-    raw_set(&mut conn, "macros:orders:1", "1").await;
+    raw::set(&mut conn, "macros:orders:1", "1").await;
 
     assert!(repo.update_user(1, "").await.is_err());
     assert!(
-        raw_get(&mut conn, "macros:users:1").await.is_some(),
+        raw::get::<Option<String>>(&mut conn, "macros:users:1")
+            .await
+            .is_some(),
         "Err invalidates nothing"
     );
 
     repo.update_user(1, "ann").await.unwrap();
-    assert_eq!(raw_get(&mut conn, "macros:users:1").await, None);
+    assert_eq!(
+        raw::get::<Option<String>>(&mut conn, "macros:users:1").await,
+        None
+    );
     let list = format!("macros:users:list:{}", sha256_hex(b"[0,10]"));
     assert_eq!(
-        raw_get(&mut conn, &list).await,
+        raw::get::<Option<String>>(&mut conn, &list).await,
         None,
         "users:* removes every user key"
     );
     assert!(
-        raw_get(&mut conn, "macros:orders:1").await.is_some(),
+        raw::get::<Option<String>>(&mut conn, "macros:orders:1")
+            .await
+            .is_some(),
         "other keys stay"
     );
 
@@ -291,28 +274,42 @@ async fn placeholder_values_are_glob_escaped() {
 
     repo.get_user(1).await.unwrap();
     repo.get_user(2).await.unwrap();
-    raw_set(&mut conn, "macros:users:*", "\"literal star\"").await;
-    raw_set(&mut conn, "macros:user_roles:1", "[]").await;
+    raw::set(&mut conn, "macros:users:*", "\"literal star\"").await;
+    raw::set(&mut conn, "macros:user_roles:1", "[]").await;
 
     repo.delete_user("*").await.unwrap();
     assert_eq!(
-        raw_get(&mut conn, "macros:users:*").await,
+        raw::get::<Option<String>>(&mut conn, "macros:users:*").await,
         None,
         "the key literally named `users:*` is deleted"
     );
     assert!(
-        raw_get(&mut conn, "macros:users:1").await.is_some(),
+        raw::get::<Option<String>>(&mut conn, "macros:users:1")
+            .await
+            .is_some(),
         "no other user"
     );
     assert!(
-        raw_get(&mut conn, "macros:users:2").await.is_some(),
+        raw::get::<Option<String>>(&mut conn, "macros:users:2")
+            .await
+            .is_some(),
         "no other user"
     );
 
     repo.delete_user("1").await.unwrap();
-    assert_eq!(raw_get(&mut conn, "macros:users:1").await, None);
-    assert_eq!(raw_get(&mut conn, "macros:user_roles:1").await, None);
-    assert!(raw_get(&mut conn, "macros:users:2").await.is_some());
+    assert_eq!(
+        raw::get::<Option<String>>(&mut conn, "macros:users:1").await,
+        None
+    );
+    assert_eq!(
+        raw::get::<Option<String>>(&mut conn, "macros:user_roles:1").await,
+        None
+    );
+    assert!(
+        raw::get::<Option<String>>(&mut conn, "macros:users:2")
+            .await
+            .is_some()
+    );
 }
 
 #[tokio::test]
@@ -333,7 +330,10 @@ async fn functions_taking_references() {
     // `name` is in the template; `filter` is hashed.
     let hash = sha256_hex(br#"[{"active":true,"role":"admin"}]"#);
     let key = format!("macros:users:by_name:ann:{hash}");
-    assert!(raw_get(&mut conn, &key).await.is_some(), "{key}");
+    assert!(
+        raw::get::<Option<String>>(&mut conn, &key).await.is_some(),
+        "{key}"
+    );
 }
 
 #[tokio::test]
@@ -376,10 +376,10 @@ async fn free_functions_take_the_service_from_an_expression() {
     // The parameter used by `cache = ...` is the service, not part of the key.
     let key = format!("macros:macros::search:{}", sha256_hex(br#"["rust",10]"#));
     assert_eq!(
-        raw_get(&mut conn, &key).await.as_deref(),
+        raw::get::<Option<String>>(&mut conn, &key).await.as_deref(),
         Some(r#"["rust:10"]"#)
     );
-    let ttl = raw_ttl(&mut conn, &key).await;
+    let ttl = raw::ttl(&mut conn, &key).await;
     assert!((1..=5).contains(&ttl), "ttl = 5 applied, found {ttl}");
 }
 
@@ -410,12 +410,17 @@ async fn free_functions_use_the_process_wide_service() {
     assert_eq!(from_global(21).await, Ok(42));
     assert_eq!(GLOBAL_LOADS.load(SeqCst), 1);
     assert_eq!(
-        raw_get(&mut conn, "macros:global:21").await.as_deref(),
+        raw::get::<Option<String>>(&mut conn, "macros:global:21")
+            .await
+            .as_deref(),
         Some("42")
     );
 
     forget_global(21).await.unwrap();
-    assert_eq!(raw_get(&mut conn, "macros:global:21").await, None);
+    assert_eq!(
+        raw::get::<Option<String>>(&mut conn, "macros:global:21").await,
+        None
+    );
     assert_eq!(from_global(21).await, Ok(42));
     assert_eq!(GLOBAL_LOADS.load(SeqCst), 2);
 }

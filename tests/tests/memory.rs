@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use cachekit::key::{escape_glob, glob_match};
 use cachekit::{BackendKind, BreakerState, CacheService, DEFAULT_PREFIX, DEFAULT_TTL};
-use cachekit_tests::{RedisServer, init_tracing};
+use cachekit_tests::{RedisServer, init_tracing, raw};
 use redis::aio::MultiplexedConnection;
 
 async fn load<T>(calls: &AtomicUsize, value: T) -> Result<T, String> {
@@ -300,31 +300,15 @@ async fn redis_matches(
     pattern: &str,
 ) -> BTreeSet<String> {
     let physical = format!("{}:{pattern}", escape_glob(prefix));
-    let mut found = BTreeSet::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&physical)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(conn)
-            .await
-            .unwrap();
-        for key in keys {
-            let key = String::from_utf8(key).expect("keys are UTF-8");
-            let logical = key
-                .strip_prefix(&format!("{prefix}:"))
+    raw::keys(conn, &physical)
+        .await
+        .into_iter()
+        .map(|key| {
+            key.strip_prefix(&format!("{prefix}:"))
                 .expect("SCAN returned a key outside the prefix")
-                .to_owned();
-            found.insert(logical);
-        }
-        if next == 0 {
-            return found;
-        }
-        cursor = next;
-    }
+                .to_owned()
+        })
+        .collect()
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use cachekit::{BackendKind, BreakerState, CacheConfig, CacheService, DEFAULT_PREFIX, DEFAULT_TTL};
-use cachekit_tests::{RedisServer, init_tracing};
+use cachekit_tests::{RedisServer, init_tracing, raw};
 use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -47,47 +47,6 @@ async fn load<T>(calls: &AtomicUsize, value: T) -> Result<T, String> {
     Ok(value)
 }
 
-async fn raw_get(conn: &mut MultiplexedConnection, key: &str) -> Option<Vec<u8>> {
-    redis::cmd("GET")
-        .arg(key)
-        .query_async(conn)
-        .await
-        .expect("raw GET")
-}
-
-async fn raw_set(conn: &mut MultiplexedConnection, key: &str, value: &[u8]) {
-    let () = redis::cmd("SET")
-        .arg(key)
-        .arg(value)
-        .query_async(conn)
-        .await
-        .expect("raw SET");
-}
-
-async fn exists(conn: &mut MultiplexedConnection, key: &str) -> bool {
-    let n: u64 = redis::cmd("EXISTS")
-        .arg(key)
-        .query_async(conn)
-        .await
-        .expect("raw EXISTS");
-    n == 1
-}
-
-async fn pttl(conn: &mut MultiplexedConnection, key: &str) -> i64 {
-    redis::cmd("PTTL")
-        .arg(key)
-        .query_async(conn)
-        .await
-        .expect("raw PTTL")
-}
-
-async fn dbsize(conn: &mut MultiplexedConnection) -> u64 {
-    redis::cmd("DBSIZE")
-        .query_async(conn)
-        .await
-        .expect("raw DBSIZE")
-}
-
 // ----- reads and writes ----------------------------------------------------------------------
 
 #[tokio::test]
@@ -102,7 +61,7 @@ async fn set_then_get_round_trips_and_stores_plain_json() {
 
     // The physical key is `{prefix}:{key}` and its value is the JSON of the value, readable by
     // redis-cli and by services in other languages.
-    let bytes = raw_get(&mut raw, "svc:users:1")
+    let bytes = raw::get::<Option<Vec<u8>>>(&mut raw, "svc:users:1")
         .await
         .expect("stored under the prefix");
     let stored: serde_json::Value = serde_json::from_slice(&bytes).expect("plain JSON");
@@ -111,12 +70,12 @@ async fn set_then_get_round_trips_and_stores_plain_json() {
         json!({"id": 1, "name": "user 1", "roles": ["admin", "editor"]})
     );
     assert!(
-        !exists(&mut raw, "users:1").await,
+        !raw::exists(&mut raw, "users:1").await,
         "never stored unprefixed"
     );
 
     // And JSON written by someone else reads back.
-    raw_set(
+    raw::set(
         &mut raw,
         "svc:users:7",
         br#"{"id":7,"name":"Ada","roles":["admin"]}"#,
@@ -136,7 +95,9 @@ async fn set_then_get_round_trips_and_stores_plain_json() {
         Some("hello")
     );
     assert_eq!(
-        raw_get(&mut raw, "svc:greeting").await.as_deref(),
+        raw::get::<Option<Vec<u8>>>(&mut raw, "svc:greeting")
+            .await
+            .as_deref(),
         Some(&b"\"hello\""[..])
     );
     assert!(cache.set("list", &[1u8, 2, 3][..], None).await);
@@ -170,10 +131,10 @@ async fn try_variants_return_results() {
 
     assert_eq!(cache.try_invalidate_pattern("users:*").await.unwrap(), 1);
     assert_eq!(cache.try_invalidate_pattern("users:*").await.unwrap(), 0);
-    raw_set(&mut raw, "outside", b"1").await;
+    raw::set(&mut raw, "outside", b"1").await;
     assert_eq!(cache.try_clear_all().await.unwrap(), 1);
     assert_eq!(cache.try_clear_all().await.unwrap(), 0);
-    assert!(exists(&mut raw, "outside").await);
+    assert!(raw::exists(&mut raw, "outside").await);
 
     // A zero TTL is a configuration error, and nothing is written.
     let error = cache
@@ -182,7 +143,7 @@ async fn try_variants_return_results() {
         .unwrap_err();
     assert!(error.is_config(), "{error}");
     assert!(!cache.set("zero", &1, Some(Duration::ZERO)).await);
-    assert!(!exists(&mut raw, "try:zero").await);
+    assert!(!raw::exists(&mut raw, "try:zero").await);
 
     // A value serde_json cannot encode (a map with non-string keys) is an error, not a panic.
     let unencodable: HashMap<(u8, u8), u8> = HashMap::from([((1, 2), 3)]);
@@ -192,7 +153,7 @@ async fn try_variants_return_results() {
         .unwrap_err();
     assert!(!error.is_config() && !error.is_decode(), "{error}");
     assert!(!cache.set("unencodable", &unencodable, None).await);
-    assert!(!exists(&mut raw, "try:unencodable").await);
+    assert!(!raw::exists(&mut raw, "try:unencodable").await);
     assert_eq!(
         cache.stats().errors,
         0,
@@ -208,17 +169,17 @@ async fn delete_reports_whether_the_key_existed() {
     let mut raw = server.connection().await;
 
     assert!(cache.set("k", &1, None).await);
-    assert!(exists(&mut raw, "del:k").await);
+    assert!(raw::exists(&mut raw, "del:k").await);
     assert!(cache.delete("k").await);
-    assert!(!exists(&mut raw, "del:k").await);
+    assert!(!raw::exists(&mut raw, "del:k").await);
     assert!(!cache.delete("k").await);
     assert_eq!(cache.get::<i32>("k").await, None);
 
     // Only the named key goes.
-    raw_set(&mut raw, "k", b"1").await;
+    raw::set(&mut raw, "k", b"1").await;
     assert!(cache.set("k2", &2, None).await);
     assert!(!cache.delete("k").await);
-    assert!(exists(&mut raw, "k").await);
+    assert!(raw::exists(&mut raw, "k").await);
     assert_eq!(cache.get::<i32>("k2").await, Some(2));
 }
 
@@ -238,10 +199,10 @@ async fn entries_expire_after_their_ttl() {
             .set("long", &"stays", Some(Duration::from_secs(60)))
             .await
     );
-    assert!(exists(&mut raw, "ttl:short").await);
+    assert!(raw::exists(&mut raw, "ttl:short").await);
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(cache.get::<String>("short").await, None);
-    assert!(!exists(&mut raw, "ttl:short").await);
+    assert!(!raw::exists(&mut raw, "ttl:short").await);
     assert_eq!(cache.get::<String>("long").await.as_deref(), Some("stays"));
 
     // get_or_load stores for the given TTL, then loads again once it has passed.
@@ -280,7 +241,7 @@ async fn the_default_ttl_is_applied() {
         .unwrap();
     assert_eq!(configured.default_ttl(), Duration::from_secs(120));
     assert!(configured.set("a", &1, None).await);
-    let ttl = pttl(&mut raw, "configured:a").await;
+    let ttl = raw::pttl(&mut raw, "configured:a").await;
     assert!((60_000..=120_000).contains(&ttl), "PTTL {ttl}");
 
     // get_or_load without a TTL uses it too.
@@ -288,12 +249,12 @@ async fn the_default_ttl_is_applied() {
         .get_or_load("b", None, || async { Ok::<_, String>(2) })
         .await
         .unwrap();
-    let ttl = pttl(&mut raw, "configured:b").await;
+    let ttl = raw::pttl(&mut raw, "configured:b").await;
     assert!((60_000..=120_000).contains(&ttl), "PTTL {ttl}");
 
     // An explicit TTL wins.
     assert!(configured.set("c", &3, Some(Duration::from_secs(10))).await);
-    let ttl = pttl(&mut raw, "configured:c").await;
+    let ttl = raw::pttl(&mut raw, "configured:c").await;
     assert!((1..=10_000).contains(&ttl), "PTTL {ttl}");
 
     // Nothing configured: the documented default, 300 s. Never a key without expiry.
@@ -301,7 +262,7 @@ async fn the_default_ttl_is_applied() {
     assert_eq!(default.default_ttl(), DEFAULT_TTL);
     assert_eq!(DEFAULT_TTL, Duration::from_secs(300));
     assert!(default.set("a", &1, None).await);
-    let ttl = pttl(&mut raw, "default:a").await;
+    let ttl = raw::pttl(&mut raw, "default:a").await;
     assert!((200_000..=300_000).contains(&ttl), "PTTL {ttl}");
 }
 
@@ -330,8 +291,8 @@ async fn invalidate_pattern_counts_what_it_removes() {
     assert_eq!(cache.invalidate_pattern("users:*").await, 0);
     assert_eq!(cache.get::<i32>("roles:2").await, Some(0));
     assert_eq!(cache.get::<i32>("users").await, Some(0));
-    assert!(exists(&mut raw, "pat:roles:2").await);
-    assert!(exists(&mut raw, "pat:users").await);
+    assert!(raw::exists(&mut raw, "pat:roles:2").await);
+    assert!(raw::exists(&mut raw, "pat:users").await);
     // An exact key is a pattern too.
     assert_eq!(cache.invalidate_pattern("users").await, 1);
     assert_eq!(cache.stats().invalidations, 6);
@@ -359,11 +320,15 @@ async fn invalidate_pattern_walks_the_whole_keyspace() {
         }
     }
     let () = pipe.query_async(&mut raw).await.unwrap();
-    assert_eq!(dbsize(&mut raw).await, 3000);
+    assert_eq!(raw::dbsize(&mut raw).await, 3000);
 
     assert_eq!(cache.invalidate_pattern("items:1*").await, 1111);
     assert_eq!(cache.invalidate_pattern("items:*").await, 1389);
-    assert_eq!(dbsize(&mut raw).await, 500, "keys outside the prefix stay");
+    assert_eq!(
+        raw::dbsize(&mut raw).await,
+        500,
+        "keys outside the prefix stay"
+    );
     assert_eq!(cache.clear_all().await, 0);
 }
 
@@ -383,7 +348,7 @@ async fn clear_all_keeps_keys_outside_the_prefix() {
         "xapp:users:1",
     ];
     for key in outside {
-        raw_set(&mut raw, key, b"\"outside\"").await;
+        raw::set(&mut raw, key, b"\"outside\"").await;
     }
     for key in ["users:1", "users:2", "roles:1"] {
         assert!(cache.set(key, &1, None).await);
@@ -394,9 +359,9 @@ async fn clear_all_keeps_keys_outside_the_prefix() {
     assert_eq!(cache.invalidate_pattern("*").await, 0);
     assert_eq!(cache.try_clear_all().await.unwrap(), 0);
     for key in outside {
-        assert!(exists(&mut raw, key).await, "{key} must survive");
+        assert!(raw::exists(&mut raw, key).await, "{key} must survive");
     }
-    assert_eq!(dbsize(&mut raw).await, outside.len() as u64);
+    assert_eq!(raw::dbsize(&mut raw).await, outside.len() as u64);
 }
 
 #[tokio::test]
@@ -434,14 +399,12 @@ async fn services_with_different_prefixes_do_not_see_each_other() {
     assert_eq!(default.prefix(), DEFAULT_PREFIX);
     assert!(default.set("k", &1, None).await);
     let mut raw = server.connection().await;
-    assert!(exists(&mut raw, &format!("{DEFAULT_PREFIX}:k")).await);
+    assert!(raw::exists(&mut raw, &format!("{DEFAULT_PREFIX}:k")).await);
 }
 
 #[tokio::test]
 async fn a_prefix_with_glob_characters_matches_only_itself() {
     init_tracing();
-    let server = RedisServer::start();
-    let mut raw = server.connection().await;
 
     // Each hostile prefix, read as a glob, would match the prefixes next to it.
     let cases: [(&str, &[&str]); 5] = [
@@ -452,7 +415,9 @@ async fn a_prefix_with_glob_characters_matches_only_itself() {
         ("x[", &["x", "x[a"]),
     ];
     for (hostile, victims) in cases {
-        let _: () = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
+        // A server per case, so no case sees another's keys.
+        let server = RedisServer::start();
+        let mut raw = server.connection().await;
         let cache = service(&server, hostile).await;
         let mut others = Vec::new();
         for victim in victims {
@@ -462,7 +427,7 @@ async fn a_prefix_with_glob_characters_matches_only_itself() {
         }
         assert!(cache.set("k", &"hostile", None).await);
         assert!(
-            exists(&mut raw, &format!("{hostile}:k")).await,
+            raw::exists(&mut raw, &format!("{hostile}:k")).await,
             "the physical key is the literal prefix"
         );
 
@@ -478,7 +443,7 @@ async fn a_prefix_with_glob_characters_matches_only_itself() {
                 other.prefix()
             );
         }
-        assert_eq!(dbsize(&mut raw).await, victims.len() as u64);
+        assert_eq!(raw::dbsize(&mut raw).await, victims.len() as u64);
     }
 }
 
@@ -493,10 +458,10 @@ async fn plant(raw: &mut MultiplexedConnection, key: &str, kind: usize) {
         .await
         .unwrap();
     match kind {
-        0 => raw_set(raw, &physical, b"\xff\x00\x9fnot json at all").await,
-        1 => raw_set(raw, &physical, b"\"a string, not a user\"").await,
-        2 => raw_set(raw, &physical, br#"{"id":"one","name":3}"#).await,
-        3 => raw_set(raw, &physical, b"").await,
+        0 => raw::set(raw, &physical, b"\xff\x00\x9fnot json at all").await,
+        1 => raw::set(raw, &physical, b"\"a string, not a user\"").await,
+        2 => raw::set(raw, &physical, br#"{"id":"one","name":3}"#).await,
+        3 => raw::set(raw, &physical, b"").await,
         4 => {
             let () = redis::cmd("RPUSH")
                 .arg(&physical)
@@ -516,7 +481,7 @@ async fn plant(raw: &mut MultiplexedConnection, key: &str, kind: usize) {
                 .unwrap();
         }
     }
-    assert!(exists(raw, &physical).await);
+    assert!(raw::exists(raw, &physical).await);
 }
 
 const FOREIGN_KINDS: usize = 6;
@@ -536,7 +501,7 @@ async fn undecodable_values_are_misses_and_are_removed() {
         let before = cache.stats();
         assert_eq!(cache.get::<User>(&key).await, None, "kind {kind}");
         assert!(
-            !exists(&mut raw, &physical).await,
+            !raw::exists(&mut raw, &physical).await,
             "kind {kind} not removed"
         );
         let after = cache.stats();
@@ -555,7 +520,7 @@ async fn undecodable_values_are_misses_and_are_removed() {
         );
         assert!(!text.contains("not a user"), "kind {kind}: {text}");
         assert!(
-            !exists(&mut raw, &physical).await,
+            !raw::exists(&mut raw, &physical).await,
             "kind {kind} not removed"
         );
         assert_eq!(cache.try_get::<User>(&key).await.unwrap(), None);
@@ -604,11 +569,13 @@ async fn the_database_number_of_the_url_is_used() {
         .unwrap();
     let mut db0 = server.connection().await;
     assert_eq!(
-        raw_get(&mut db3, "db:k").await.as_deref(),
+        raw::get::<Option<Vec<u8>>>(&mut db3, "db:k")
+            .await
+            .as_deref(),
         Some(&b"\"in db 3\""[..])
     );
-    assert!(!exists(&mut db0, "db:k").await);
-    assert_eq!(dbsize(&mut db0).await, 0);
+    assert!(!raw::exists(&mut db0, "db:k").await);
+    assert_eq!(raw::dbsize(&mut db0).await, 0);
 
     let health = cache.health().await;
     assert_eq!(
@@ -695,7 +662,7 @@ async fn credentials_work_and_never_leak() {
             cache.get::<String>("k").await.as_deref(),
             Some("authenticated")
         );
-        assert!(exists(&mut raw, &format!("{prefix}:k")).await);
+        assert!(raw::exists(&mut raw, &format!("{prefix}:k")).await);
         let health = cache.health().await;
         assert!(health.connected, "{prefix}: {:?}", health.error);
         assert_eq!(cache.stats().errors, 0);
@@ -719,7 +686,7 @@ async fn credentials_work_and_never_leak() {
             .await
             .unwrap();
         assert_eq!((value, calls.load(Ordering::SeqCst)), (5, 1));
-        assert!(!exists(&mut raw, &format!("{prefix}:k")).await);
+        assert!(!raw::exists(&mut raw, &format!("{prefix}:k")).await);
 
         let health = cache.health().await;
         assert!(!health.connected, "{prefix}");
@@ -820,8 +787,8 @@ async fn configuration_from_a_variable_lookup() {
         .query_async(&mut raw)
         .await
         .unwrap();
-    assert!(exists(&mut raw, "from-env:k").await);
-    let ttl = pttl(&mut raw, "from-env:k").await;
+    assert!(raw::exists(&mut raw, "from-env:k").await);
+    let ttl = raw::pttl(&mut raw, "from-env:k").await;
     assert!((1..=90_000).contains(&ttl), "PTTL {ttl}");
 
     // The parts, with a password.
@@ -846,7 +813,7 @@ async fn configuration_from_a_variable_lookup() {
         .query_async(&mut locked_raw)
         .await
         .unwrap();
-    assert!(exists(&mut locked_raw, "parts:k").await);
+    assert!(raw::exists(&mut locked_raw, "parts:k").await);
 
     // The builder can start from a configuration too.
     let config = CacheConfig::from_lookup(|name| match name {
@@ -861,7 +828,7 @@ async fn configuration_from_a_variable_lookup() {
         .unwrap();
     assert!(cache.set("k", &1, None).await);
     let mut db0 = server.connection().await;
-    assert!(exists(&mut db0, "from-builder:k").await);
+    assert!(raw::exists(&mut db0, "from-builder:k").await);
 }
 
 /// Set in the child process that [`from_env_reads_the_process_environment`] runs.
@@ -915,12 +882,12 @@ async fn from_env_reads_the_process_environment() {
     run_child("valid", &server.url());
     let mut raw = server.connection().await;
     assert_eq!(
-        raw_get(&mut raw, &format!("{CHILD_PREFIX}:k"))
+        raw::get::<Option<Vec<u8>>>(&mut raw, &format!("{CHILD_PREFIX}:k"))
             .await
             .as_deref(),
         Some(&b"\"written by the child\""[..])
     );
-    let ttl = pttl(&mut raw, &format!("{CHILD_PREFIX}:k")).await;
+    let ttl = raw::pttl(&mut raw, &format!("{CHILD_PREFIX}:k")).await;
     assert!((1..=90_000).contains(&ttl), "PTTL {ttl}");
 
     let text = run_child("invalid", "http://user:topsecret@127.0.0.1:1/0");
@@ -989,7 +956,7 @@ async fn get_or_load_caches_ok_values_and_never_errors() {
     // The failed loader's lease (a marker in the key while it loads) is given back in the
     // background, well before its TTL: nothing stays under the key.
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    while exists(&mut raw, "aside:users:2").await {
+    while raw::exists(&mut raw, "aside:users:2").await {
         assert!(
             std::time::Instant::now() < deadline,
             "the failed loader left something under its key"
@@ -1099,7 +1066,7 @@ async fn health_reports_a_round_trip_and_server_facts() {
         assert!(cache.set(&format!("k{i}"), &i, None).await);
     }
     for key in ["elsewhere:1", "healthy:1", "health"] {
-        raw_set(&mut raw, key, b"1").await;
+        raw::set(&mut raw, key, b"1").await;
     }
 
     let health = cache.health().await;
