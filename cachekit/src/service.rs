@@ -61,7 +61,9 @@ struct Inner {
 pub struct Fetched<T> {
     /// The value.
     pub value: T,
-    /// `true` when it was read from the cache, `false` when the loader produced it.
+    /// `true` when this caller's loader did not run: the value was read from the cache, or
+    /// handed over by a concurrent caller's load of the same key (single-flight). `false` when
+    /// this caller's loader produced it.
     pub from_cache: bool,
 }
 
