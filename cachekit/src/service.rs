@@ -547,7 +547,6 @@ impl CacheService {
         value: &T,
         ttl: Option<Duration>,
     ) -> Result<(), CacheError> {
-        self.ttl(key, ttl)?;
         let bytes = codec::encode(key, value)?;
         self.try_store(key, &bytes, ttl).await
     }
@@ -742,19 +741,19 @@ impl CacheService {
             return Ok(Fetched::hit(value));
         }
         let inner = &*self.inner;
+        let physical = self.physical_key(key);
         if !inner.single_flight {
             return self
-                .load_leased(key, ttl, store_if, load, None)
+                .load_leased(key, &physical, ttl, store_if, load, None)
                 .await
                 .map(|(f, _)| f);
         }
-        let physical = self.physical_key(key);
         match inner.flights.join(&physical) {
             Role::Leader(leader) => {
                 // On `Err`, a panic or a cancellation the leader drops unfinished, and its
                 // followers load for themselves.
                 let (fetched, shared) = self
-                    .load_leased(key, ttl, store_if, load, Some(&leader))
+                    .load_leased(key, &physical, ttl, store_if, load, Some(&leader))
                     .await?;
                 if let Some(bytes) = shared {
                     leader.finish(bytes);
@@ -768,7 +767,7 @@ impl CacheService {
                     Counters::bump(&inner.counters.coalesced);
                     return Ok(Fetched::hit(value));
                 }
-                self.load_leased(key, ttl, store_if, load, None)
+                self.load_leased(key, &physical, ttl, store_if, load, None)
                     .await
                     .map(|(f, _)| f)
             }
@@ -781,6 +780,7 @@ impl CacheService {
     async fn load_leased<T, E, Fut>(
         &self,
         key: &str,
+        physical: &str,
         ttl: Option<Duration>,
         store_if: impl FnOnce(&T) -> bool,
         load: Fut,
@@ -791,9 +791,8 @@ impl CacheService {
         Fut: Future<Output = Result<T, E>>,
     {
         let inner = &*self.inner;
-        let physical = self.physical_key(key);
         let lease = if inner.leases {
-            match self.take_lease::<T>(key, &physical).await {
+            match self.take_lease::<T>(key, physical).await {
                 Ok(lease) => lease,
                 Err(hit) => return Ok(hit),
             }
@@ -807,7 +806,7 @@ impl CacheService {
                 // Give the lease back before returning, so the next caller finds the key empty.
                 // (On a panic or a cancellation the guard gives it back in the background.)
                 if let LeaseState::Ours(mut guard) = lease {
-                    self.release(&physical, &guard.marker).await;
+                    self.release(physical, &guard.marker).await;
                     guard.disarm();
                 }
                 return Err(error);
@@ -829,9 +828,9 @@ impl CacheService {
         let fresh = match lease {
             LeaseState::Ours(mut guard) => {
                 let fresh = if store {
-                    self.fill(key, &physical, &guard.marker, &bytes, ttl).await
+                    self.fill(key, physical, &guard.marker, &bytes, ttl).await
                 } else {
-                    self.release(&physical, &guard.marker).await
+                    self.release(physical, &guard.marker).await
                 };
                 guard.disarm();
                 fresh
