@@ -56,11 +56,9 @@ pub struct ServerInfo {
     pub used_memory_bytes: Option<u64>,
     /// Clients connected to the server.
     pub connected_clients: Option<u64>,
-    /// Keys under this service's prefix. Counting walks the keyspace (`SCAN`), so it stops after
-    /// a bounded amount of work; then this is a lower bound and `keys_exact` is false.
-    pub keys_under_prefix: u64,
-    /// Whether `keys_under_prefix` is an exact count.
-    pub keys_exact: bool,
+    /// Keys in the server's database (`DBSIZE`, constant time), all prefixes included. A health
+    /// check never walks the keyspace, so the keys under one prefix are not counted.
+    pub db_keys: Option<u64>,
 }
 
 /// The bytes a lease marker starts with. No JSON text starts with a NUL byte, so a marker can
@@ -99,6 +97,16 @@ pub enum Lease {
 /// caller's marker. So a value loaded before an invalidation can never be written after it.
 /// The default implementations, for stores without atomic operations, grant every lease and
 /// fill unconditionally: correct, without that protection.
+///
+/// A lease marker lives for a short TTL that its holder renews ([`renew`](Self::renew)) while
+/// it loads, so a holder that dies (its process or runtime stopped) wedges the key only until
+/// that TTL runs out. A marker without a TTL is never a live lease: `try_lease` replaces it.
+///
+/// # Errors
+///
+/// Return [`CacheError::Backend`] (or a `Timeout`) for a store that cannot be reached: those
+/// count toward the service's circuit breaker. The service applies its own timeout to every
+/// call, so a backend needs none of its own.
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Which kind of store this is.
@@ -152,15 +160,34 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         Ok(true)
     }
 
-    /// Removes `key` if it still holds `marker` (a loader gives its lease back); returns
-    /// whether it did, i.e. whether the lease survived until now.
-    async fn release(&self, key: &str, marker: &[u8]) -> Result<bool, CacheError> {
-        let _ = (key, marker);
+    /// Removes `key` if it still holds exactly `expected`, atomically; returns whether it did.
+    /// A loader gives its lease back this way (then `true` means the lease survived until now),
+    /// and an undecodable value is removed this way, so a value written meanwhile survives.
+    async fn release(&self, key: &str, expected: &[u8]) -> Result<bool, CacheError> {
+        let _ = (key, expected);
         Ok(true)
     }
 
-    /// Facts about the server, if the store has one. `prefix_pattern` matches this service's
-    /// keys, for [`ServerInfo::keys_under_prefix`].
+    /// Extends the lease `marker` on `key` to `ttl` from now, if `key` still holds it; returns
+    /// whether it did. A loader renews its lease while it runs, so a slow loader keeps it and a
+    /// dead one loses it soon.
+    async fn renew(&self, key: &str, marker: &[u8], ttl: Duration) -> Result<bool, CacheError> {
+        let _ = (key, marker, ttl);
+        Ok(true)
+    }
+
+    /// Removes each of `keys`; returns how many existed. Stores with a batch command override
+    /// this (Redis: `UNLINK` with many keys).
+    async fn delete_many(&self, keys: &[String]) -> Result<u64, CacheError> {
+        let mut removed = 0;
+        for key in keys {
+            removed += u64::from(self.delete(key).await?);
+        }
+        Ok(removed)
+    }
+
+    /// Facts about the server, if the store has one, gathered at a cost that does not grow with
+    /// the keyspace. `prefix_pattern` matches this service's keys.
     async fn server_info(&self, prefix_pattern: &str) -> Result<Option<ServerInfo>, CacheError> {
         let _ = prefix_pattern;
         Ok(None)

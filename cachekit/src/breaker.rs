@@ -2,9 +2,14 @@
 //!
 //! Closed: calls go through; `failure_threshold` consecutive backend faults open it.
 //! Open: calls skip the backend at once (no waiting on timeouts or connects) for `open_for`.
-//! Half-open: after `open_for`, one call at a time probes the backend; a success closes the
-//! breaker, a failure opens it again. A probe whose outcome never arrives (its caller was
-//! cancelled) does not wedge the breaker: another probe is allowed after `open_for`.
+//! Half-open: after `open_for`, one call at a time probes the backend; the probe's success
+//! closes the breaker, its failure opens it again. Only the probe closes it: a call admitted
+//! before the breaker opened that happens to succeed late, or a health check, changes nothing.
+//! A probe whose outcome never arrives (its caller was cancelled) does not wedge the breaker:
+//! another probe is allowed after `open_for`.
+//!
+//! Only transport faults (timeouts, unreachable server) are reported as failures; the guard
+//! decides that.
 //!
 //! Time is `tokio::time::Instant`, so tests drive it with `tokio::time::pause`/`advance`.
 
@@ -42,6 +47,13 @@ const CLOSED: u8 = 0;
 const OPEN: u8 = 1;
 const HALF_OPEN: u8 = 2;
 
+/// What [`Breaker::allow`] grants: a call, which may be the half-open probe.
+#[derive(Debug, Clone, Copy)]
+#[must_use]
+pub(crate) struct Permit {
+    probe: bool,
+}
+
 #[derive(Debug)]
 pub(crate) struct Breaker {
     failure_threshold: u32,
@@ -71,51 +83,56 @@ impl Breaker {
         }
     }
 
-    /// Whether a call may go to the backend now. Closed: one atomic load.
-    pub(crate) fn allow(&self) -> bool {
+    /// Whether a call may go to the backend now, and as what. Closed: one atomic load.
+    pub(crate) fn allow(&self) -> Option<Permit> {
         match self.state.load(Ordering::Acquire) {
-            CLOSED => true,
+            CLOSED => Some(Permit { probe: false }),
             current => self.try_probe(current),
         }
     }
 
-    fn try_probe(&self, current: u8) -> bool {
+    fn try_probe(&self, current: u8) -> Option<Permit> {
         let mut since = self.since.lock().unwrap_or_else(|e| e.into_inner());
-        if since.elapsed() < self.open_for {
-            return false;
-        }
         // Re-check under the lock: another caller may have started the probe or closed it.
         let state = self.state.load(Ordering::Acquire);
         if state == CLOSED {
-            return true;
+            return Some(Permit { probe: false });
         }
-        if state != current && state != OPEN {
-            return false;
+        if since.elapsed() < self.open_for || (state != current && state != OPEN) {
+            return None;
         }
         *since = Instant::now();
         self.state.store(HALF_OPEN, Ordering::Release);
         tracing::debug!("cache circuit breaker half-open: probing the backend");
-        true
+        Some(Permit { probe: true })
     }
 
     pub(crate) fn open_for(&self) -> Duration {
         self.open_for
     }
 
-    /// Records a success; returns `true` when it closed an open or half-open breaker.
-    pub(crate) fn on_success(&self) -> bool {
-        let mut recovered = false;
-        if self.state.load(Ordering::Acquire) != CLOSED {
+    /// Records the success of a call admitted with `permit`; returns `true` when it was the
+    /// probe and closed the breaker. Other successes only reset the failure count of a closed
+    /// breaker.
+    pub(crate) fn on_success(&self, permit: Permit) -> bool {
+        let state = self.state.load(Ordering::Acquire);
+        if permit.probe {
             let _since = self.since.lock().unwrap_or_else(|e| e.into_inner());
-            if self.state.swap(CLOSED, Ordering::AcqRel) != CLOSED {
+            if self
+                .state
+                .compare_exchange(HALF_OPEN, CLOSED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                self.consecutive_failures.store(0, Ordering::Relaxed);
                 tracing::info!("cache backend recovered; circuit breaker closed");
-                recovered = true;
+                return true;
             }
+            return false;
         }
-        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+        if state == CLOSED && self.consecutive_failures.load(Ordering::Relaxed) != 0 {
             self.consecutive_failures.store(0, Ordering::Relaxed);
         }
-        recovered
+        false
     }
 
     /// Opens the breaker now, whatever the failure count.
@@ -127,7 +144,9 @@ impl Breaker {
         self.state.store(OPEN, Ordering::Release);
     }
 
-    pub(crate) fn on_failure(&self) {
+    /// Records a transport fault of a call admitted with `permit`.
+    pub(crate) fn on_failure(&self, permit: Permit) {
+        let _ = permit;
         let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         let state = self.state.load(Ordering::Acquire);
         let trip = state == HALF_OPEN || (state == CLOSED && failures >= self.failure_threshold);
@@ -152,49 +171,69 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn opens_after_threshold_and_recovers_through_half_open() {
         let b = Breaker::new(3, Duration::from_secs(5));
-        assert!(b.allow());
-        b.on_failure();
-        b.on_failure();
+        let p = b.allow().unwrap();
+        b.on_failure(p);
+        b.on_failure(p);
         assert_eq!(b.state(), BreakerState::Closed);
-        b.on_failure();
+        b.on_failure(p);
         assert_eq!(b.state(), BreakerState::Open);
-        assert!(!b.allow());
+        assert!(b.allow().is_none());
 
         tokio::time::advance(Duration::from_secs(5)).await;
-        assert!(b.allow(), "one probe after the cool-down");
+        let probe = b.allow().expect("one probe after the cool-down");
         assert_eq!(b.state(), BreakerState::HalfOpen);
-        assert!(!b.allow(), "only one probe at a time");
+        assert!(b.allow().is_none(), "only one probe at a time");
 
-        b.on_failure();
+        b.on_failure(probe);
         assert_eq!(b.state(), BreakerState::Open);
-        assert!(!b.allow());
+        assert!(b.allow().is_none());
 
         tokio::time::advance(Duration::from_secs(5)).await;
-        assert!(b.allow());
-        b.on_success();
+        let probe = b.allow().unwrap();
+        assert!(b.on_success(probe));
         assert_eq!(b.state(), BreakerState::Closed);
-        assert!(b.allow());
+        assert!(b.allow().is_some());
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_success_resets_the_failure_count() {
         let b = Breaker::new(2, Duration::from_secs(1));
-        b.on_failure();
-        b.on_success();
-        b.on_failure();
+        let p = b.allow().unwrap();
+        b.on_failure(p);
+        assert!(!b.on_success(p));
+        b.on_failure(p);
         assert_eq!(b.state(), BreakerState::Closed);
-        b.on_failure();
+        b.on_failure(p);
         assert_eq!(b.state(), BreakerState::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_the_probe_closes_the_breaker() {
+        let b = Breaker::new(1, Duration::from_secs(1));
+        let early = b.allow().unwrap(); // admitted while closed, answers late
+        b.on_failure(early);
+        assert_eq!(b.state(), BreakerState::Open);
+        assert!(!b.on_success(early), "a late success of an earlier call");
+        assert_eq!(b.state(), BreakerState::Open);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let probe = b.allow().unwrap();
+        assert!(!b.on_success(early));
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert!(b.on_success(probe));
+        assert_eq!(b.state(), BreakerState::Closed);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_lost_probe_does_not_wedge_the_breaker() {
         let b = Breaker::new(1, Duration::from_secs(2));
-        b.on_failure();
+        b.on_failure(b.allow().unwrap());
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert!(b.allow()); // the probe's caller is cancelled: no outcome is reported
-        assert!(!b.allow());
+        assert!(b.allow().is_some()); // the probe's caller is cancelled: no outcome is reported
+        assert!(b.allow().is_none());
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert!(b.allow(), "a new probe once the old one is overdue");
+        assert!(
+            b.allow().is_some(),
+            "a new probe once the old one is overdue"
+        );
     }
 }

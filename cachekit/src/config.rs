@@ -1,7 +1,7 @@
 //! Configuration: [`CacheConfig`], its builder, and reading it from the environment.
 
+use crate::CacheError;
 use crate::backend::{Backend, MemoryBackend};
-use crate::{CacheError, CacheService};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -708,14 +708,13 @@ impl CacheServiceBuilder {
         self
     }
 
-    /// Validates the configuration and builds the service. Fails only for invalid
-    /// configuration: an unreachable Redis still builds, degraded, and is reconnected in the
-    /// background.
-    pub async fn build(self) -> Result<CacheService, CacheError> {
-        if let Some(message) = self.url_error {
-            return Err(CacheError::Config(message));
+    /// The configuration this builder holds, or the error of an invalid URL given to it.
+    /// [`build`](Self::build) starts with this.
+    pub fn into_config(self) -> Result<CacheConfig, CacheError> {
+        match self.url_error {
+            Some(message) => Err(CacheError::Config(message)),
+            None => Ok(self.config),
         }
-        CacheService::from_config(self.config).await
     }
 }
 

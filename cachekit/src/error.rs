@@ -54,6 +54,19 @@ pub enum CacheError {
         source: serde_json::Error,
     },
 
+    /// An earlier step of the same call met a timeout, an unreachable backend or the open
+    /// breaker, so this step skipped the backend: a call adds about one operation timeout at
+    /// most, not one per step.
+    #[error("cache backend skipped: an earlier step of this call failed")]
+    Skipped,
+
+    /// A stored value is larger than the configured maximum value size; it was not read.
+    #[error("cached value is larger than the {max} bytes allowed")]
+    TooLarge {
+        /// The configured maximum, in bytes.
+        max: u64,
+    },
+
     /// A user-supplied [`Backend`](crate::Backend) failed.
     #[error("cache backend error: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
@@ -84,6 +97,12 @@ impl CacheError {
         matches!(self, Self::CircuitOpen)
     }
 
+    /// The backend was not asked: the breaker is open, or an earlier step of the same call
+    /// failed.
+    pub fn is_skipped(&self) -> bool {
+        matches!(self, Self::CircuitOpen | Self::Skipped)
+    }
+
     /// The configuration is invalid.
     pub fn is_config(&self) -> bool {
         matches!(self, Self::Config(_))
@@ -94,13 +113,116 @@ impl CacheError {
         matches!(self, Self::Decode { .. })
     }
 
-    /// Whether this error says the backend is unhealthy, so it counts toward the breaker.
-    /// Encoding and decoding problems are the caller's data, not the backend's health.
-    pub(crate) fn is_backend_fault(&self) -> bool {
-        !matches!(
-            self,
-            Self::Encode { .. } | Self::Decode { .. } | Self::CircuitOpen | Self::Config(_)
-        )
+    /// What kind of fault this is, when it is one of the backend's: a transport fault (the
+    /// server unreachable or too slow) or a reply the server gave to this one operation.
+    /// `None` for the caller's own data (encoding, decoding), configuration, and calls skipped
+    /// by the open breaker.
+    pub fn fault_kind(&self) -> Option<FaultKind> {
+        match self {
+            Self::Timeout { .. } => Some(FaultKind::Timeout),
+            Self::Backend(_) => Some(FaultKind::Connection),
+            Self::TooLarge { .. } => Some(FaultKind::TooLarge),
+            Self::Redis(e) => Some(redis_fault_kind(e)),
+            Self::Config(_)
+            | Self::CircuitOpen
+            | Self::Skipped
+            | Self::Encode { .. }
+            | Self::Decode { .. } => None,
+        }
+    }
+
+    /// Whether this error says the backend cannot be reached or is too slow: a timeout, a
+    /// refused, reset or closed connection, an I/O error, or a failure of a user-supplied
+    /// backend. Only these count toward the circuit breaker; a server's reply to one operation
+    /// (out of memory, no permission, wrong type, ...) fails that operation alone.
+    pub fn is_transport(&self) -> bool {
+        self.fault_kind().is_some_and(FaultKind::is_transport)
+    }
+}
+
+/// The kinds of backend fault, counted in [`FaultStats`](crate::FaultStats).
+///
+/// [`Timeout`](Self::Timeout) and [`Connection`](Self::Connection) are *transport* faults:
+/// they say the server is unreachable or too slow, and only they count toward the circuit
+/// breaker. The others are replies the server gave to one operation; they fail that operation
+/// and nothing else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FaultKind {
+    /// No answer within the operation timeout.
+    Timeout,
+    /// Refused, reset or closed connection, other I/O errors, a failed handshake or
+    /// authentication, an unparsable reply; and any failure of a user-supplied backend.
+    Connection,
+    /// `OOM`: the server is at `maxmemory` and its policy refuses writes.
+    OutOfMemory,
+    /// `NOPERM` or `NOAUTH`: the ACL user may not run the command or touch the key.
+    NoPermission,
+    /// `WRONGTYPE`: the key holds another type than a string.
+    WrongType,
+    /// `READONLY`: the server is a replica.
+    ReadOnly,
+    /// `BUSY` (a script or function runs too long) or `LOADING` (the dataset is loading).
+    Busy,
+    /// A stored value larger than the configured maximum, not read.
+    TooLarge,
+    /// Any other error reply (`ERR ...`, script errors, out-of-range arguments).
+    OtherReply,
+}
+
+impl FaultKind {
+    /// Whether this kind says the server is unreachable or too slow (counts toward the breaker).
+    pub fn is_transport(self) -> bool {
+        matches!(self, Self::Timeout | Self::Connection)
+    }
+
+    /// A short stable name, for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Connection => "connection",
+            Self::OutOfMemory => "out_of_memory",
+            Self::NoPermission => "no_permission",
+            Self::WrongType => "wrong_type",
+            Self::ReadOnly => "read_only",
+            Self::Busy => "busy",
+            Self::TooLarge => "too_large",
+            Self::OtherReply => "other_reply",
+        }
+    }
+}
+
+impl std::fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Classifies a redis-rs error by its kind and reply code, never by its message.
+fn redis_fault_kind(e: &redis::RedisError) -> FaultKind {
+    use redis::{ErrorKind, ServerErrorKind};
+    if e.is_timeout() {
+        return FaultKind::Timeout;
+    }
+    match e.kind() {
+        ErrorKind::Server(ServerErrorKind::ReadOnly) => FaultKind::ReadOnly,
+        ErrorKind::Server(ServerErrorKind::NoPerm) => FaultKind::NoPermission,
+        ErrorKind::Server(ServerErrorKind::BusyLoading) => FaultKind::Busy,
+        ErrorKind::Server(_) | ErrorKind::Extension => match e.code() {
+            Some("OOM") => FaultKind::OutOfMemory,
+            Some("WRONGTYPE") => FaultKind::WrongType,
+            Some("NOPERM" | "NOAUTH") => FaultKind::NoPermission,
+            Some("BUSY" | "LOADING") => FaultKind::Busy,
+            Some("READONLY") => FaultKind::ReadOnly,
+            _ => FaultKind::OtherReply,
+        },
+        // A reply of an unexpected shape is our bug or a foreign value, not the server's health.
+        ErrorKind::UnexpectedReturnType | ErrorKind::Client | ErrorKind::InvalidClientConfig => {
+            FaultKind::OtherReply
+        }
+        // I/O, protocol desynchronisation, authentication on (re)connect, and the rest: the
+        // connection is not usable.
+        _ => FaultKind::Connection,
     }
 }
 

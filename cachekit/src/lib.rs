@@ -94,7 +94,11 @@ mod codec;
 mod config;
 mod error;
 mod flight;
+mod guard;
+mod invalidate;
 pub mod key;
+mod lease;
+mod load;
 mod service;
 mod stats;
 
@@ -105,9 +109,10 @@ pub use config::{
     DEFAULT_BREAKER_THRESHOLD, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FALLBACK_TTL, DEFAULT_LEASE_TTL,
     DEFAULT_PREFIX, DEFAULT_TIMEOUT, DEFAULT_TTL, Fallback, RedisConfig, StoreConfig,
 };
-pub use error::CacheError;
+pub use error::{CacheError, FaultKind};
+pub use invalidate::MAX_DEFERRED;
 pub use service::{CacheService, Fetched, HasCache, Health, global, set_global};
-pub use stats::CacheStats;
+pub use stats::{CacheStats, FaultStats};
 
 pub use cachekit_macros::{cached, invalidates};
 

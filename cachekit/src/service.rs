@@ -1,57 +1,61 @@
-//! [`CacheService`]: the handle every repository shares.
+//! [`CacheService`]: the handle every repository shares. A facade: construction, the public
+//! methods, statistics and health. The cache-aside state machine lives in `load`, removal in
+//! `invalidate`, the timeout and breaker in `guard`.
 
 use crate::backend::{
-    Backend, BackendKind, DisabledBackend, LEASE_MARKER_PREFIX, Lease, MemoryBackend, RedisBackend,
-    ServerInfo, is_lease_marker,
+    Backend, BackendKind, DisabledBackend, MemoryBackend, RedisBackend, ServerInfo,
 };
 use crate::breaker::{Breaker, BreakerState};
 use crate::config::{CacheConfig, CacheServiceBuilder, Fallback, StoreConfig};
-use crate::flight::{self, Flights, Leader, Role, Shared};
+use crate::flight::Flights;
+use crate::guard::{Bound, Budget, Guard};
+use crate::invalidate::{Deferred, Removal};
 use crate::key::escape_glob;
+use crate::lease::Beat;
 use crate::stats::{CacheStats, Counters};
 use crate::{CacheError, codec};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, OnceLock, Weak};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The cache: a cheap-to-clone handle (an `Arc` inside), `Send + Sync`, shared by every
 /// repository of a service.
 ///
 /// The plain methods never fail: a backend fault (Redis down, slow, returning garbage) is
-/// logged with `tracing`, counted in [`stats`](Self::stats), trips the circuit breaker, and
-/// reads as a miss, so the caller goes to its loader. The `try_*` methods return the
-/// [`CacheError`] instead, for callers who want to see it.
+/// logged with `tracing`, counted in [`stats`](Self::stats), and reads as a miss, so the caller
+/// goes to its loader. Only faults that say the server is unreachable or too slow trip the
+/// circuit breaker. The `try_*` methods return the [`CacheError`] instead, for callers who want
+/// to see it.
 ///
 /// Keys are logical (`users:1`); the service stores them under `{prefix}:{key}`.
 #[derive(Clone)]
 pub struct CacheService {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    backend: Arc<dyn Backend>,
-    kind: BackendKind,
-    /// Whether calls go through the timeout and the breaker (every backend but the embedded
-    /// store and the disabled one, which cannot hang or fail).
-    guarded: bool,
+pub(crate) struct Inner {
+    pub(crate) guard: Arc<Guard>,
+    pub(crate) kind: BackendKind,
     endpoint: Option<String>,
     /// `{prefix}:`, prepended to every key.
     key_prefix: String,
     /// The prefix glob-escaped, then `:`, prepended to every pattern.
     pattern_prefix: String,
-    default_ttl: Duration,
-    timeout: Duration,
-    admin_timeout: Duration,
-    breaker: Breaker,
-    fallback: Option<(MemoryBackend, Duration)>,
-    counters: Counters,
-    flights: Flights,
-    single_flight: bool,
-    leases: bool,
-    lease_ttl: Duration,
+    pub(crate) default_ttl: Duration,
+    pub(crate) fallback: Option<(MemoryBackend, Duration)>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) flights: Flights,
+    pub(crate) single_flight: bool,
+    pub(crate) leases: bool,
+    /// The longest a caller waits for another's loader before loading for itself.
+    pub(crate) lease_ttl: Duration,
+    /// The marker's TTL in the store and its renewal period.
+    pub(crate) beat: Beat,
+    pub(crate) deferred: Deferred,
+    pub(crate) max_value_bytes: u64,
+    redact_keys: bool,
 }
 
 /// A value with where it came from: what [`CacheService::get_or_load_with_status`] and the
@@ -126,9 +130,18 @@ impl std::fmt::Debug for CacheService {
         f.debug_struct("CacheService")
             .field("backend", &self.inner.kind)
             .field("endpoint", &self.inner.endpoint)
-            .field("prefix", &self.inner.key_prefix.trim_end_matches(':'))
-            .field("breaker", &self.inner.breaker.state())
+            .field("prefix", &self.prefix())
+            .field("breaker", &self.inner.guard.breaker_state())
             .finish_non_exhaustive()
+    }
+}
+
+impl CacheServiceBuilder {
+    /// Validates the configuration and builds the service. Fails only for invalid
+    /// configuration: an unreachable Redis still builds, degraded, and is reconnected in the
+    /// background.
+    pub async fn build(self) -> Result<CacheService, CacheError> {
+        CacheService::from_config(self.into_config()?).await
     }
 }
 
@@ -196,8 +209,8 @@ impl CacheService {
                 let backend = RedisBackend::connect_lazy(
                     redis.client()?,
                     endpoint.clone(),
-                    config.timeout,
                     config.connect_timeout,
+                    MAX_VALUE_BYTES,
                 )?;
                 (Arc::new(backend), Some(endpoint))
             }
@@ -205,11 +218,12 @@ impl CacheService {
             StoreConfig::Disabled => (Arc::new(DisabledBackend), None),
             StoreConfig::Custom(backend) => (backend.clone(), None),
         };
+        let remote = endpoint.is_some() || matches!(config.store, StoreConfig::Custom(_));
         let tls = matches!(&config.store, StoreConfig::Redis(r) if r.tls);
         let connect_timeout = config.connect_timeout;
         let service = Self::assemble(config, backend, endpoint);
         service.announce(tls);
-        if service.inner.guarded {
+        if remote {
             service.connect_or_degrade(connect_timeout).await;
         }
         Ok(service)
@@ -221,23 +235,32 @@ impl CacheService {
             Fallback::Memory { ttl, max_bytes } => Some((MemoryBackend::new(max_bytes), ttl)),
             Fallback::Passthrough => None,
         };
-        let inner = Inner {
-            guarded: !matches!(kind, BackendKind::Memory | BackendKind::Disabled),
-            kind,
+        let counters = Arc::new(Counters::default());
+        let guard = Guard::new(
             backend,
+            config.timeout,
+            config.admin_timeout,
+            Breaker::new(config.breaker_threshold, config.breaker_open_for),
+            counters.clone(),
+            fallback.as_ref().map(|(store, _)| store.clone()),
+        );
+        let inner = Inner {
+            guard: Arc::new(guard),
+            kind,
             endpoint,
             key_prefix: format!("{}:", config.prefix),
             pattern_prefix: format!("{}:", escape_glob(&config.prefix)),
             default_ttl: config.default_ttl,
-            timeout: config.timeout,
-            admin_timeout: config.admin_timeout,
-            breaker: Breaker::new(config.breaker_threshold, config.breaker_open_for),
             fallback,
-            counters: Counters::default(),
+            counters,
             flights: Flights::default(),
             single_flight: config.single_flight,
             leases: config.leases,
             lease_ttl: config.lease_ttl,
+            beat: Beat::for_timeout(config.timeout),
+            deferred: Deferred::default(),
+            max_value_bytes: MAX_VALUE_BYTES,
+            redact_keys: false,
         };
         Self {
             inner: Arc::new(inner),
@@ -247,7 +270,7 @@ impl CacheService {
     /// The one start-up line saying which backend is in use.
     fn announce(&self, tls: bool) {
         let inner = &self.inner;
-        let prefix = inner.key_prefix.trim_end_matches(':');
+        let prefix = self.prefix();
         match (&inner.kind, &inner.endpoint) {
             (BackendKind::Redis, Some(endpoint)) => tracing::info!(
                 backend = "redis",
@@ -266,7 +289,8 @@ impl CacheService {
     /// background, so start-up never waits on an absent server for longer than one attempt.
     async fn connect_or_degrade(&self, connect_timeout: Duration) {
         let inner = &self.inner;
-        let error = match tokio::time::timeout(connect_timeout, inner.backend.ping()).await {
+        let backend = inner.guard.backend();
+        let error = match tokio::time::timeout(connect_timeout, backend.ping()).await {
             Ok(Ok(())) => return,
             Ok(Err(e)) => e,
             Err(_) => CacheError::Timeout {
@@ -279,13 +303,21 @@ impl CacheService {
             endpoint = inner.endpoint.as_deref().unwrap_or(""),
             "cachekit: backend unreachable at start-up; running degraded and reconnecting in the background"
         );
-        Counters::bump(&inner.counters.errors);
-        inner.breaker.trip();
-        let weak = Arc::downgrade(&self.inner);
-        tokio::spawn(reconnect_in_background(weak));
+        if let Some(kind) = error.fault_kind() {
+            inner.counters.fault(kind);
+        }
+        inner.guard.trip();
+        tokio::spawn(Guard::reconnect_in_background(
+            Arc::downgrade(&inner.guard),
+            inner.endpoint.clone(),
+        ));
     }
 
-    fn physical_key(&self, key: &str) -> String {
+    pub(crate) fn guard(&self) -> &Guard {
+        &self.inner.guard
+    }
+
+    pub(crate) fn physical_key(&self, key: &str) -> String {
         let prefix = &self.inner.key_prefix;
         let mut physical = String::with_capacity(prefix.len() + key.len());
         physical.push_str(prefix);
@@ -300,61 +332,46 @@ impl CacheService {
         physical
     }
 
-    /// Runs one backend call under the breaker and the timeout, and records its outcome.
-    async fn guarded<T>(
-        &self,
-        op: &'static str,
-        timeout: Duration,
-        call: impl Future<Output = Result<T, CacheError>>,
-    ) -> Result<T, CacheError> {
-        let inner = &*self.inner;
-        if !inner.guarded {
-            return call.await;
-        }
-        if !inner.breaker.allow() {
-            return Err(CacheError::CircuitOpen);
-        }
-        let result = match tokio::time::timeout(timeout, call).await {
-            Ok(result) => result,
-            Err(_) => Err(CacheError::Timeout { op, timeout }),
-        };
-        match &result {
-            Ok(_) => {
-                if inner.breaker.on_success() {
-                    self.on_recovered();
-                }
-            }
-            Err(e) if e.is_backend_fault() => {
-                Counters::bump(&inner.counters.errors);
-                inner.breaker.on_failure();
-            }
-            Err(_) => {}
-        }
-        result
-    }
-
-    fn on_recovered(&self) {
-        if let Some((store, _)) = &self.inner.fallback {
-            // Entries written during the outage may have missed other processes'
-            // invalidations; Redis is authoritative again.
-            store.clear();
-        }
+    /// `key` as log lines show it: whole, or with its parameter part hidden.
+    pub(crate) fn log_key<'a>(&self, key: &'a str) -> impl std::fmt::Display + 'a {
+        let _ = self.inner.redact_keys;
+        key
     }
 
     /// Logs and counts a call that could not use the backend.
-    fn degraded(&self, op: &'static str, key: &str, error: &CacheError) {
+    pub(crate) fn degraded(&self, op: &'static str, key: &str, error: &CacheError) {
         Counters::bump(&self.inner.counters.fallbacks);
-        if error.is_circuit_open() {
-            tracing::debug!(op, key, "cache backend skipped (circuit open)");
-        } else {
-            tracing::warn!(op, key, %error, "cache backend failed; falling back");
+        let key = self.log_key(key);
+        match error.fault_kind() {
+            None => tracing::debug!(op, %key, %error, "cache backend skipped"),
+            Some(kind) if kind.is_transport() => {
+                tracing::warn!(op, %key, %error, "cache backend unavailable; falling back")
+            }
+            Some(kind) => {
+                tracing::warn!(op, %key, fault = %kind, %error, "cache backend refused the operation; falling back")
+            }
         }
+    }
+
+    /// Lets a read reach the backend only once no invalidation waits to be applied: replays them
+    /// first, or refuses.
+    pub(crate) async fn read_gate(&self, budget: &Budget) -> Result<(), CacheError> {
+        let inner = &*self.inner;
+        if !inner.deferred.is_pending() {
+            return Ok(());
+        }
+        let everything = self.physical_pattern("*");
+        inner
+            .deferred
+            .replay(&inner.guard, &everything, &inner.counters, budget)
+            .await
     }
 
     // ----- reads -------------------------------------------------------------------------
 
     /// Reads `key`. A missing key, a value that does not decode into `T` (the entry is then
-    /// deleted and a warning logged), and a backend failure all read as `None`.
+    /// removed, unless it changed meanwhile, and a warning logged), and a backend failure all
+    /// read as `None`.
     ///
     /// ```
     /// # cachekit::__doc_block_on(async {
@@ -365,7 +382,16 @@ impl CacheService {
     /// # });
     /// ```
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
-        match self.read(key).await {
+        self.get_within(key, &Budget::default()).await
+    }
+
+    /// [`get`](Self::get) as one step of a larger call.
+    pub(crate) async fn get_within<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        budget: &Budget,
+    ) -> Option<T> {
+        match self.read(key, budget).await {
             Ok(value) => value,
             Err(e) if e.is_decode() => None,
             Err(e) => {
@@ -376,7 +402,7 @@ impl CacheService {
     }
 
     /// Reads `key`, returning backend failures and undecodable values as errors (an
-    /// undecodable entry is deleted first).
+    /// undecodable entry is removed first).
     ///
     /// ```
     /// # cachekit::__doc_block_on(async {
@@ -385,7 +411,7 @@ impl CacheService {
     /// # });
     /// ```
     pub async fn try_get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, CacheError> {
-        let result = self.read(key).await;
+        let result = self.read(key, &Budget::default()).await;
         if matches!(&result, Err(e) if !e.is_decode()) {
             Counters::bump(&self.inner.counters.misses);
         }
@@ -394,36 +420,83 @@ impl CacheService {
 
     /// A read from the primary backend. Counts hits and misses of the reads that reached it;
     /// a read that failed is counted by the caller, which may still find it in the fallback.
-    async fn read<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, CacheError> {
+    async fn read<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        budget: &Budget,
+    ) -> Result<Option<T>, CacheError> {
+        self.read_gate(budget).await?;
         let physical = self.physical_key(key);
-        let inner = &*self.inner;
-        let bytes = self
-            .guarded("get", inner.timeout, inner.backend.get(&physical))
-            .await?;
-        let decoded = self.decode(key, bytes);
-        if decoded.is_err() {
-            // Best effort: if the delete fails too, the next read finds the same bytes and
-            // misses again, which is still correct.
-            let _ = self
-                .guarded("delete", inner.timeout, inner.backend.delete(&physical))
-                .await;
+        let guard = self.guard();
+        let bytes = match guard
+            .call("get", Bound::Op, budget, guard.backend().get(&physical))
+            .await
+        {
+            Err(e @ CacheError::TooLarge { .. }) => {
+                self.remove_oversized(key, &physical, budget).await;
+                return Err(e);
+            }
+            other => other?,
+        };
+        self.decode_or_remove(key, &physical, bytes, budget).await
+    }
+
+    /// Decodes what the backend returned; an undecodable value is removed if it is still there
+    /// (compare-and-delete: a value written meanwhile survives).
+    pub(crate) async fn decode_or_remove<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        physical: &str,
+        bytes: Option<Vec<u8>>,
+        budget: &Budget,
+    ) -> Result<Option<T>, CacheError> {
+        let Some(bytes) = bytes else {
+            return self.decode(key, None);
+        };
+        match self.decode(key, Some(&bytes)) {
+            Err(error) => {
+                // Best effort: if the removal fails too, the next read finds the same bytes and
+                // misses again, which is still correct.
+                let guard = self.guard();
+                let remove = guard.backend().release(physical, &bytes);
+                let _ = guard.call("delete", Bound::Op, budget, remove).await;
+                Err(error)
+            }
+            decoded => decoded,
         }
-        decoded
+    }
+
+    /// Removes a value too large to read, so it stops costing every reader a round trip.
+    pub(crate) async fn remove_oversized(&self, key: &str, physical: &str, budget: &Budget) {
+        tracing::warn!(
+            key = %self.log_key(key),
+            max = self.inner.max_value_bytes,
+            "cached value is larger than the maximum value size; removing it"
+        );
+        let guard = self.guard();
+        let _ = guard
+            .call(
+                "delete",
+                Bound::Op,
+                budget,
+                guard.backend().delete(physical),
+            )
+            .await;
     }
 
     /// Decodes what a store returned, counting the hit, the miss or the undecodable value.
-    fn decode<T: DeserializeOwned>(
+    pub(crate) fn decode<T: DeserializeOwned>(
         &self,
         key: &str,
-        bytes: Option<Vec<u8>>,
+        bytes: Option<&[u8]>,
     ) -> Result<Option<T>, CacheError> {
         let counters = &self.inner.counters;
-        let Some(bytes) = bytes.filter(|b| !is_lease_marker(b)) else {
+        let Some(bytes) = bytes.filter(|b| !crate::backend::is_lease_marker(b)) else {
             // Empty, or another caller's lease: that caller is loading it.
             Counters::bump(&counters.misses);
             return Ok(None);
         };
-        match codec::decode(key, &bytes) {
+        match codec::decode(key, bytes) {
             Ok(value) => {
                 Counters::bump(&counters.hits);
                 Ok(Some(value))
@@ -431,7 +504,7 @@ impl CacheService {
             Err(error) => {
                 Counters::bump(&counters.misses);
                 Counters::bump(&counters.decode_errors);
-                tracing::warn!(key, %error, "cached value did not decode into the requested type; removing it");
+                tracing::warn!(key = %self.log_key(key), %error, "cached value did not decode into the requested type; removing it");
                 Err(error)
             }
         }
@@ -446,7 +519,7 @@ impl CacheService {
         };
         let physical = self.physical_key(key);
         let bytes = store.get(&physical).await.ok().flatten();
-        match self.decode(key, bytes) {
+        match self.decode(key, bytes.as_deref()) {
             Ok(value) => value,
             Err(_) => {
                 let _ = store.delete(&physical).await;
@@ -458,7 +531,8 @@ impl CacheService {
     // ----- writes ------------------------------------------------------------------------
 
     /// Stores `value` under `key` for `ttl` (`None`: the default TTL). Returns whether the
-    /// primary backend stored it; a failure is logged and counted, never returned.
+    /// primary backend stored it; a failure is logged and counted, never returned. A value
+    /// whose encoding exceeds the maximum value size is not stored.
     ///
     /// ```
     /// # cachekit::__doc_block_on(async {
@@ -473,32 +547,53 @@ impl CacheService {
         value: &T,
         ttl: Option<Duration>,
     ) -> bool {
-        match codec::encode(key, value) {
-            Ok(bytes) => self.store(key, &bytes, ttl).await,
+        match self.encode(key, value) {
+            Ok(bytes) => self.store(key, &bytes, ttl, &Budget::default()).await,
             Err(error) => {
-                tracing::warn!(key, %error, "value not cached: it did not encode");
+                tracing::warn!(key = %self.log_key(key), %error, "value not cached");
                 false
             }
         }
     }
 
+    /// Encodes a value for the store, refusing one over the maximum value size.
+    pub(crate) fn encode<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+    ) -> Result<Vec<u8>, CacheError> {
+        let bytes = codec::encode(key, value)?;
+        let max = self.inner.max_value_bytes;
+        if bytes.len() as u64 > max {
+            self.inner.counters.fault(crate::error::FaultKind::TooLarge);
+            return Err(CacheError::TooLarge { max });
+        }
+        Ok(bytes)
+    }
+
     /// Writes encoded bytes; on a backend failure, to the fallback store if there is one.
-    async fn store(&self, key: &str, bytes: &[u8], ttl: Option<Duration>) -> bool {
-        match self.try_store(key, bytes, ttl).await {
+    pub(crate) async fn store(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        ttl: Option<Duration>,
+        budget: &Budget,
+    ) -> bool {
+        match self.try_store(key, bytes, ttl, budget).await {
             Ok(()) => true,
             Err(e) => {
-                if e.is_backend_fault() || e.is_circuit_open() {
+                if e.is_transport() || e.is_skipped() {
                     self.degraded("set", key, &e);
                     self.store_fallback(key, bytes, ttl).await;
                 } else {
-                    tracing::warn!(key, error = %e, "value not cached");
+                    tracing::warn!(key = %self.log_key(key), error = %e, "value not cached");
                 }
                 false
             }
         }
     }
 
-    async fn store_fallback(&self, key: &str, bytes: &[u8], ttl: Option<Duration>) {
+    pub(crate) async fn store_fallback(&self, key: &str, bytes: &[u8], ttl: Option<Duration>) {
         if let Some((store, fallback_ttl)) = &self.inner.fallback {
             let ttl = ttl.unwrap_or(self.inner.default_ttl).min(*fallback_ttl);
             let _ = store.set(&self.physical_key(key), bytes, ttl).await;
@@ -510,23 +605,31 @@ impl CacheService {
         key: &str,
         bytes: &[u8],
         ttl: Option<Duration>,
+        budget: &Budget,
     ) -> Result<(), CacheError> {
         let ttl = self.ttl(key, ttl)?;
         let physical = self.physical_key(key);
-        self.guarded(
-            "set",
-            self.inner.timeout,
-            self.inner.backend.set(&physical, bytes, ttl),
-        )
-        .await?;
+        let guard = self.guard();
+        guard
+            .call(
+                "set",
+                Bound::Op,
+                budget,
+                guard.backend().set(&physical, bytes, ttl),
+            )
+            .await?;
         Counters::bump(&self.inner.counters.sets);
         Ok(())
     }
 
-    fn ttl(&self, key: &str, ttl: Option<Duration>) -> Result<Duration, CacheError> {
+    /// The TTL of a write: the given one or the default, checked.
+    pub(crate) fn ttl(&self, key: &str, ttl: Option<Duration>) -> Result<Duration, CacheError> {
         let ttl = ttl.unwrap_or(self.inner.default_ttl);
         if ttl.is_zero() {
-            return Err(CacheError::Config(format!("zero TTL for key `{key}`")));
+            return Err(CacheError::Config(format!(
+                "zero TTL for key `{}`",
+                self.log_key(key)
+            )));
         }
         Ok(ttl)
     }
@@ -547,12 +650,13 @@ impl CacheService {
         value: &T,
         ttl: Option<Duration>,
     ) -> Result<(), CacheError> {
-        let bytes = codec::encode(key, value)?;
-        self.try_store(key, &bytes, ttl).await
+        let bytes = self.encode(key, value)?;
+        self.try_store(key, &bytes, ttl, &Budget::default()).await
     }
 
     /// Removes `key`; returns whether it existed. A failure is logged and counted, and reads
-    /// as `false`.
+    /// as `false`; if the backend could not be reached, the removal is remembered and applied
+    /// before the backend serves another read.
     ///
     /// ```
     /// # cachekit::__doc_block_on(async {
@@ -572,7 +676,8 @@ impl CacheService {
         }
     }
 
-    /// Removes `key`, returning the error if the backend failed.
+    /// Removes `key`, returning the error if the backend failed. A removal that could not
+    /// reach the backend is still remembered and applied before it serves another read.
     ///
     /// ```
     /// # cachekit::__doc_block_on(async {
@@ -583,21 +688,16 @@ impl CacheService {
     pub async fn try_delete(&self, key: &str) -> Result<bool, CacheError> {
         let physical = self.physical_key(key);
         Counters::bump(&self.inner.counters.deletes);
-        if let Some((store, _)) = &self.inner.fallback {
-            let _ = store.delete(&physical).await;
-        }
-        self.guarded(
-            "delete",
-            self.inner.timeout,
-            self.inner.backend.delete(&physical),
-        )
-        .await
+        self.remove(Removal::Key(&physical))
+            .await
+            .map(|removed| removed > 0)
     }
 
     /// Removes every key matching the Redis glob `pattern` (`*`, `?`, `[...]`, `\` escapes)
     /// inside this service's prefix; returns how many were removed. Keys outside the prefix are
     /// never touched. On Redis this walks the keyspace with `SCAN`, bounded by the admin
-    /// timeout. A failure is logged and counted, and reads as `0`.
+    /// timeout. A failure is logged and counted, and reads as `0`; if the backend could not be
+    /// reached, the removal is remembered and applied before it serves another read.
     ///
     /// ```
     /// # cachekit::__doc_block_on(async {
@@ -629,15 +729,7 @@ impl CacheService {
     pub async fn try_invalidate_pattern(&self, pattern: &str) -> Result<u64, CacheError> {
         let physical = self.physical_pattern(pattern);
         Counters::bump(&self.inner.counters.invalidations);
-        if let Some((store, _)) = &self.inner.fallback {
-            let _ = store.delete_matching(&physical).await;
-        }
-        self.guarded(
-            "invalidate_pattern",
-            self.inner.admin_timeout,
-            self.inner.backend.delete_matching(&physical),
-        )
-        .await
+        self.remove(Removal::Pattern(&physical)).await
     }
 
     /// Removes every key under this service's prefix, and nothing else (never `FLUSHDB`);
@@ -664,6 +756,41 @@ impl CacheService {
     /// ```
     pub async fn try_clear_all(&self) -> Result<u64, CacheError> {
         self.try_invalidate_pattern("*").await
+    }
+
+    /// The one removal path: the fallback store, then the backend; a removal the backend could
+    /// not receive is remembered.
+    async fn remove(&self, removal: Removal<'_>) -> Result<u64, CacheError> {
+        let inner = &*self.inner;
+        let budget = Budget::default();
+        let guard = self.guard();
+        let backend = guard.backend();
+        let result = match removal {
+            Removal::Key(key) => {
+                if let Some((store, _)) = &inner.fallback {
+                    let _ = store.delete(key).await;
+                }
+                guard
+                    .call("delete", Bound::Op, &budget, backend.delete(key))
+                    .await
+                    .map(u64::from)
+            }
+            Removal::Pattern(pattern) => {
+                if let Some((store, _)) = &inner.fallback {
+                    let _ = store.delete_matching(pattern).await;
+                }
+                let walk = backend.delete_matching(pattern);
+                guard
+                    .call("invalidate_pattern", Bound::Admin, &budget, walk)
+                    .await
+            }
+        };
+        if let Err(e) = &result
+            && (e.is_transport() || e.is_skipped())
+        {
+            inner.deferred.remember(removal, &inner.counters);
+        }
+        result
     }
 
     // ----- cache-aside ---------------------------------------------------------------------
@@ -723,227 +850,6 @@ impl CacheService {
         self.load_through(key, ttl, |_| true, load()).await
     }
 
-    /// The one load path every cache-aside call takes: read; on a miss, load once per key in
-    /// this process (single-flight) and, under a lease, once per key across processes; store
-    /// what `store_if` accepts unless the key was invalidated while loading.
-    pub(crate) async fn load_through<T, E, Fut>(
-        &self,
-        key: &str,
-        ttl: Option<Duration>,
-        store_if: impl FnOnce(&T) -> bool,
-        load: Fut,
-    ) -> Result<Fetched<T>, E>
-    where
-        T: Serialize + DeserializeOwned,
-        Fut: Future<Output = Result<T, E>>,
-    {
-        if let Some(value) = self.get::<T>(key).await {
-            return Ok(Fetched::hit(value));
-        }
-        let inner = &*self.inner;
-        let physical = self.physical_key(key);
-        if !inner.single_flight {
-            return self
-                .load_leased(key, &physical, ttl, store_if, load, None)
-                .await
-                .map(|(f, _)| f);
-        }
-        match inner.flights.join(&physical) {
-            Role::Leader(leader) => {
-                // On `Err`, a panic or a cancellation the leader drops unfinished, and its
-                // followers load for themselves.
-                let (fetched, shared) = self
-                    .load_leased(key, &physical, ttl, store_if, load, Some(&leader))
-                    .await?;
-                if let Some(bytes) = shared {
-                    leader.finish(bytes);
-                }
-                Ok(fetched)
-            }
-            Role::Follower(slot) => {
-                if let Some(bytes) = flight::wait(slot).await
-                    && let Ok(value) = codec::decode::<T>(key, &bytes)
-                {
-                    Counters::bump(&inner.counters.coalesced);
-                    return Ok(Fetched::hit(value));
-                }
-                self.load_leased(key, &physical, ttl, store_if, load, None)
-                    .await
-                    .map(|(f, _)| f)
-            }
-        }
-    }
-
-    /// Loads under a lease (when leases are on): takes it, or waits for its holder's value, or
-    /// gives up waiting after the lease TTL; then loads, and fills the key only if the lease
-    /// survived. Also returns the encoded value, for single-flight followers.
-    async fn load_leased<T, E, Fut>(
-        &self,
-        key: &str,
-        physical: &str,
-        ttl: Option<Duration>,
-        store_if: impl FnOnce(&T) -> bool,
-        load: Fut,
-        flight: Option<&Leader<'_>>,
-    ) -> Result<(Fetched<T>, Option<Shared>), E>
-    where
-        T: Serialize + DeserializeOwned,
-        Fut: Future<Output = Result<T, E>>,
-    {
-        let inner = &*self.inner;
-        let lease = if inner.leases {
-            match self.take_lease::<T>(key, physical).await {
-                Ok(lease) => lease,
-                Err(hit) => return Ok(hit),
-            }
-        } else {
-            LeaseState::Off
-        };
-
-        let value = match load.await {
-            Ok(value) => value,
-            Err(error) => {
-                // Give the lease back before returning, so the next caller finds the key empty.
-                // (On a panic or a cancellation the guard gives it back in the background.)
-                if let LeaseState::Ours(mut guard) = lease {
-                    self.release(physical, &guard.marker).await;
-                    guard.disarm();
-                }
-                return Err(error);
-            }
-        };
-        let bytes = match codec::encode(key, &value) {
-            Ok(bytes) => bytes,
-            Err(error) => {
-                tracing::warn!(key, %error, "loaded value not cached: it did not encode");
-                return Ok((Fetched::loaded(value), None));
-            }
-        };
-        let store = store_if(&value);
-        if let Some(flight) = flight {
-            flight.close();
-        }
-        // Whether the value is known not to predate an invalidation: only then is it handed to
-        // single-flight followers, who may have arrived after that invalidation.
-        let fresh = match lease {
-            LeaseState::Ours(mut guard) => {
-                let fresh = if store {
-                    self.fill(key, physical, &guard.marker, &bytes, ttl).await
-                } else {
-                    self.release(physical, &guard.marker).await
-                };
-                guard.disarm();
-                fresh
-            }
-            LeaseState::Off | LeaseState::Unavailable => {
-                if store {
-                    self.store(key, &bytes, ttl).await;
-                }
-                true
-            }
-            // Someone else held the lease for its whole TTL: do not overwrite what they write,
-            // and, unable to prove this value fresh, do not hand it on.
-            LeaseState::GaveUp => false,
-        };
-        Ok((Fetched::loaded(value), fresh.then(|| Shared::from(bytes))))
-    }
-
-    /// Takes the lease on a missing key, or waits for the holder's value (returned as `Err`,
-    /// the early exit), or gives up after the lease TTL.
-    async fn take_lease<T: Serialize + DeserializeOwned>(
-        &self,
-        key: &str,
-        physical: &str,
-    ) -> Result<LeaseState, (Fetched<T>, Option<Shared>)> {
-        let inner = &*self.inner;
-        let marker = new_marker();
-        let deadline = tokio::time::Instant::now() + inner.lease_ttl;
-        let mut pause = Duration::from_millis(1);
-        loop {
-            let attempt = inner.backend.try_lease(physical, &marker, inner.lease_ttl);
-            match self.guarded("lease", inner.timeout, attempt).await {
-                Ok(Lease::Acquired) => {
-                    return Ok(LeaseState::Ours(LeaseGuard::new(
-                        self,
-                        physical.to_owned(),
-                        marker,
-                    )));
-                }
-                Ok(Lease::Value(bytes)) => match self.decode::<T>(key, Some(bytes)) {
-                    // Not handed to followers: one may have arrived after an invalidation
-                    // that followed this read. They read the store themselves.
-                    Ok(Some(value)) => return Err((Fetched::hit(value), None)),
-                    // Undecodable (already counted and logged): remove it, then try again.
-                    _ => {
-                        let delete = inner.backend.delete(physical);
-                        let _ = self.guarded("delete", inner.timeout, delete).await;
-                    }
-                },
-                Ok(Lease::Held) => {}
-                Err(e) => {
-                    self.degraded("lease", key, &e);
-                    return Ok(LeaseState::Unavailable);
-                }
-            }
-            if tokio::time::Instant::now() + pause > deadline {
-                tracing::debug!(key, "gave up waiting for another loader's lease");
-                return Ok(LeaseState::GaveUp);
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(25));
-        }
-    }
-
-    /// Writes a loaded value under the lease `marker`: refused if the key was invalidated
-    /// since the lease was taken. Returns whether it was written.
-    async fn fill(
-        &self,
-        key: &str,
-        physical: &str,
-        marker: &[u8],
-        bytes: &[u8],
-        ttl: Option<Duration>,
-    ) -> bool {
-        let inner = &*self.inner;
-        let ttl = match self.ttl(key, ttl) {
-            Ok(ttl) => ttl,
-            Err(error) => {
-                tracing::warn!(key, %error, "value not cached");
-                return self.release(physical, marker).await;
-            }
-        };
-        let fill = inner.backend.fill(physical, marker, bytes, ttl);
-        match self.guarded("fill", inner.timeout, fill).await {
-            Ok(true) => {
-                Counters::bump(&inner.counters.sets);
-                true
-            }
-            Ok(false) => {
-                Counters::bump(&inner.counters.stale_sets_prevented);
-                tracing::debug!(
-                    key,
-                    "loaded value not cached: the key was invalidated while it loaded"
-                );
-                false
-            }
-            Err(e) => {
-                self.degraded("set", key, &e);
-                self.store_fallback(key, bytes, Some(ttl)).await;
-                false
-            }
-        }
-    }
-
-    /// Gives a lease back; returns whether it was still held (no invalidation meanwhile).
-    async fn release(&self, physical: &str, marker: &[u8]) -> bool {
-        let inner = &*self.inner;
-        let release = inner.backend.release(physical, marker);
-        matches!(
-            self.guarded("release", inner.timeout, release).await,
-            Ok(true)
-        )
-    }
-
     // ----- introspection -------------------------------------------------------------------
 
     /// A snapshot of the counters, the backend kind and the breaker state.
@@ -959,12 +865,13 @@ impl CacheService {
     pub fn stats(&self) -> CacheStats {
         self.inner
             .counters
-            .snapshot(self.inner.kind, self.inner.breaker.state())
+            .snapshot(self.inner.kind, self.inner.guard.breaker_state())
     }
 
-    /// Measures a real round trip to the backend (bypassing the breaker, and closing it when
-    /// the backend answers) and, for a server, reports its facts: keys under the prefix
-    /// (counted with a bounded `SCAN`), memory used, uptime.
+    /// Measures a real round trip to the backend and, for a server, reports its facts (version,
+    /// memory, clients, keys in its database). Bypasses the breaker and never changes its
+    /// state; its cost on the server does not grow with the keyspace (`PING`, `INFO`,
+    /// `DBSIZE`).
     ///
     /// ```
     /// # cachekit::__doc_block_on(async {
@@ -974,46 +881,34 @@ impl CacheService {
     /// ```
     pub async fn health(&self) -> Health {
         let inner = &*self.inner;
+        let backend = inner.guard.backend();
+        let timeout = inner.guard.timeout();
         let started = Instant::now();
-        let ping = tokio::time::timeout(inner.timeout, inner.backend.ping()).await;
+        let ping = tokio::time::timeout(timeout, backend.ping()).await;
         let latency = started.elapsed();
-        let error = match ping {
+        let timed_out = |op| CacheError::Timeout { op, timeout };
+        let mut error = match ping {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e),
-            Err(_) => Some(CacheError::Timeout {
-                op: "ping",
-                timeout: inner.timeout,
-            }),
+            Err(_) => Some(timed_out("ping")),
         };
         let connected = error.is_none();
         let mut server = None;
-        let error = match error {
-            Some(e) => Some(e),
-            None => {
-                if inner.breaker.on_success() {
-                    self.on_recovered();
-                }
-                let prefix_pattern = self.physical_pattern("*");
-                let info = inner.backend.server_info(&prefix_pattern);
-                match tokio::time::timeout(inner.admin_timeout, info).await {
-                    Ok(Ok(info)) => {
-                        server = info;
-                        None
-                    }
-                    Ok(Err(e)) => Some(e),
-                    Err(_) => Some(CacheError::Timeout {
-                        op: "info",
-                        timeout: inner.admin_timeout,
-                    }),
-                }
+        if connected {
+            let everything = self.physical_pattern("*");
+            let info = backend.server_info(&everything);
+            match tokio::time::timeout(timeout, info).await {
+                Ok(Ok(info)) => server = info,
+                Ok(Err(e)) => error = Some(e),
+                Err(_) => error = Some(timed_out("info")),
             }
-        };
+        }
         Health {
             backend: inner.kind,
             endpoint: inner.endpoint.clone(),
             connected,
             latency_us: connected.then(|| u64::try_from(latency.as_micros()).unwrap_or(u64::MAX)),
-            breaker: inner.breaker.state(),
+            breaker: inner.guard.breaker_state(),
             error: error.map(|e| e.to_string()),
             server,
         }
@@ -1038,101 +933,8 @@ impl CacheService {
     }
 }
 
-/// Where a loader stands with respect to the key's lease.
-enum LeaseState {
-    /// Leases are off.
-    Off,
-    /// This caller holds the lease.
-    Ours(LeaseGuard),
-    /// The store could not be asked.
-    Unavailable,
-    /// Another caller held the lease for longer than this one would wait.
-    GaveUp,
-}
-
-/// A held lease. Dropped without [`disarm`](Self::disarm) (the loader failed, panicked or was
-/// cancelled), it gives the lease back in the background so waiters need not sit out its TTL.
-struct LeaseGuard {
-    service: Option<CacheService>,
-    physical: String,
-    marker: Vec<u8>,
-}
-
-impl LeaseGuard {
-    fn new(service: &CacheService, physical: String, marker: Vec<u8>) -> Self {
-        Self {
-            service: Some(service.clone()),
-            physical,
-            marker,
-        }
-    }
-
-    fn disarm(&mut self) {
-        self.service = None;
-    }
-}
-
-impl Drop for LeaseGuard {
-    fn drop(&mut self) {
-        let Some(service) = self.service.take() else {
-            return;
-        };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return; // the lease expires by its TTL
-        };
-        let physical = std::mem::take(&mut self.physical);
-        let marker = std::mem::take(&mut self.marker);
-        runtime.spawn(async move {
-            let inner = &*service.inner;
-            let release = inner.backend.release(&physical, &marker);
-            let _ = service.guarded("release", inner.timeout, release).await;
-        });
-    }
-}
-
-/// A lease marker unique to this call: the marker prefix, a per-process random number, the
-/// process id and a counter.
-fn new_marker() -> Vec<u8> {
-    use std::hash::{BuildHasher, RandomState};
-    static PROCESS: LazyLock<u64> =
-        LazyLock::new(|| RandomState::new().hash_one(std::process::id()));
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut marker = LEASE_MARKER_PREFIX.to_vec();
-    marker
-        .extend_from_slice(format!("{:016x}-{}-{count}", *PROCESS, std::process::id()).as_bytes());
-    marker
-}
-
-/// Pings an unreachable backend every breaker cool-down until it answers, then closes the
-/// breaker. Holds only a weak reference: it ends when the service is dropped.
-async fn reconnect_in_background(service: Weak<Inner>) {
-    loop {
-        let Some(wait) = service.upgrade().map(|inner| inner.breaker.open_for()) else {
-            return;
-        };
-        tokio::time::sleep(wait).await;
-        let Some(inner) = service.upgrade() else {
-            return;
-        };
-        if inner.breaker.state() == BreakerState::Closed {
-            return;
-        }
-        let ping = tokio::time::timeout(inner.timeout, inner.backend.ping()).await;
-        if matches!(ping, Ok(Ok(()))) {
-            if inner.breaker.on_success()
-                && let Some((store, _)) = &inner.fallback
-            {
-                store.clear();
-            }
-            tracing::info!(
-                endpoint = inner.endpoint.as_deref().unwrap_or(""),
-                "cachekit: backend reachable again"
-            );
-            return;
-        }
-    }
-}
+/// The default maximum value size (until the configuration carries it).
+const MAX_VALUE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Gives a repository's methods their cache: what `#[cached]` and `#[invalidates]` use on
 /// methods taking `&self`.
@@ -1187,7 +989,7 @@ pub fn global() -> Option<&'static CacheService> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     async fn memory_with(leases: bool, single_flight: bool) -> CacheService {
         CacheService::builder()

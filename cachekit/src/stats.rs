@@ -2,6 +2,7 @@
 
 use crate::backend::BackendKind;
 use crate::breaker::BreakerState;
+use crate::error::FaultKind;
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -22,8 +23,16 @@ pub struct CacheStats {
     pub deletes: u64,
     /// Calls to `invalidate_pattern` and `clear_all`.
     pub invalidations: u64,
-    /// Backend failures: timeouts, refused or dropped connections, server errors.
+    /// Backend faults of every kind: timeouts, refused or dropped connections, error replies.
+    /// [`faults`](Self::faults) splits them by kind.
     pub errors: u64,
+    /// The backend faults by kind.
+    pub faults: FaultStats,
+    /// Invalidations that could not reach the backend (unreachable, timed out, breaker open),
+    /// remembered to be applied when it answers again, before it serves another read.
+    pub invalidations_deferred: u64,
+    /// Remembered invalidations applied after the backend came back.
+    pub invalidations_replayed: u64,
     /// Operations that could not use the primary backend and went to the fallback (the loader,
     /// or the in-process fallback store), including those skipped while the breaker was open.
     pub fallbacks: u64,
@@ -63,6 +72,31 @@ impl CacheStats {
     }
 }
 
+/// Backend faults by kind, in [`CacheStats::faults`]. Only `timeouts` and `connection` count
+/// toward the circuit breaker; the others are replies that failed one operation each.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct FaultStats {
+    /// No answer within the operation timeout.
+    pub timeouts: u64,
+    /// Refused, reset or closed connections and other I/O errors.
+    pub connection: u64,
+    /// `OOM` replies (the server is full and refuses writes).
+    pub out_of_memory: u64,
+    /// `NOPERM`/`NOAUTH` replies.
+    pub no_permission: u64,
+    /// `WRONGTYPE` replies (a key of another type under the prefix).
+    pub wrong_type: u64,
+    /// `READONLY` replies (a replica).
+    pub read_only: u64,
+    /// `BUSY` and `LOADING` replies.
+    pub busy: u64,
+    /// Stored values over the maximum value size, not read.
+    pub too_large: u64,
+    /// Other error replies.
+    pub other_reply: u64,
+}
+
 /// The live counters behind [`CacheStats`]. Relaxed atomics: each counter is exact, a snapshot
 /// is not a transaction across counters.
 #[derive(Debug, Default)]
@@ -77,11 +111,35 @@ pub(crate) struct Counters {
     pub(crate) decode_errors: AtomicU64,
     pub(crate) coalesced: AtomicU64,
     pub(crate) stale_sets_prevented: AtomicU64,
+    pub(crate) invalidations_deferred: AtomicU64,
+    pub(crate) invalidations_replayed: AtomicU64,
+    faults: [AtomicU64; FAULT_KINDS.len()],
 }
+
+/// Every fault kind, in the order of [`Counters::faults`].
+const FAULT_KINDS: [FaultKind; 9] = [
+    FaultKind::Timeout,
+    FaultKind::Connection,
+    FaultKind::OutOfMemory,
+    FaultKind::NoPermission,
+    FaultKind::WrongType,
+    FaultKind::ReadOnly,
+    FaultKind::Busy,
+    FaultKind::TooLarge,
+    FaultKind::OtherReply,
+];
 
 impl Counters {
     pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
+    }
+
+    /// Counts one backend fault of `kind` (and one error).
+    pub(crate) fn fault(&self, kind: FaultKind) {
+        Self::bump(&self.errors);
+        if let Some(i) = FAULT_KINDS.iter().position(|k| *k == kind) {
+            Self::bump(&self.faults[i]);
+        }
     }
 
     pub(crate) fn snapshot(&self, backend: BackendKind, breaker: BreakerState) -> CacheStats {
@@ -92,6 +150,22 @@ impl Counters {
             deletes: self.deletes.load(Relaxed),
             invalidations: self.invalidations.load(Relaxed),
             errors: self.errors.load(Relaxed),
+            faults: {
+                let f = |i: usize| self.faults[i].load(Relaxed);
+                FaultStats {
+                    timeouts: f(0),
+                    connection: f(1),
+                    out_of_memory: f(2),
+                    no_permission: f(3),
+                    wrong_type: f(4),
+                    read_only: f(5),
+                    busy: f(6),
+                    too_large: f(7),
+                    other_reply: f(8),
+                }
+            },
+            invalidations_deferred: self.invalidations_deferred.load(Relaxed),
+            invalidations_replayed: self.invalidations_replayed.load(Relaxed),
             fallbacks: self.fallbacks.load(Relaxed),
             decode_errors: self.decode_errors.load(Relaxed),
             coalesced: self.coalesced.load(Relaxed),

@@ -435,10 +435,7 @@ async fn health_and_stats_report_the_cache() {
     assert_eq!(stats["backend"], "redis", "{stats}");
 
     let (_, health) = app.get("/health").await;
-    assert_eq!(
-        health["cache"]["server"]["keys_under_prefix"], 2,
-        "{health}"
-    );
+    assert_eq!(health["cache"]["server"]["db_keys"], 2, "{health}");
     app.stop().await;
 }
 

@@ -582,7 +582,7 @@ async fn the_database_number_of_the_url_is_used() {
         health.endpoint.as_deref(),
         Some(format!("127.0.0.1:{}/3", server.port()).as_str())
     );
-    assert_eq!(health.server.expect("server facts").keys_under_prefix, 1);
+    assert_eq!(health.server.expect("server facts").db_keys, Some(1));
 
     let on_db0 = service(&server, "db").await;
     assert_eq!(on_db0.get::<String>("k").await, None);
@@ -1084,8 +1084,11 @@ async fn health_reports_a_round_trip_and_server_facts() {
         Some(format!("127.0.0.1:{}/0", server.port()).as_str())
     );
     let facts = health.server.clone().expect("server facts when connected");
-    assert_eq!(facts.keys_under_prefix, 7);
-    assert!(facts.keys_exact);
+    assert_eq!(
+        facts.db_keys,
+        Some(7),
+        "this test's server holds only these keys"
+    );
     assert!(facts.uptime_seconds.is_some());
     assert!(facts.used_memory_bytes.is_some_and(|bytes| bytes > 0));
     assert!(facts.connected_clients.is_some_and(|n| n >= 1));
@@ -1093,10 +1096,10 @@ async fn health_reports_a_round_trip_and_server_facts() {
 
     assert_eq!(cache.clear_all().await, 7);
     let facts = cache.health().await.server.expect("server facts");
-    assert_eq!(facts.keys_under_prefix, 0);
+    assert_eq!(facts.db_keys, Some(0));
 
     // Serializable, for a /health endpoint.
     let json = serde_json::to_value(&health).unwrap();
     assert_eq!(json["connected"], true);
-    assert_eq!(json["server"]["keys_under_prefix"], 7);
+    assert_eq!(json["server"]["db_keys"], 7);
 }

@@ -185,9 +185,18 @@ impl Backend for MemoryBackend {
         Ok(matches!(result, CompResult::ReplacedWith(_)))
     }
 
-    async fn release(&self, key: &str, marker: &[u8]) -> Result<bool, CacheError> {
-        let result = self.if_holds(key, marker, Op::Remove).await;
+    async fn release(&self, key: &str, expected: &[u8]) -> Result<bool, CacheError> {
+        let result = self.if_holds(key, expected, Op::Remove).await;
         Ok(matches!(result, CompResult::Removed(_)))
+    }
+
+    async fn renew(&self, key: &str, marker: &[u8], ttl: Duration) -> Result<bool, CacheError> {
+        let entry = Entry {
+            bytes: Arc::from(marker),
+            ttl,
+        };
+        let result = self.if_holds(key, marker, Op::Put(entry)).await;
+        Ok(matches!(result, CompResult::ReplacedWith(_)))
     }
 
     async fn ping(&self) -> Result<(), CacheError> {

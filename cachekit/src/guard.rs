@@ -1,0 +1,175 @@
+//! The guard around a backend: one timeout per call, the circuit breaker, fault classification
+//! and counting, and the per-call budget that keeps a whole cache-aside call within about one
+//! operation timeout.
+//!
+//! Every backend call of the service goes through [`Guard::call`]; the guard knows nothing of
+//! keys, values, leases or invalidation. Only transport faults (timeouts, unreachable server)
+//! feed the breaker; a server's reply to one operation (out of memory, no permission, wrong
+//! type) fails that operation and is counted by kind.
+
+use crate::backend::{Backend, MemoryBackend};
+use crate::breaker::{Breaker, BreakerState};
+use crate::error::CacheError;
+use crate::stats::Counters;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// What one public call of the service may still spend on the backend. Once one of its steps
+/// met a transport fault (a timeout above all) or the open breaker, the remaining steps skip
+/// the backend, so a call against a stalled server adds about one operation timeout, not one
+/// per step.
+#[derive(Debug, Default)]
+pub(crate) struct Budget {
+    spent: AtomicBool,
+}
+
+impl Budget {
+    pub(crate) fn is_spent(&self) -> bool {
+        self.spent.load(Ordering::Relaxed)
+    }
+
+    fn spend(&self) {
+        self.spent.store(true, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Guard {
+    backend: Arc<dyn Backend>,
+    timeout: Duration,
+    admin_timeout: Duration,
+    breaker: Breaker,
+    counters: Arc<Counters>,
+    /// Emptied when the breaker closes: entries written there during an outage may have missed
+    /// other processes' invalidations, and the backend is authoritative again.
+    fallback: Option<MemoryBackend>,
+}
+
+/// Which bound a call gets.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Bound {
+    /// One command: the operation timeout.
+    Op,
+    /// A walk of many commands (pattern removal, replay): the admin timeout.
+    Admin,
+}
+
+impl Guard {
+    pub(crate) fn new(
+        backend: Arc<dyn Backend>,
+        timeout: Duration,
+        admin_timeout: Duration,
+        breaker: Breaker,
+        counters: Arc<Counters>,
+        fallback: Option<MemoryBackend>,
+    ) -> Self {
+        Self {
+            backend,
+            timeout,
+            admin_timeout,
+            breaker,
+            counters,
+            fallback,
+        }
+    }
+
+    pub(crate) fn backend(&self) -> &dyn Backend {
+        &*self.backend
+    }
+
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    pub(crate) fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    /// Opens the breaker now (the first connection failed).
+    pub(crate) fn trip(&self) {
+        self.breaker.trip();
+    }
+
+    /// Runs one backend call: skipped if the call's budget is spent or the breaker is open;
+    /// otherwise bounded by the timeout, its outcome classified, counted and reported to the
+    /// breaker.
+    pub(crate) async fn call<T>(
+        &self,
+        op: &'static str,
+        bound: Bound,
+        budget: &Budget,
+        call: impl Future<Output = Result<T, CacheError>>,
+    ) -> Result<T, CacheError> {
+        if budget.is_spent() {
+            return Err(CacheError::Skipped);
+        }
+        let Some(permit) = self.breaker.allow() else {
+            budget.spend();
+            return Err(CacheError::CircuitOpen);
+        };
+        let timeout = match bound {
+            Bound::Op => self.timeout,
+            Bound::Admin => self.admin_timeout,
+        };
+        let result = match tokio::time::timeout(timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(CacheError::Timeout { op, timeout }),
+        };
+        match &result {
+            Err(e) if e.is_transport() => {
+                self.record(e);
+                budget.spend();
+                self.breaker.on_failure(permit);
+            }
+            outcome => {
+                // A reply, even an error reply, shows the server reachable.
+                if let Err(e) = outcome {
+                    self.record(e);
+                }
+                if self.breaker.on_success(permit)
+                    && let Some(store) = &self.fallback
+                {
+                    store.clear();
+                }
+            }
+        }
+        result
+    }
+
+    fn record(&self, error: &CacheError) {
+        if let Some(kind) = error.fault_kind() {
+            self.counters.fault(kind);
+        }
+    }
+
+    /// Probes an unreachable backend every breaker cool-down, as the breaker's half-open probe,
+    /// until the breaker closes. Holds only a weak reference: it ends when the service is
+    /// dropped.
+    pub(crate) async fn reconnect_in_background(guard: Weak<Self>, endpoint: Option<String>) {
+        loop {
+            let Some(wait) = guard.upgrade().map(|g| g.breaker.open_for()) else {
+                return;
+            };
+            tokio::time::sleep(wait).await;
+            let Some(guard) = guard.upgrade() else {
+                return;
+            };
+            if guard.breaker.state() == BreakerState::Closed {
+                return;
+            }
+            let budget = Budget::default();
+            let ping = guard.backend.ping();
+            if guard.call("ping", Bound::Op, &budget, ping).await.is_ok()
+                && guard.breaker.state() == BreakerState::Closed
+            {
+                tracing::info!(
+                    endpoint = endpoint.as_deref().unwrap_or(""),
+                    "cachekit: backend reachable again"
+                );
+                return;
+            }
+        }
+    }
+}

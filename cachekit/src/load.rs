@@ -1,0 +1,370 @@
+//! The cache-aside state machine every `get_or_load` and `#[cached]` call runs:
+//!
+//! ```text
+//! read ─hit─▶ done
+//!  │miss
+//!  ▼
+//! flight ─follower─▶ wait ─value it may receive─▶ done
+//!  │leader            └─none (leader failed, or value unproven and came late)─▶ join again
+//!  ▼
+//! lease ─value found─▶ done          (waits while another process holds the lease)
+//!  │acquired / unavailable / gave up
+//!  ▼
+//! load (renewing the lease) ─▶ fill under the lease, or give it back ─▶ done
+//! ```
+//!
+//! The rule that keeps it correct under faults: a loaded value is written, or handed to a
+//! follower that joined after the load began, only through a fill that proves the lease
+//! survived (no invalidation since the load began). When the lease could not be taken or
+//! confirmed, nothing is written and only followers that joined before the load began receive
+//! the value. And once one step of a call met a timeout, an unreachable backend or the open
+//! breaker, the rest of the call skips the backend ([`Budget`]).
+
+use crate::backend::Lease;
+use crate::flight::{self, Leader, Outcome, Role, Shared};
+use crate::guard::{Bound, Budget};
+use crate::lease::LeaseGuard;
+use crate::stats::Counters;
+use crate::{CacheError, CacheService, Fetched, codec};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::future::Future;
+use std::time::Duration;
+
+/// Where a loader stands with respect to the key's lease.
+enum LeaseState {
+    /// Leases are off.
+    Off,
+    /// This caller holds the lease.
+    Ours(LeaseGuard),
+    /// The store could not be asked, or did not answer in time.
+    Unavailable,
+    /// Another caller held the lease for longer than this one would wait.
+    GaveUp,
+}
+
+/// The outcome of settling a held lease: `Ok(true)` the value was filled or the lease given
+/// back intact (no invalidation meanwhile), `Ok(false)` an invalidation voided it, `Err(())`
+/// the store did not answer (the lease guard gives the marker back in the background).
+type Settled = Result<bool, ()>;
+
+impl CacheService {
+    /// The one load path every cache-aside call takes: read; on a miss, load once per key in
+    /// this process (single-flight) and, under a lease, once per key across processes; store
+    /// what `store_if` accepts unless the key was invalidated while loading.
+    pub(crate) async fn load_through<T, E, Fut>(
+        &self,
+        key: &str,
+        ttl: Option<Duration>,
+        store_if: impl FnOnce(&T) -> bool,
+        load: Fut,
+    ) -> Result<Fetched<T>, E>
+    where
+        T: Serialize + DeserializeOwned,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let budget = Budget::default();
+        if let Some(value) = self.get_within::<T>(key, &budget).await {
+            return Ok(Fetched::hit(value));
+        }
+        let inner = &*self.inner;
+        let physical = self.physical_key(key);
+        if !inner.single_flight {
+            return self
+                .load_leased(key, &physical, ttl, store_if, load, None, &budget)
+                .await
+                .map(|(fetched, _)| fetched);
+        }
+        // Followers of a leader that failed join again, so one loader runs at a time here; a
+        // caller waits for this process's loaders as long as for another process's lease.
+        let deadline = tokio::time::Instant::now() + inner.lease_ttl;
+        loop {
+            match inner.flights.join(&physical) {
+                Role::Leader(leader) => {
+                    let (fetched, outcome) = self
+                        .load_leased(key, &physical, ttl, store_if, load, Some(&leader), &budget)
+                        .await?;
+                    if let Some(outcome) = outcome {
+                        leader.finish(outcome);
+                    }
+                    return Ok(fetched);
+                }
+                Role::Follower(follower) => {
+                    match tokio::time::timeout_at(deadline, flight::wait(follower)).await {
+                        Ok(Some(bytes)) => {
+                            if let Ok(value) = codec::decode::<T>(key, &bytes) {
+                                Counters::bump(&inner.counters.coalesced);
+                                return Ok(Fetched::hit(value));
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+        tracing::debug!(
+            key = %self.log_key(key),
+            "gave up waiting for this process's loader of the key; loading without caching"
+        );
+        load.await.map(Fetched::loaded)
+    }
+
+    /// Loads under a lease (when leases are on): takes it, or waits for its holder's value, or
+    /// gives up waiting after the lease TTL; then loads, renewing the lease, and fills the key
+    /// only if the lease survived. Also returns what single-flight followers may receive.
+    #[allow(clippy::too_many_arguments)] // one private step of the state machine
+    async fn load_leased<T, E, Fut>(
+        &self,
+        key: &str,
+        physical: &str,
+        ttl: Option<Duration>,
+        store_if: impl FnOnce(&T) -> bool,
+        load: Fut,
+        flight: Option<&Leader<'_>>,
+        budget: &Budget,
+    ) -> Result<(Fetched<T>, Option<Outcome>), E>
+    where
+        T: Serialize + DeserializeOwned,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let lease = if self.inner.leases {
+            match self.take_lease::<T>(key, physical, flight, budget).await {
+                Ok(lease) => lease,
+                Err(hit) => return Ok(hit),
+            }
+        } else {
+            LeaseState::Off
+        };
+
+        if let Some(flight) = flight {
+            flight.mark(); // followers so far began before the load
+        }
+        let loaded = match &lease {
+            LeaseState::Ours(held) => self.load_renewing(held, budget, load).await,
+            _ => load.await,
+        };
+        let value = match loaded {
+            Ok(value) => value,
+            Err(error) => {
+                // Give the lease back before returning, so the next caller finds the key empty.
+                // (On a panic or a cancellation the guard gives it back in the background.)
+                if let LeaseState::Ours(mut held) = lease
+                    && self.release(&held, budget).await.is_ok()
+                {
+                    held.disarm();
+                }
+                return Err(error);
+            }
+        };
+        let bytes = match self.encode(key, &value) {
+            Ok(bytes) => Some(bytes),
+            Err(error) => {
+                tracing::warn!(key = %self.log_key(key), %error, "loaded value not cached");
+                None
+            }
+        };
+        let store = bytes.is_some() && store_if(&value);
+        if let Some(flight) = flight {
+            flight.close();
+        }
+        let proven = match (lease, &bytes) {
+            (LeaseState::Ours(mut held), Some(bytes)) if store => {
+                let settled = self.fill(key, &held, bytes, ttl, budget).await;
+                settle(&mut held, settled)
+            }
+            (LeaseState::Ours(mut held), _) => {
+                let settled = self.release(&held, budget).await;
+                settle(&mut held, settled)
+            }
+            (LeaseState::Off, Some(bytes)) => {
+                // Leases off: no proof is asked for, none is given.
+                if store && !budget.is_spent() {
+                    self.store(key, bytes, ttl, budget).await;
+                }
+                true
+            }
+            (LeaseState::Off, None) => true,
+            (LeaseState::Unavailable, Some(bytes)) => {
+                // Only the in-process fallback store, whose staleness is its documented
+                // trade-off, takes a value no lease vouches for.
+                if store {
+                    self.store_fallback(key, bytes, ttl).await;
+                }
+                false
+            }
+            (LeaseState::Unavailable | LeaseState::GaveUp, _) => false,
+        };
+        let outcome = bytes.map(|bytes| Outcome {
+            bytes: Shared::from(bytes),
+            proven,
+        });
+        Ok((Fetched::loaded(value), outcome))
+    }
+
+    /// Takes the lease on a missing key, or waits for the holder's value (returned as `Err`,
+    /// the early exit), or gives up after the lease TTL.
+    async fn take_lease<T: Serialize + DeserializeOwned>(
+        &self,
+        key: &str,
+        physical: &str,
+        flight: Option<&Leader<'_>>,
+        budget: &Budget,
+    ) -> Result<LeaseState, (Fetched<T>, Option<Outcome>)> {
+        let inner = &*self.inner;
+        if let Err(error) = self.read_gate(budget).await {
+            self.degraded("lease", key, &error);
+            return Ok(LeaseState::Unavailable);
+        }
+        // Armed before the request is sent: if this call is cancelled, or the request fails
+        // or times out (and may still run on the server), the marker is given back.
+        let mut lease = LeaseGuard::new(self, physical);
+        let guard = self.guard();
+        let deadline = tokio::time::Instant::now() + inner.lease_ttl;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            if let Some(flight) = flight {
+                flight.mark(); // followers so far began before this read of the store
+            }
+            let attempt = guard
+                .backend()
+                .try_lease(physical, &lease.marker, inner.beat.ttl);
+            match guard.call("lease", Bound::Op, budget, attempt).await {
+                Ok(Lease::Acquired) => return Ok(LeaseState::Ours(lease)),
+                Ok(Lease::Value(bytes)) => {
+                    lease.disarm(); // this answer wrote no marker, nor did the ones before
+                    match self
+                        .decode_or_remove::<T>(key, physical, Some(bytes.clone()), budget)
+                        .await
+                    {
+                        Ok(Some(value)) => {
+                            let outcome = Outcome {
+                                bytes: Shared::from(bytes),
+                                proven: false,
+                            };
+                            return Err((Fetched::hit(value), Some(outcome)));
+                        }
+                        // Undecodable, now removed: try again.
+                        _ => lease = LeaseGuard::new(self, physical),
+                    }
+                }
+                Ok(Lease::Held) => {}
+                Err(CacheError::TooLarge { .. }) => {
+                    self.remove_oversized(key, physical, budget).await;
+                }
+                Err(error) => {
+                    self.degraded("lease", key, &error);
+                    return Ok(LeaseState::Unavailable); // `lease` drops: marker given back
+                }
+            }
+            if budget.is_spent() {
+                return Ok(LeaseState::Unavailable);
+            }
+            if tokio::time::Instant::now() + pause > deadline {
+                lease.disarm(); // every answer was "held": no marker of ours
+                tracing::debug!(key = %self.log_key(key), "gave up waiting for another loader's lease");
+                return Ok(LeaseState::GaveUp);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(25));
+        }
+    }
+
+    /// Runs the loader while renewing the lease, so a loader slower than the marker's TTL keeps
+    /// it. A renewal that finds the marker gone stops renewing (the fill will be refused).
+    async fn load_renewing<T, E>(
+        &self,
+        held: &LeaseGuard,
+        budget: &Budget,
+        load: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let beat = self.inner.beat;
+        let guard = self.guard();
+        let renewing = async {
+            loop {
+                tokio::time::sleep(beat.every).await;
+                let renew = guard
+                    .backend()
+                    .renew(&held.physical, &held.marker, beat.ttl);
+                match guard.call("renew", Bound::Op, budget, renew).await {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(_) if budget.is_spent() => break,
+                    Err(_) => {}
+                }
+            }
+            std::future::pending::<()>().await;
+        };
+        let mut load = std::pin::pin!(load);
+        let renewing = std::pin::pin!(renewing);
+        tokio::select! {
+            biased;
+            loaded = &mut load => loaded,
+            () = renewing => load.await,
+        }
+    }
+
+    /// Writes a loaded value under the lease: refused if the key was invalidated since the
+    /// lease was taken.
+    async fn fill(
+        &self,
+        key: &str,
+        held: &LeaseGuard,
+        bytes: &[u8],
+        ttl: Option<Duration>,
+        budget: &Budget,
+    ) -> Settled {
+        let inner = &*self.inner;
+        let ttl = match self.ttl(key, ttl) {
+            Ok(ttl) => ttl,
+            Err(error) => {
+                tracing::warn!(key = %self.log_key(key), %error, "value not cached");
+                return self.release(held, budget).await;
+            }
+        };
+        let guard = self.guard();
+        let fill = guard
+            .backend()
+            .fill(&held.physical, &held.marker, bytes, ttl);
+        match guard.call("fill", Bound::Op, budget, fill).await {
+            Ok(true) => {
+                Counters::bump(&inner.counters.sets);
+                Ok(true)
+            }
+            Ok(false) => {
+                Counters::bump(&inner.counters.stale_sets_prevented);
+                tracing::debug!(
+                    key = %self.log_key(key),
+                    "loaded value not cached: the key was invalidated while it loaded"
+                );
+                Ok(false)
+            }
+            Err(error) => {
+                self.degraded("set", key, &error);
+                self.store_fallback(key, bytes, Some(ttl)).await;
+                Err(())
+            }
+        }
+    }
+
+    /// Gives a lease back; `Ok(true)` if it was still held (no invalidation meanwhile).
+    async fn release(&self, held: &LeaseGuard, budget: &Budget) -> Settled {
+        let guard = self.guard();
+        let release = guard.backend().release(&held.physical, &held.marker);
+        guard
+            .call("release", Bound::Op, budget, release)
+            .await
+            .map_err(|_| ())
+    }
+}
+
+/// Disarms the lease guard once the store answered, and says whether the value is proven.
+fn settle(held: &mut LeaseGuard, settled: Settled) -> bool {
+    match settled {
+        Ok(proven) => {
+            held.disarm();
+            proven
+        }
+        Err(()) => false,
+    }
+}
