@@ -56,7 +56,7 @@
 //! | `CACHE_BREAKER_OPEN_MS` | `5000` | how long the open breaker skips Redis before probing |
 //! | `CACHE_FALLBACK` | `passthrough` | while Redis is unavailable: `passthrough` (go to the loader) or `memory` (a short-lived in-process store; see [`Fallback::Memory`] for its trade-off) |
 //! | `CACHE_FALLBACK_TTL` | `30` | TTL in seconds of the in-process fallback store |
-//! | `CACHE_MEMORY_MAX_BYTES` | `67108864` | bound on the embedded store |
+//! | `CACHE_MEMORY_MAX_BYTES` | `67108864` | bound on the embedded store, in bytes: keys, values and an estimated [overhead per entry](backend::MemoryBackend::ENTRY_OVERHEAD_BYTES); see [`MemoryBackend`](backend::MemoryBackend) for its eviction policy |
 //! | `CACHE_SINGLE_FLIGHT` | `true` | concurrent misses of one key in a process run the loader once |
 //! | `CACHE_LEASES` | `true` | misses take a lease in the store: one loader per key across processes, no stale sets |
 //! | `CACHE_LEASE_TTL_MS` | `10000` | how long a lease lasts, and the longest a caller waits for another's loader |
