@@ -24,6 +24,7 @@
 //! ```
 
 mod binary;
+pub mod checker;
 mod port;
 pub mod proxy;
 pub mod raw;
