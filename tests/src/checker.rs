@@ -1,5 +1,5 @@
-//! The core of the consistency checkers: records of reads and writes of a versioned
-//! "database", and the check that no read saw a version older than a write (with its
+//! The core of the consistency checkers: a versioned in-memory "database", records of reads
+//! and writes of it, and the check that no read saw a version older than a write (with its
 //! invalidation) that had completed before the read began.
 //!
 //! Keys are small integers (`0..n`); versions grow by one per write of a key. A read that
@@ -16,7 +16,46 @@
 //! assert_eq!(checker::violations(&reads, &writes), 1);
 //! ```
 
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// A table of versioned rows `0..keys`, all at version 0 to begin with; each query takes about
+/// a millisecond (a timer sleep on each side of the access).
+#[derive(Debug)]
+pub struct Db {
+    versions: Vec<AtomicU64>,
+}
+
+impl Db {
+    /// A table of `keys` rows.
+    pub fn new(keys: u32) -> Self {
+        Self {
+            versions: (0..keys).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// The current version of row `id`.
+    ///
+    /// # Panics
+    ///
+    /// If `id` is not a row of the table.
+    pub async fn read(&self, id: u32) -> u64 {
+        tokio::time::sleep(Duration::from_micros(500)).await;
+        let version = self.versions[id as usize].load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_micros(500)).await;
+        version
+    }
+
+    /// Writes row `id`: bumps its version and returns the new one.
+    ///
+    /// # Panics
+    ///
+    /// If `id` is not a row of the table.
+    pub async fn write(&self, id: u32) -> u64 {
+        tokio::time::sleep(Duration::from_micros(500)).await;
+        self.versions[id as usize].fetch_add(1, Ordering::SeqCst) + 1
+    }
+}
 
 /// A read of key `id` that began at `start` and returned `version`.
 #[derive(Debug, Clone, Copy)]
@@ -80,7 +119,6 @@ pub fn violations(reads: &[Read], writes: &[Write]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn the_checker_flags_a_read_older_than_a_completed_write() {

@@ -10,8 +10,8 @@
 
 use cachekit::{CacheService, HasCache, cached, invalidates};
 use cachekit_tests::RedisServer;
-use cachekit_tests::checker::{Read, Write, violations};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use cachekit_tests::checker::{Db, Read, Write, violations};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,25 +20,6 @@ const READERS_PER_SERVICE: usize = 16;
 const WRITERS: usize = 4;
 const TARGET_OPS: usize = 100_000;
 const TIME_LIMIT: Duration = Duration::from_secs(90);
-
-/// A table of versioned rows; each query takes about a millisecond.
-struct Db {
-    versions: Vec<AtomicU64>,
-}
-
-impl Db {
-    async fn read(&self, id: u32) -> u64 {
-        tokio::time::sleep(Duration::from_micros(500)).await;
-        let version = self.versions[id as usize].load(Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_micros(500)).await;
-        version
-    }
-
-    async fn write(&self, id: u32) -> u64 {
-        tokio::time::sleep(Duration::from_micros(500)).await;
-        self.versions[id as usize].fetch_add(1, Ordering::SeqCst) + 1
-    }
-}
 
 struct Repo {
     cache: CacheService,
@@ -71,9 +52,7 @@ struct Outcome {
 async fn run(leases: bool) -> Outcome {
     cachekit_tests::init_tracing();
     let server = RedisServer::start();
-    let db = Arc::new(Db {
-        versions: (0..KEYS).map(|_| AtomicU64::new(0)).collect(),
-    });
+    let db = Arc::new(Db::new(KEYS));
     let mut repos = Vec::new();
     for _ in 0..2 {
         let cache = CacheService::builder()

@@ -22,12 +22,12 @@
 
 use std::convert::Infallible;
 use std::ops::RangeInclusive;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cachekit::CacheService;
-use cachekit_tests::checker::{Read, Write, violations};
+use cachekit_tests::checker::{Db, Read, Write, violations};
 use cachekit_tests::{FaultProxy, RedisServer};
 
 const KEYS: u32 = 6;
@@ -45,25 +45,6 @@ const GAP: RangeInclusive<Duration> = Duration::from_millis(300)..=Duration::fro
 /// Seeds the chaos of reader service `n` with `SEED + n`.
 const SEED: u64 = 0x5EED_F417;
 
-/// A table of versioned rows; each query takes about a millisecond.
-struct Db {
-    versions: Vec<AtomicU64>,
-}
-
-impl Db {
-    async fn read(&self, id: u32) -> Result<u64, Infallible> {
-        tokio::time::sleep(Duration::from_micros(500)).await;
-        let version = self.versions[id as usize].load(Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_micros(500)).await;
-        Ok(version)
-    }
-
-    async fn write(&self, id: u32) -> u64 {
-        tokio::time::sleep(Duration::from_micros(500)).await;
-        self.versions[id as usize].fetch_add(1, Ordering::SeqCst) + 1
-    }
-}
-
 fn key(id: u32) -> String {
     format!("row:{id}")
 }
@@ -77,9 +58,7 @@ struct Outcome {
 async fn run(leases: bool) -> Outcome {
     cachekit_tests::init_tracing();
     let server = RedisServer::start();
-    let db = Arc::new(Db {
-        versions: (0..KEYS).map(|_| AtomicU64::new(0)).collect(),
-    });
+    let db = Arc::new(Db::new(KEYS));
 
     let mut proxies = Vec::new();
     let mut chaos = Vec::new();
@@ -134,7 +113,9 @@ async fn run(leases: bool) -> Outcome {
                 let id = (i >> 16) % KEYS;
                 let key = key(id);
                 let start = Instant::now();
-                let read = cache.get_or_load(&key, None, || db.read(id));
+                let read = cache.get_or_load(&key, None, || async {
+                    Ok::<_, Infallible>(db.read(id).await)
+                });
                 let Ok(version) = tokio::time::timeout(READ_BOUND, read)
                     .await
                     .unwrap_or_else(|_| panic!("a read of {key} hung for {READ_BOUND:?}"));
