@@ -7,7 +7,8 @@
 //! [`restart`](RedisServer::restart) their server to exercise outages. The Redis that may already
 //! run on `127.0.0.1:6379` is never touched.
 //!
-//! Tests read and write Redis behind the cache's back with the one-command helpers of [`raw`].
+//! Tests read and write Redis behind the cache's back with the one-command helpers of [`raw`],
+//! and put a [`FaultProxy`] between a service and its server to stall, delay or cut the network.
 //!
 //! A missing `redis-server` binary is a test failure with installation instructions, never a skip:
 //! run `bash scripts/test.sh`, which installs it.
@@ -23,10 +24,13 @@
 //! ```
 
 mod binary;
+pub mod checker;
 mod port;
+pub mod proxy;
 pub mod raw;
 mod server;
 
+pub use proxy::FaultProxy;
 pub use server::RedisServer;
 
 /// Installs a `tracing` subscriber for tests; call it first in any test, as often as you like.

@@ -2,14 +2,16 @@
 //! row, then `#[invalidates]`) over a few keys of a versioned in-memory "database", against a
 //! real Redis, with two services on separate connections standing in for two processes.
 //!
-//! Every operation's start and end are recorded. The property checked: a read that began after
-//! a write (and so its invalidation) returned sees that write's version or a newer one. With
+//! Every operation's start and end are recorded. The property checked (by
+//! `cachekit_tests::checker`): a read that began after a write (and so its invalidation)
+//! returned sees that write's version or a newer one. With
 //! leases off the checker must find violations (the stale sets every hand-built cache-aside
 //! layer has), which proves it can fail; with them on it must find none.
 
 use cachekit::{CacheService, HasCache, cached, invalidates};
 use cachekit_tests::RedisServer;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use cachekit_tests::checker::{Db, Read, Write, violations};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,25 +20,6 @@ const READERS_PER_SERVICE: usize = 16;
 const WRITERS: usize = 4;
 const TARGET_OPS: usize = 100_000;
 const TIME_LIMIT: Duration = Duration::from_secs(90);
-
-/// A table of versioned rows; each query takes about a millisecond.
-struct Db {
-    versions: Vec<AtomicU64>,
-}
-
-impl Db {
-    async fn read(&self, id: u32) -> u64 {
-        tokio::time::sleep(Duration::from_micros(500)).await;
-        let version = self.versions[id as usize].load(Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_micros(500)).await;
-        version
-    }
-
-    async fn write(&self, id: u32) -> u64 {
-        tokio::time::sleep(Duration::from_micros(500)).await;
-        self.versions[id as usize].fetch_add(1, Ordering::SeqCst) + 1
-    }
-}
 
 struct Repo {
     cache: CacheService,
@@ -61,62 +44,15 @@ impl Repo {
     }
 }
 
-#[derive(Clone, Copy)]
-struct Read {
-    id: u32,
-    start: Instant,
-    version: u64,
-}
-
-#[derive(Clone, Copy)]
-struct Write {
-    id: u32,
-    end: Instant,
-    version: u64,
-}
-
 struct Outcome {
     operations: usize,
     violations: usize,
 }
 
-/// Reads that began after a write returned but saw an older version.
-fn violations(reads: &[Read], writes: &[Write]) -> usize {
-    let mut by_key: Vec<Vec<(Instant, u64)>> = vec![Vec::new(); KEYS as usize];
-    for w in writes {
-        by_key[w.id as usize].push((w.end, w.version));
-    }
-    // For each key: writes sorted by end, with the running maximum version, so a read's
-    // bound is one binary search.
-    let bounds: Vec<Vec<(Instant, u64)>> = by_key
-        .into_iter()
-        .map(|mut ws| {
-            ws.sort_by_key(|&(end, _)| end);
-            let mut max = 0;
-            ws.into_iter()
-                .map(|(end, v)| {
-                    max = max.max(v);
-                    (end, max)
-                })
-                .collect()
-        })
-        .collect();
-    reads
-        .iter()
-        .filter(|r| {
-            let ws = &bounds[r.id as usize];
-            let before = ws.partition_point(|&(end, _)| end < r.start);
-            before > 0 && r.version < ws[before - 1].1
-        })
-        .count()
-}
-
 async fn run(leases: bool) -> Outcome {
     cachekit_tests::init_tracing();
     let server = RedisServer::start();
-    let db = Arc::new(Db {
-        versions: (0..KEYS).map(|_| AtomicU64::new(0)).collect(),
-    });
+    let db = Arc::new(Db::new(KEYS));
     let mut repos = Vec::new();
     for _ in 0..2 {
         let cache = CacheService::builder()
@@ -232,38 +168,4 @@ async fn with_leases_no_read_sees_a_version_older_than_a_completed_write() {
         outcome.operations
     );
     assert_eq!(outcome.violations, 0, "stale reads with leases on");
-}
-
-#[test]
-fn the_checker_flags_a_read_older_than_a_completed_write() {
-    let t0 = Instant::now();
-    let t = |ms| t0 + Duration::from_millis(ms);
-    let writes = [Write {
-        id: 1,
-        end: t(10),
-        version: 3,
-    }];
-    let reads = [
-        Read {
-            id: 1,
-            start: t(5),
-            version: 2,
-        }, // began before the write returned: allowed
-        Read {
-            id: 1,
-            start: t(11),
-            version: 3,
-        },
-        Read {
-            id: 1,
-            start: t(12),
-            version: 2,
-        }, // stale
-        Read {
-            id: 0,
-            start: t(12),
-            version: 0,
-        }, // another key
-    ];
-    assert_eq!(violations(&reads, &writes), 1);
 }
