@@ -59,7 +59,7 @@
 //! | `CACHE_MEMORY_MAX_BYTES` | `67108864` | bound on the embedded store, in bytes: keys, values and an estimated [overhead per entry](backend::MemoryBackend::ENTRY_OVERHEAD_BYTES); see [`MemoryBackend`](backend::MemoryBackend) for its eviction policy |
 //! | `CACHE_SINGLE_FLIGHT` | `true` | concurrent misses of one key in a process run the loader once |
 //! | `CACHE_LEASES` | `true` | misses take a lease in the store: one loader per key across processes, no stale sets |
-//! | `CACHE_LEASE_TTL_MS` | `10000` | how long a lease lasts, and the longest a caller waits for another's loader |
+//! | `CACHE_LEASE_TTL_MS` | `10000` | the longest a caller waits for another process's (or a failed in-process) loader before loading for itself, without writing; a lease itself lives about 1.5 × `CACHE_TIMEOUT_MS` and is renewed while its loader runs |
 //!
 //! With none of them set, the service runs on the embedded in-process store.
 //!
