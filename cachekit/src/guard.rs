@@ -173,3 +173,116 @@ impl Guard {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BackendKind;
+    use redis::{ErrorKind, RedisError, ServerErrorKind};
+
+    /// A backend whose `get` fails the way it is told to, or never answers.
+    #[derive(Debug)]
+    enum Failing {
+        Reply(ServerErrorKind),
+        Transport,
+        Hang,
+    }
+
+    #[async_trait::async_trait]
+    impl Backend for Failing {
+        fn kind(&self) -> BackendKind {
+            BackendKind::Custom
+        }
+        async fn get(&self, _: &str) -> Result<Option<Vec<u8>>, CacheError> {
+            match self {
+                Self::Reply(kind) => {
+                    Err(RedisError::from((ErrorKind::Server(*kind), "refused")).into())
+                }
+                Self::Transport => Err(CacheError::Backend("connection reset".into())),
+                Self::Hang => std::future::pending().await,
+            }
+        }
+        async fn set(&self, _: &str, _: &[u8], _: Duration) -> Result<(), CacheError> {
+            Ok(())
+        }
+        async fn delete(&self, _: &str) -> Result<bool, CacheError> {
+            Ok(false)
+        }
+        async fn delete_matching(&self, _: &str) -> Result<u64, CacheError> {
+            Ok(0)
+        }
+        async fn count_matching(&self, _: &str, _: u64) -> Result<(u64, bool), CacheError> {
+            Ok((0, true))
+        }
+        async fn ping(&self) -> Result<(), CacheError> {
+            Ok(())
+        }
+    }
+
+    fn guard(backend: Failing) -> (Guard, Arc<Counters>) {
+        let counters = Arc::new(Counters::default());
+        let guard = Guard::new(
+            Arc::new(backend),
+            Duration::from_millis(250),
+            Duration::from_secs(30),
+            Breaker::new(2, Duration::from_secs(60)),
+            counters.clone(),
+            None,
+        );
+        (guard, counters)
+    }
+
+    async fn get(guard: &Guard, budget: &Budget) -> Result<Option<Vec<u8>>, CacheError> {
+        guard
+            .call("get", Bound::Op, budget, guard.backend().get("k"))
+            .await
+    }
+
+    #[tokio::test]
+    async fn replies_fail_one_call_and_never_open_the_breaker() {
+        let (guard, counters) = guard(Failing::Reply(ServerErrorKind::NoPerm));
+        for _ in 0..10 {
+            let budget = Budget::default();
+            let error = get(&guard, &budget).await.unwrap_err();
+            assert!(!error.is_transport(), "{error}");
+            assert!(
+                !budget.is_spent(),
+                "a reply leaves the rest of the call to the backend"
+            );
+        }
+        assert_eq!(guard.breaker_state(), BreakerState::Closed);
+        let stats = counters.snapshot(BackendKind::Custom, guard.breaker_state());
+        assert_eq!((stats.errors, stats.faults.no_permission), (10, 10));
+    }
+
+    #[tokio::test]
+    async fn transport_faults_open_the_breaker_and_spend_the_budget() {
+        let (guard, counters) = guard(Failing::Transport);
+        let budget = Budget::default();
+        assert!(get(&guard, &budget).await.unwrap_err().is_transport());
+        assert!(budget.is_spent());
+        assert!(matches!(
+            get(&guard, &budget).await,
+            Err(CacheError::Skipped)
+        ));
+        get(&guard, &Budget::default()).await.unwrap_err();
+        assert_eq!(guard.breaker_state(), BreakerState::Open);
+        let open = get(&guard, &Budget::default()).await.unwrap_err();
+        assert!(open.is_circuit_open());
+        let stats = counters.snapshot(BackendKind::Custom, guard.breaker_state());
+        assert_eq!(stats.faults.connection, 2, "skipped calls are not faults");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_call_times_out_once_and_the_rest_of_the_call_skips() {
+        let (guard, counters) = guard(Failing::Hang);
+        let budget = Budget::default();
+        assert!(get(&guard, &budget).await.unwrap_err().is_timeout());
+        assert!(matches!(
+            get(&guard, &budget).await,
+            Err(CacheError::Skipped)
+        ));
+        let stats = counters.snapshot(BackendKind::Custom, guard.breaker_state());
+        assert_eq!(stats.faults.timeouts, 1);
+    }
+}

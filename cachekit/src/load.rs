@@ -212,6 +212,9 @@ impl CacheService {
         budget: &Budget,
     ) -> Result<LeaseState, (Fetched<T>, Option<Outcome>)> {
         let inner = &*self.inner;
+        if budget.is_spent() {
+            return Ok(LeaseState::Unavailable);
+        }
         if let Err(error) = self.read_gate(budget).await {
             self.degraded("lease", key, &error);
             return Ok(LeaseState::Unavailable);
@@ -253,8 +256,11 @@ impl CacheService {
                     self.remove_oversized(key, physical, budget).await;
                 }
                 Err(error) => {
+                    if error.is_skipped() {
+                        lease.disarm(); // the request was never sent
+                    }
                     self.degraded("lease", key, &error);
-                    return Ok(LeaseState::Unavailable); // `lease` drops: marker given back
+                    return Ok(LeaseState::Unavailable); // an armed `lease` gives it back
                 }
             }
             if budget.is_spent() {
