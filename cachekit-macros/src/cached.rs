@@ -3,7 +3,7 @@
 
 use crate::expand::mentions;
 use crate::template::{Part, Template};
-use crate::valid::{Cached, Function, OutputKind, Param};
+use crate::valid::{Cached, Function, MAX_TTL_SECS, OutputKind, Param};
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::ext::IdentExt as _;
@@ -137,8 +137,11 @@ pub(crate) fn load(
     let ttl = match cached.ttl {
         Some(seconds) => {
             let seconds = syn::LitInt::new(&format!("{seconds}u64"), Span::call_site());
+            let max = syn::LitInt::new(&format!("{MAX_TTL_SECS}u64"), Span::call_site());
             quote! {
-                ::cachekit::__private::Some(::cachekit::__private::Duration::from_secs(#seconds))
+                ::cachekit::__private::Some(::cachekit::__private::Duration::from_secs(
+                    const { ::cachekit::__private::checked_ttl_secs(#seconds, #max) }
+                ))
             }
         }
         None => quote!(::cachekit::__private::None),

@@ -72,7 +72,7 @@ use proc_macro::TokenStream;
 ///
 /// | option | meaning |
 /// |---|---|
-/// | `ttl = 300` | Lifetime in seconds, a positive integer literal. Absent: the service's default TTL. |
+/// | `ttl = 300` | Lifetime in seconds, an integer literal from 1 to 315360000 (10 years, `cachekit::MAX_TTL`). Absent: the service's default TTL. |
 /// | `key = "users:{id}"` | Key template; see [Keys](#keys). Absent: the function's module path and name. |
 /// | `cache = <expr>` | The service to use; see [The service](#the-service). |
 /// | `cache_none` | Also store `None` (for `Option<T>` and `Result<Option<T>, E>`). |

@@ -394,16 +394,29 @@ fn close(a: &str, b: &str) -> bool {
     previous[b.len()] <= 2
 }
 
-/// A ttl must be a positive integer literal: the number of seconds.
+/// The longest `ttl` in seconds: 10 years, the value of `cachekit::MAX_TTL`, which this
+/// crate cannot import. The expansion passes it to `cachekit::__private::checked_ttl_secs`,
+/// which fails the build if the two ever disagree.
+pub(crate) const MAX_TTL_SECS: u64 = 315_360_000;
+
+/// A ttl must be a positive integer literal: the number of seconds, at most `MAX_TTL_SECS`.
 fn ttl(value: &Expr, errors: &mut Errors) -> Option<u64> {
+    let too_large = || {
+        format!(
+            "`ttl` is too large: at most {MAX_TTL_SECS} seconds (10 years, cachekit::MAX_TTL); \
+             a longer TTL is likely a unit mistake"
+        )
+    };
     let message = match value {
         Expr::Lit(lit) => match &lit.lit {
             Lit::Int(int) => match int.base10_parse::<u64>() {
                 Ok(0) => "`ttl` must be at least 1 second; leave `ttl` out to use the \
                           service's default"
                     .to_owned(),
-                Ok(seconds) => return Some(seconds),
-                Err(_) => format!("`ttl` is too large: at most {} seconds", u64::MAX),
+                Ok(seconds) if seconds <= MAX_TTL_SECS => return Some(seconds),
+                Ok(_) => too_large(),
+                // Only a literal beyond u64::MAX fails to parse as one.
+                Err(_) => too_large(),
             },
             Lit::Str(_) => {
                 "`ttl` is a number of seconds, not a string: write `ttl = 300`".to_owned()

@@ -27,6 +27,77 @@ pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 /// TTL of entries in the in-process fallback store: 30 s.
 pub const DEFAULT_FALLBACK_TTL: Duration = Duration::from_secs(30);
 
+/// [`MAX_TTL`] in seconds. `cachekit-macros` repeats the number (it cannot depend on this
+/// crate); `__private::checked_ttl_secs` fails the build of any `#[cached(ttl = ...)]` if the
+/// two disagree.
+pub(crate) const MAX_TTL_SECS: u64 = 315_360_000;
+
+/// The longest TTL, lease or timeout cachekit accepts: 10 years (315,360,000 s).
+///
+/// A longer one is almost surely a unit mistake (milliseconds passed as seconds, or
+/// `Duration::MAX` meaning "forever"), and the bound keeps `Instant + ttl` and Redis's
+/// millisecond `PX` arithmetic far from overflow. [`CacheServiceBuilder::build`] rejects a
+/// configuration above it, [`CacheConfig::from_env`] a variable above it, a write with a longer
+/// TTL is refused, and `#[cached(ttl = ...)]` above it does not compile:
+///
+/// ```
+/// # use std::time::Duration;
+/// assert_eq!(cachekit::MAX_TTL, Duration::from_secs(10 * 365 * 24 * 60 * 60));
+///
+/// // The longest TTL the macro accepts is this one.
+/// #[cachekit::cached(ttl = 315_360_000)]
+/// async fn settings() -> Vec<String> {
+///     Vec::new()
+/// }
+///
+/// # cachekit::__doc_block_on(async {
+/// let built = cachekit::CacheService::builder().lease_ttl(Duration::MAX).build().await;
+/// assert!(built.unwrap_err().is_config());
+/// # });
+/// ```
+pub const MAX_TTL: Duration = Duration::from_secs(MAX_TTL_SECS);
+
+/// The smallest value a duration setting accepts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Least {
+    /// Zero is allowed.
+    Zero,
+    /// Anything above zero.
+    AboveZero,
+    /// One millisecond: the resolution of Redis's `PX`.
+    Millisecond,
+}
+
+/// Checks that `value`, the setting `name`, is at least `least` and at most [`MAX_TTL`].
+fn check_duration(name: &str, value: Duration, least: Least) -> Result<Duration, CacheError> {
+    if value > MAX_TTL {
+        return Err(CacheError::Config(format!(
+            "{name} must be at most {MAX_TTL_SECS} seconds (10 years, cachekit::MAX_TTL)"
+        )));
+    }
+    let too_small = match least {
+        Least::Zero => None,
+        Least::AboveZero => value.is_zero().then_some("greater than zero"),
+        Least::Millisecond => {
+            (value < Duration::from_millis(1)).then_some("at least 1 millisecond")
+        }
+    };
+    match too_small {
+        Some(bound) => Err(CacheError::Config(format!("{name} must be {bound}"))),
+        None => Ok(value),
+    }
+}
+
+/// Checks a TTL given for one write (`set(key, value, Some(ttl))`): from 1 ms to [`MAX_TTL`].
+/// The error names the bound, not the key.
+#[allow(
+    dead_code,
+    reason = "for the service's writes, which take it up separately"
+)]
+pub(crate) fn check_ttl(ttl: Duration) -> Result<Duration, CacheError> {
+    check_duration("a TTL", ttl, Least::Millisecond)
+}
+
 /// What a service does when its primary backend (Redis) cannot be used: it failed, timed out,
 /// or the circuit breaker is open.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +114,7 @@ pub enum Fallback {
     /// has invalidated. Invalidations made in this process are applied to both stores. The
     /// store is emptied when Redis comes back.
     Memory {
-        /// How long an entry lives in the fallback store.
+        /// How long an entry lives in the fallback store: from 1 ms to [`MAX_TTL`].
         ttl: Duration,
         /// The bound on the fallback store's keys and values, in bytes.
         max_bytes: u64,
@@ -503,30 +574,28 @@ impl CacheConfig {
                 "the key prefix must not contain control characters".into(),
             ));
         }
-        for (name, value) in [
-            ("default_ttl", self.default_ttl),
-            ("timeout", self.timeout),
-            ("connect_timeout", self.connect_timeout),
-            ("admin_timeout", self.admin_timeout),
-            ("lease_ttl", self.lease_ttl),
+        for (name, value, least) in [
+            ("default_ttl", self.default_ttl, Least::Millisecond),
+            ("lease_ttl", self.lease_ttl, Least::Millisecond),
+            ("timeout", self.timeout, Least::AboveZero),
+            ("connect_timeout", self.connect_timeout, Least::AboveZero),
+            ("admin_timeout", self.admin_timeout, Least::AboveZero),
+            ("breaker_open_for", self.breaker_open_for, Least::Zero),
         ] {
-            if value.is_zero() {
-                return Err(CacheError::Config(format!(
-                    "{name} must be greater than zero"
-                )));
-            }
+            check_duration(name, value, least)?;
         }
         if self.breaker_threshold == 0 {
             return Err(CacheError::Config(
                 "breaker_threshold must be at least 1".into(),
             ));
         }
-        if let Fallback::Memory { ttl, max_bytes } = &self.fallback
-            && (ttl.is_zero() || *max_bytes == 0)
-        {
-            return Err(CacheError::Config(
-                "the memory fallback needs a TTL and a size above zero".into(),
-            ));
+        if let Fallback::Memory { ttl, max_bytes } = &self.fallback {
+            check_duration("the memory fallback's ttl", *ttl, Least::Millisecond)?;
+            if *max_bytes == 0 {
+                return Err(CacheError::Config(
+                    "the memory fallback's max_bytes must be above zero".into(),
+                ));
+            }
         }
         match &self.store {
             StoreConfig::Redis(redis) => redis.validate(),
@@ -556,8 +625,24 @@ fn parse_num<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, CacheEr
     })
 }
 
+/// A whole number up to `max` (of `unit`s); the error for a larger one names the maximum.
+fn parse_bounded(name: &str, value: &str, max: u64, unit: &str) -> Result<u64, CacheError> {
+    let too_large = || {
+        CacheError::Config(format!(
+            "{name} is too large: at most {max} {unit} (10 years, cachekit::MAX_TTL)"
+        ))
+    };
+    match value.parse::<u64>() {
+        Ok(n) if n <= max => Ok(n),
+        Ok(_) => Err(too_large()),
+        // Digits only, yet no u64: a number beyond u64::MAX.
+        Err(_) if value.bytes().all(|b| b.is_ascii_digit()) => Err(too_large()),
+        Err(_) => parse_num(name, value),
+    }
+}
+
 fn parse_secs(name: &str, value: &str) -> Result<Duration, CacheError> {
-    let secs: u64 = parse_num(name, value)?;
+    let secs = parse_bounded(name, value, MAX_TTL_SECS, "seconds")?;
     if secs == 0 {
         return Err(CacheError::Config(format!(
             "{name} must be at least 1 second"
@@ -567,7 +652,7 @@ fn parse_secs(name: &str, value: &str) -> Result<Duration, CacheError> {
 }
 
 fn parse_millis(name: &str, value: &str) -> Result<Duration, CacheError> {
-    let ms: u64 = parse_num(name, value)?;
+    let ms = parse_bounded(name, value, MAX_TTL_SECS * 1000, "milliseconds")?;
     if ms == 0 {
         return Err(CacheError::Config(format!(
             "{name} must be at least 1 millisecond"
@@ -649,32 +734,35 @@ impl CacheServiceBuilder {
         self
     }
 
-    /// TTL for writes that give none. Default: [`DEFAULT_TTL`].
+    /// TTL for writes that give none, from 1 ms to [`MAX_TTL`]. Default: [`DEFAULT_TTL`].
     pub fn default_ttl(mut self, ttl: Duration) -> Self {
         self.config.default_ttl = ttl;
         self
     }
 
-    /// The bound on one operation. Default: [`DEFAULT_TIMEOUT`].
+    /// The bound on one operation; above zero, at most [`MAX_TTL`]. Default:
+    /// [`DEFAULT_TIMEOUT`].
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.config.timeout = timeout;
         self
     }
 
-    /// The bound on making a connection. Default: [`DEFAULT_CONNECT_TIMEOUT`].
+    /// The bound on making a connection; above zero, at most [`MAX_TTL`]. Default:
+    /// [`DEFAULT_CONNECT_TIMEOUT`].
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.config.connect_timeout = timeout;
         self
     }
 
-    /// The bound on a whole pattern removal. Default: [`DEFAULT_ADMIN_TIMEOUT`].
+    /// The bound on a whole pattern removal; above zero, at most [`MAX_TTL`]. Default:
+    /// [`DEFAULT_ADMIN_TIMEOUT`].
     pub fn admin_timeout(mut self, timeout: Duration) -> Self {
         self.config.admin_timeout = timeout;
         self
     }
 
     /// Opens the breaker after `threshold` consecutive failures and keeps it open for
-    /// `open_for` before probing. Defaults: [`DEFAULT_BREAKER_THRESHOLD`],
+    /// `open_for` (at most [`MAX_TTL`]) before probing. Defaults: [`DEFAULT_BREAKER_THRESHOLD`],
     /// [`DEFAULT_BREAKER_OPEN_FOR`].
     pub fn circuit_breaker(mut self, threshold: u32, open_for: Duration) -> Self {
         self.config.breaker_threshold = threshold;
@@ -702,7 +790,7 @@ impl CacheServiceBuilder {
     }
 
     /// How long a lease lasts, and so the longest a caller waits for another's loader before
-    /// loading for itself. Default: [`DEFAULT_LEASE_TTL`].
+    /// loading for itself. From 1 ms to [`MAX_TTL`]. Default: [`DEFAULT_LEASE_TTL`].
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
         self.config.lease_ttl = ttl;
         self
@@ -721,6 +809,7 @@ impl CacheServiceBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::CacheService;
     use std::collections::HashMap;
 
     fn from(vars: &[(&str, &str)]) -> Result<CacheConfig, CacheError> {
@@ -825,6 +914,209 @@ mod tests {
             assert!(text.contains(needle), "{text} should mention {needle}");
             assert!(!text.contains("topsecret"), "{text} leaks the password");
         }
+    }
+
+    #[test]
+    fn durations_above_max_ttl_are_config_errors() {
+        let over = MAX_TTL + Duration::from_nanos(1);
+        type With = fn(CacheConfig, Duration) -> CacheConfig;
+        let cases: Vec<(&str, With)> = vec![
+            ("default_ttl", |c, d| CacheConfig {
+                default_ttl: d,
+                ..c
+            }),
+            ("lease_ttl", |c, d| CacheConfig { lease_ttl: d, ..c }),
+            ("timeout", |c, d| CacheConfig { timeout: d, ..c }),
+            ("connect_timeout", |c, d| CacheConfig {
+                connect_timeout: d,
+                ..c
+            }),
+            ("admin_timeout", |c, d| CacheConfig {
+                admin_timeout: d,
+                ..c
+            }),
+            ("breaker_open_for", |c, d| CacheConfig {
+                breaker_open_for: d,
+                ..c
+            }),
+            ("fallback", |c, d| CacheConfig {
+                fallback: Fallback::Memory {
+                    ttl: d,
+                    max_bytes: 1024,
+                },
+                ..c
+            }),
+        ];
+        for (name, with) in cases {
+            with(CacheConfig::default(), MAX_TTL).validate().unwrap();
+            for value in [over, Duration::MAX] {
+                let err = with(CacheConfig::default(), value).validate().unwrap_err();
+                let text = err.to_string();
+                assert!(err.is_config(), "{text}");
+                assert!(text.contains(name), "{text} should name {name}");
+                assert!(text.contains("315360000"), "{text} should name the bound");
+            }
+        }
+    }
+
+    #[test]
+    fn ttls_are_at_least_a_millisecond_and_timeouts_above_zero() {
+        let tiny = Duration::from_micros(999);
+        for config in [
+            CacheConfig {
+                default_ttl: tiny,
+                ..CacheConfig::default()
+            },
+            CacheConfig {
+                lease_ttl: tiny,
+                ..CacheConfig::default()
+            },
+            CacheConfig {
+                fallback: Fallback::Memory {
+                    ttl: tiny,
+                    max_bytes: 1024,
+                },
+                ..CacheConfig::default()
+            },
+            CacheConfig {
+                timeout: Duration::ZERO,
+                ..CacheConfig::default()
+            },
+            CacheConfig {
+                admin_timeout: Duration::ZERO,
+                ..CacheConfig::default()
+            },
+        ] {
+            assert!(config.validate().is_err(), "{config:?}");
+        }
+        CacheConfig {
+            default_ttl: Duration::from_millis(1),
+            timeout: Duration::from_micros(1),
+            breaker_open_for: Duration::ZERO,
+            ..CacheConfig::default()
+        }
+        .validate()
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_lease_ttl_of_duration_max_fails_the_build() {
+        let built = CacheService::builder()
+            .lease_ttl(Duration::MAX)
+            .build()
+            .await;
+        let err = built.expect_err("the build fails");
+        assert!(err.is_config());
+        assert!(err.to_string().contains("lease_ttl"), "{err}");
+        let built = CacheService::builder()
+            .default_ttl(Duration::MAX)
+            .build()
+            .await;
+        assert!(built.is_err());
+    }
+
+    #[test]
+    fn env_durations_above_max_ttl_name_the_variable_and_the_bound() {
+        for (var, value, bound) in [
+            ("CACHE_TTL", "18446744073709551615", "315360000 seconds"),
+            ("CACHE_TTL", "315360001", "315360000 seconds"),
+            ("CACHE_TTL", "99999999999999999999999", "315360000 seconds"),
+            (
+                "REDIS_DEFAULT_TTL",
+                "18446744073709551615",
+                "315360000 seconds",
+            ),
+            (
+                "CACHE_FALLBACK_TTL",
+                "18446744073709551615",
+                "315360000 seconds",
+            ),
+            (
+                "CACHE_LEASE_TTL_MS",
+                "18446744073709551615",
+                "315360000000 milliseconds",
+            ),
+            (
+                "CACHE_LEASE_TTL_MS",
+                "315360000001",
+                "315360000000 milliseconds",
+            ),
+            (
+                "CACHE_TIMEOUT_MS",
+                "18446744073709551615",
+                "315360000000 milliseconds",
+            ),
+            (
+                "CACHE_CONNECT_TIMEOUT_MS",
+                "18446744073709551615",
+                "315360000000 milliseconds",
+            ),
+            (
+                "CACHE_ADMIN_TIMEOUT_MS",
+                "18446744073709551615",
+                "315360000000 milliseconds",
+            ),
+            (
+                "CACHE_BREAKER_OPEN_MS",
+                "18446744073709551615",
+                "315360000000 milliseconds",
+            ),
+        ] {
+            let err = from(&[(var, value), ("CACHE_FALLBACK", "memory")]).unwrap_err();
+            let text = err.to_string();
+            assert!(err.is_config(), "{text}");
+            assert!(text.contains(var), "{text} should name {var}");
+            assert!(text.contains(bound), "{text} should name {bound}");
+        }
+        let c = from(&[
+            ("CACHE_TTL", "315360000"),
+            ("CACHE_LEASE_TTL_MS", "315360000000"),
+            ("CACHE_FALLBACK", "memory"),
+            ("CACHE_FALLBACK_TTL", "315360000"),
+        ])
+        .unwrap();
+        assert_eq!((c.default_ttl, c.lease_ttl), (MAX_TTL, MAX_TTL));
+        assert_eq!(
+            c.fallback,
+            Fallback::Memory {
+                ttl: MAX_TTL,
+                max_bytes: MemoryBackend::DEFAULT_MAX_BYTES
+            }
+        );
+        // Not numbers at all: still the plain message.
+        let text = from(&[("CACHE_TTL", "-5")]).unwrap_err().to_string();
+        assert!(text.contains("whole number"), "{text}");
+    }
+
+    #[test]
+    fn a_write_ttl_is_checked_against_the_bounds() {
+        for ok in [Duration::from_millis(1), DEFAULT_TTL, MAX_TTL] {
+            assert_eq!(check_ttl(ok).unwrap(), ok);
+        }
+        for bad in [MAX_TTL + Duration::from_nanos(1), Duration::MAX] {
+            let text = check_ttl(bad).unwrap_err().to_string();
+            assert!(text.contains("at most 315360000 seconds"), "{text}");
+            assert!(text.contains("MAX_TTL"), "{text}");
+        }
+        for bad in [Duration::ZERO, Duration::from_micros(999)] {
+            let text = check_ttl(bad).unwrap_err().to_string();
+            assert!(text.contains("at least 1 millisecond"), "{text}");
+        }
+    }
+
+    #[test]
+    fn max_ttl_is_ten_years_in_every_spelling() {
+        assert_eq!(MAX_TTL, Duration::from_secs(10 * 365 * 24 * 60 * 60));
+        assert_eq!(MAX_TTL.as_secs(), MAX_TTL_SECS);
+        // What the macro passes along with every `ttl`; a mismatch panics (at compile time in
+        // an expansion).
+        assert_eq!(crate::__private::checked_ttl_secs(60, 315_360_000), 60);
+    }
+
+    #[test]
+    #[should_panic(expected = "disagree on MAX_TTL")]
+    fn a_macro_with_another_bound_is_refused() {
+        crate::__private::checked_ttl_secs(60, 315_360_001);
     }
 
     #[test]

@@ -61,7 +61,9 @@
 //! | `CACHE_LEASES` | `true` | misses take a lease in the store: one loader per key across processes, no stale sets |
 //! | `CACHE_LEASE_TTL_MS` | `10000` | the longest a caller waits for another process's (or a failed in-process) loader before loading for itself, without writing; a lease itself lives about 1.5 × `CACHE_TIMEOUT_MS` and is renewed while its loader runs |
 //!
-//! With none of them set, the service runs on the embedded in-process store.
+//! With none of them set, the service runs on the embedded in-process store. TTLs and
+//! timeouts are at most [`MAX_TTL`] (10 years): a larger value is an error naming the variable
+//! and the bound.
 //!
 //! ## Keys and values
 //!
@@ -107,7 +109,7 @@ pub use breaker::BreakerState;
 pub use config::{
     CacheConfig, CacheServiceBuilder, DEFAULT_ADMIN_TIMEOUT, DEFAULT_BREAKER_OPEN_FOR,
     DEFAULT_BREAKER_THRESHOLD, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FALLBACK_TTL, DEFAULT_LEASE_TTL,
-    DEFAULT_PREFIX, DEFAULT_TIMEOUT, DEFAULT_TTL, Fallback, RedisConfig, StoreConfig,
+    DEFAULT_PREFIX, DEFAULT_TIMEOUT, DEFAULT_TTL, Fallback, MAX_TTL, RedisConfig, StoreConfig,
 };
 pub use error::{CacheError, FaultKind};
 pub use invalidate::MAX_DEFERRED;

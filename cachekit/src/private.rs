@@ -11,6 +11,18 @@ pub use serde::{Serialize, de::DeserializeOwned};
 pub use std::option::Option::{self, None, Some};
 pub use std::time::Duration;
 
+/// The `ttl = N` of a `#[cached]`, evaluated at compile time (the macro emits the call in a
+/// `const` block). The macro has checked `1 <= secs <= macro_max`; this checks that
+/// `macro_max` is this crate's [`MAX_TTL`](crate::MAX_TTL), so that the two crates cannot
+/// disagree on the bound and still compile.
+pub const fn checked_ttl_secs(secs: u64, macro_max: u64) -> u64 {
+    assert!(
+        macro_max == crate::config::MAX_TTL_SECS,
+        "cachekit-macros and cachekit disagree on MAX_TTL: use matching versions"
+    );
+    secs
+}
+
 /// The service of a value implementing [`HasCache`].
 pub fn has_cache<H: HasCache + ?Sized>(h: &H) -> &CacheService {
     h.cache()
