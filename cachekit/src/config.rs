@@ -195,7 +195,12 @@ impl RedisConfig {
     }
 
     /// Parses a `redis://[user[:password]@]host[:port][/db]` or `rediss://...` URL. Percent-
-    /// encoded user names and passwords are decoded. The error never contains the URL.
+    /// encoded user names and passwords are decoded.
+    ///
+    /// An error names the problem and quotes no part of the URL, which may hold a password.
+    /// A password containing `/`, `?`, `#` or `@` must be percent-encoded (`%2F`, `%3F`, `%23`,
+    /// `%40`); unencoded, the URL has an `@` after the host, which is reported as such. A
+    /// query or fragment is an error rather than ignored.
     ///
     /// ```
     /// use cachekit::RedisConfig;
@@ -203,19 +208,43 @@ impl RedisConfig {
     /// assert_eq!((c.host.as_str(), c.port, c.db, c.tls), ("cache.example.com", 6380, 2, true));
     /// assert!(!format!("{c:?}").contains("s3cret"));
     /// assert!(RedisConfig::from_url("http://localhost").is_err());
+    ///
+    /// let err = RedisConfig::from_url("redis://app:s3/cret@cache.example.com").unwrap_err();
+    /// assert!(err.to_string().contains("percent-encode"));
+    /// assert!(!err.to_string().contains("cret"));
+    /// let c = RedisConfig::from_url("redis://app:s3%2Fcret@cache.example.com").unwrap();
+    /// assert_eq!(c.password.as_deref(), Some("s3/cret"));
     /// ```
     pub fn from_url(input: &str) -> Result<Self, CacheError> {
-        let url = url::Url::parse(input.trim())
-            .map_err(|e| CacheError::Config(format!("REDIS_URL is not a valid URL ({e})")))?;
+        let input = input.trim();
+        if has_at_after_authority(input) {
+            return Err(CacheError::Config(
+                "the Redis URL has an `@` after the host: percent-encode `/`, `?`, `#` and `@` \
+                 in the password (`%2F`, `%3F`, `%23`, `%40`)"
+                    .into(),
+            ));
+        }
+        // `url`'s error messages are fixed texts ("invalid port number"), never the input.
+        let url = url::Url::parse(input)
+            .map_err(|e| CacheError::Config(format!("the Redis URL is not a valid URL ({e})")))?;
         let tls = match url.scheme() {
             "redis" => false,
             "rediss" => true,
-            other => {
-                return Err(CacheError::Config(format!(
-                    "unsupported Redis URL scheme `{other}` (expected redis:// or rediss://)"
-                )));
+            // Not quoted: without `redis://`, what parses as the scheme may be a user name.
+            _ => {
+                return Err(CacheError::Config(
+                    "the Redis URL must start with redis:// or rediss://".into(),
+                ));
             }
         };
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(CacheError::Config(
+                "the Redis URL has a query (`?...`) or fragment (`#...`), which cachekit does \
+                 not read: the form is redis://[user[:password]@]host[:port][/db]; percent-encode \
+                 `?` and `#` in a password (`%3F`, `%23`)"
+                    .into(),
+            ));
+        }
         let host = match url.host() {
             Some(url::Host::Ipv6(addr)) => addr.to_string(),
             Some(host) => host.to_string(),
@@ -227,7 +256,12 @@ impl RedisConfig {
         let port = url.port().unwrap_or(6379);
         let db = match url.path().trim_matches('/') {
             "" => 0,
-            path => parse_db(path)?,
+            path => parse_db(path).map_err(|_| {
+                CacheError::Config(
+                    "the Redis URL's path must be a database number from 0 to 65535, as in `/2`"
+                        .into(),
+                )
+            })?,
         };
         let decode = |s: &str, what: &str| -> Result<String, CacheError> {
             percent_decode(s).ok_or_else(|| {
@@ -346,6 +380,16 @@ fn parse_db(s: &str) -> Result<u16, CacheError> {
             "the Redis database number `{s}` is not a whole number from 0 to 65535"
         ))
     })
+}
+
+/// Whether an `@` follows the authority of `url` (in its path, query or fragment): what an
+/// unencoded `/`, `?` or `#` in a password makes of `redis://user:pa/ss@host`.
+fn has_at_after_authority(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    rest.find(['/', '?', '#'])
+        .is_some_and(|end| rest[end..].contains('@'))
 }
 
 fn percent_decode(s: &str) -> Option<String> {
@@ -901,10 +945,14 @@ mod tests {
             (vec![("REDIS_ENABLED", "maybe")], "REDIS_ENABLED"),
             (vec![("CACHE_FALLBACK", "disk")], "CACHE_FALLBACK"),
             (vec![("CACHE_BACKEND", "etcd")], "CACHE_BACKEND"),
-            (vec![("REDIS_URL", "http://user:topsecret@h")], "scheme"),
+            (vec![("REDIS_URL", "http://user:topsecret@h")], "redis://"),
             (
                 vec![("REDIS_URL", "redis://user:topsecret@h/notanumber")],
                 "database",
+            ),
+            (
+                vec![("REDIS_URL", "redis://user:top/secret@h/0")],
+                "percent-encode",
             ),
             (vec![("REDIS_URL", "not a url topsecret")], "REDIS_URL"),
         ] {
@@ -1117,6 +1165,164 @@ mod tests {
     #[should_panic(expected = "disagree on MAX_TTL")]
     fn a_macro_with_another_bound_is_refused() {
         crate::__private::checked_ttl_secs(60, 315_360_001);
+    }
+
+    /// Passwords with every character that breaks a URL, each fragment distinctive enough
+    /// that finding it in a message can only mean a leak.
+    const PASSWORDS: &[&str] = &[
+        "Xq7/Zr9#Kp",
+        "Mv4?Tn8@Lw",
+        "Hb2#Qy6/Rd?Ws",
+        "Pz5@Jk3:Nf",
+        "Gc8%Vu1%Ye",
+        "Gc8%41Vu1",
+        "Ot3 Wl9 Ia",
+        "Fr6[Ex2]Dq",
+        "Sé7/Ñø9#Zßq",
+        "密码Kx9/Wq4",
+        "Bn1:/?#@%[] Cm4",
+        "Yt5//Ua8##Io2",
+        "Qw3@@Er6",
+        "/Lq9x?",
+        "Tr8x#",
+        "@Vb7?",
+    ];
+
+    /// URL shapes, valid and not, with `{pw}` for the password as written into the URL.
+    const URLS: &[&str] = &[
+        "redis://user:{pw}@cache.example.com:6380/2",
+        "redis://:{pw}@cache.example.com",
+        "rediss://user:{pw}@cache.example.com/2?protocol=resp3",
+        "redis://user:{pw}@cache.example.com/2#top",
+        "redis://user:{pw}@cache.example.com/notadb",
+        "redis://user:{pw}@cache.example.com/2/3",
+        "redis://user:{pw}@cache.example.com:99999",
+        "redis://user:{pw}@cache.example.com:port",
+        "redis://user:{pw}@/0",
+        "redis://user:{pw}@[::1",
+        "http://user:{pw}@cache.example.com",
+        "user:{pw}@cache.example.com",
+        "redis:user:{pw}@cache.example.com",
+    ];
+
+    fn encoded(password: &str) -> String {
+        percent_encoding::utf8_percent_encode(password, percent_encoding::NON_ALPHANUMERIC)
+            .to_string()
+    }
+
+    /// Panics if `text` contains `password` or one of its `/`, `?`, `#`, `@`-separated
+    /// fragments of three characters or more, raw or percent-encoded.
+    fn assert_hidden(text: &str, password: &str, context: &str) {
+        let fragments = password
+            .split(['/', '?', '#', '@'])
+            .filter(|f| f.chars().count() >= 3);
+        for secret in std::iter::once(password).chain(fragments) {
+            assert!(
+                !text.contains(secret) && !text.contains(&encoded(secret)),
+                "{context}: `{text}` shows `{secret}`"
+            );
+        }
+    }
+
+    fn assert_result_hidden<T: fmt::Debug>(
+        result: &Result<T, CacheError>,
+        password: &str,
+        context: &str,
+    ) {
+        match result {
+            Ok(value) => assert_hidden(&format!("{value:?}"), password, context),
+            Err(err) => {
+                assert!(err.is_config(), "{context}: {err}");
+                assert_hidden(&err.to_string(), password, context);
+                assert_hidden(&format!("{err:?}"), password, context);
+            }
+        }
+    }
+
+    #[test]
+    fn no_url_error_or_debug_shows_any_part_of_a_password() {
+        for password in PASSWORDS {
+            for shape in URLS {
+                for written in [password.to_string(), encoded(password)] {
+                    let url = shape.replace("{pw}", &written);
+                    let context = format!("from_url({url:?})");
+                    assert_result_hidden(&RedisConfig::from_url(&url), password, &context);
+
+                    let lookup = from(&[("REDIS_URL", &url)]);
+                    assert_result_hidden(&lookup, password, &format!("REDIS_URL={url:?}"));
+
+                    let builder = CacheService::builder().redis_url(&url);
+                    assert_hidden(&format!("{builder:?}"), password, &context);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn percent_encoded_passwords_round_trip() {
+        for password in PASSWORDS {
+            let url = format!(
+                "redis://user:{}@cache.example.com:6380/2",
+                encoded(password)
+            );
+            let config = RedisConfig::from_url(&url).unwrap();
+            assert_eq!(config.password.as_deref(), Some(*password));
+            assert_eq!(config.endpoint(), "cache.example.com:6380/2");
+        }
+    }
+
+    #[test]
+    fn an_unencoded_delimiter_in_a_password_is_named_as_the_cause() {
+        for password in PASSWORDS.iter().filter(|p| p.contains(['/', '?', '#'])) {
+            let url = format!("redis://user:{password}@cache.example.com:6380/2");
+            let text = RedisConfig::from_url(&url).unwrap_err().to_string();
+            assert!(
+                text.contains("`@` after the host") && text.contains("percent-encode"),
+                "{password}: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_query_or_fragment_is_an_error_not_ignored() {
+        for url in [
+            "redis://cache.example.com/2?protocol=resp3",
+            "redis://cache.example.com/2?",
+            "redis://cache.example.com#x",
+        ] {
+            let text = RedisConfig::from_url(url).unwrap_err().to_string();
+            assert!(text.contains("query"), "{url}: {text}");
+            assert!(!text.contains("resp3"), "{url}: {text}");
+        }
+    }
+
+    #[test]
+    fn redis_password_from_the_environment_never_shows() {
+        for password in PASSWORDS {
+            let ok = from(&[
+                ("REDIS_HOST", "cache.example.com"),
+                ("REDIS_PASSWORD", password),
+            ]);
+            assert_eq!(
+                redis_of(ok.as_ref().unwrap()).password.as_deref(),
+                Some(*password)
+            );
+            assert_result_hidden(&ok, password, "REDIS_PASSWORD");
+            for bad in [
+                ("REDIS_PORT", "port"),
+                ("REDIS_DB", "db"),
+                ("REDIS_SSL", "maybe"),
+                ("CACHE_TTL", "18446744073709551615"),
+            ] {
+                let result = from(&[
+                    ("REDIS_HOST", "cache.example.com"),
+                    ("REDIS_PASSWORD", password),
+                    bad,
+                ]);
+                assert!(result.is_err(), "{bad:?}");
+                assert_result_hidden(&result, password, "REDIS_PASSWORD");
+            }
+        }
     }
 
     #[test]

@@ -63,7 +63,9 @@
 //!
 //! With none of them set, the service runs on the embedded in-process store. TTLs and
 //! timeouts are at most [`MAX_TTL`] (10 years): a larger value is an error naming the variable
-//! and the bound.
+//! and the bound. In `REDIS_URL`, percent-encode `/`, `?`, `#` and `@` in the password (`%2F`,
+//! `%3F`, `%23`, `%40`), or set it in `REDIS_PASSWORD` instead; URL errors quote no part of the
+//! URL.
 //!
 //! ## Keys and values
 //!
