@@ -649,6 +649,22 @@ impl CacheConfig {
             _ => Ok(()),
         }
     }
+
+    /// A warning about a valid but risky prefix, for the service to log when it is built:
+    /// a prefix containing `:` nests with the prefix before that `:`. With prefixes `app` and
+    /// `app:users`, `app:users:1` is both key `users:1` of the first and key `1` of the second,
+    /// so the first's patterns and `clear_all` reach the second's keys.
+    #[allow(
+        dead_code,
+        reason = "for the service's build, which takes it up separately"
+    )]
+    pub(crate) fn prefix_warning(&self) -> Option<&'static str> {
+        self.prefix.contains(':').then_some(
+            "the key prefix contains `:`, so it nests inside the prefix before the `:`: \
+             patterns and clear_all of that shorter prefix also match this service's keys, \
+             and the two can name the same key; prefer a prefix without `:` (`app_users`)",
+        )
+    }
 }
 
 fn parse_bool(name: &str, value: &str) -> Result<bool, CacheError> {
@@ -773,6 +789,12 @@ impl CacheServiceBuilder {
     }
 
     /// Every physical key starts with `{prefix}:`. Default: [`DEFAULT_PREFIX`].
+    ///
+    /// Prefer a prefix without `:` (`app_users`, not `app:users`); the service logs a warning
+    /// at build for one with it. Prefixes nest: with `app` and `app:users`, the physical key
+    /// `app:users:1` is key `users:1` of the first and key `1` of the second, so
+    /// `invalidate_pattern("users:*")` or `clear_all` on the `app` service removes the other's
+    /// entries.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.config.prefix = prefix.into();
         self
@@ -1165,6 +1187,23 @@ mod tests {
     #[should_panic(expected = "disagree on MAX_TTL")]
     fn a_macro_with_another_bound_is_refused() {
         crate::__private::checked_ttl_secs(60, 315_360_001);
+    }
+
+    #[test]
+    fn a_prefix_with_a_colon_is_warned_about() {
+        let with = |prefix: &str| CacheConfig {
+            prefix: prefix.into(),
+            ..CacheConfig::default()
+        };
+        assert_eq!(CacheConfig::default().prefix_warning(), None);
+        assert_eq!(with("app").prefix_warning(), None);
+        assert_eq!(with("app-users.v2").prefix_warning(), None);
+        for nested in ["app:users", "app:", ":app", "a:b:c"] {
+            let config = with(nested);
+            config.validate().unwrap();
+            let warning = config.prefix_warning().expect(nested);
+            assert!(warning.contains("`:`"), "{warning}");
+        }
     }
 
     /// Passwords with every character that breaks a URL, each fragment distinctive enough

@@ -48,7 +48,7 @@
 //! | `REDIS_ENABLED` | set when `REDIS_URL` or `REDIS_HOST` is | `false`: no Redis; the embedded store if `CACHE_FALLBACK=memory`, else no caching |
 //! | `CACHE_BACKEND` | inferred | `redis`, `memory` or `none`: overrides the inference above |
 //! | `CACHE_TTL` | `300` | default TTL in seconds (`REDIS_DEFAULT_TTL` is read when `CACHE_TTL` is unset) |
-//! | `CACHE_PREFIX` | `cachekit` | every key is stored as `{prefix}:{key}` |
+//! | `CACHE_PREFIX` | `cachekit` | every key is stored as `{prefix}:{key}`; avoid `:` in it (logged as a warning): `app` and `app:users` nest, and the first's patterns and `clear_all` reach the second's keys |
 //! | `CACHE_TIMEOUT_MS` | `250` | bound on one cache operation |
 //! | `CACHE_CONNECT_TIMEOUT_MS` | `1000` | bound on making a connection |
 //! | `CACHE_ADMIN_TIMEOUT_MS` | `30000` | bound on a whole `invalidate_pattern`/`clear_all` |
