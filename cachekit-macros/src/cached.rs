@@ -12,7 +12,8 @@ use syn::{GenericArgument, Ident, PathArguments, Type};
 
 /// `let __cachekit_key: String = ...;`, computed from borrowed arguments before the body takes
 /// them. The format is the documented one: the rendered template (or `module::path::fn_name`),
-/// then `:` and `hash_args` of the parameters the template does not name, if any.
+/// its placeholder values escaped, then `:` and `hash_args` of the parameters the template
+/// does not name, if any.
 pub(crate) fn key(cached: &Cached, function: &Function, fn_name: &Ident) -> TokenStream {
     let named: Vec<&str> = cached.key.iter().flat_map(Template::placeholders).collect();
     // A parameter that the `cache` expression uses is the service, not part of the key.
@@ -29,9 +30,14 @@ pub(crate) fn key(cached: &Cached, function: &Function, fn_name: &Ident) -> Toke
         })
         .collect();
 
-    // The format string and its arguments; `{}` for each placeholder and for the hash.
+    // The format string and its arguments; `{}` for each placeholder and for the hash. Each
+    // placeholder value is written escaped (`key::escape_part`), so that one containing `:`
+    // cannot make two argument tuples share a key.
     let (mut format, mut args) = match &cached.key {
-        Some(template) => format_template(template, function, |ident| quote!(#ident)),
+        Some(template) => format_template(template, function, |ident| {
+            let span = ident.span();
+            quote_spanned!(span=> ::cachekit::__private::key_part(::std::format_args!("{}", #ident)))
+        }),
         None => (String::new(), Vec::new()),
     };
 

@@ -43,13 +43,17 @@ pub(crate) fn wrap(
     }
 }
 
-/// A pattern with each placeholder replaced by the glob-escaped `Display` of its argument;
-/// the literal text stays as written, globs included.
+/// A pattern with each placeholder replaced by the `Display` of its argument, escaped as in a
+/// key (`escape_part`, so that it names the key `#[cached]` built from the same value) and
+/// then glob-escaped (so that `*` cannot widen it); the literal text stays as written, globs
+/// included.
 fn render(template: &Template, function: &Function) -> TokenStream {
     let span = template.lit.span();
     let (format, args) = cached::format_template(template, function, |ident| {
         quote_spanned! {span=>
-            ::cachekit::__private::escape_glob(&::std::string::ToString::to_string(&#ident))
+            ::cachekit::__private::escape_glob(&::cachekit::__private::escape_part(
+                &::std::string::ToString::to_string(&#ident),
+            ))
         }
     });
     cached::string(&format, &args)

@@ -85,9 +85,13 @@ use proc_macro::TokenStream;
 /// The logical key (the service adds its own prefix: `{prefix}:{key}`) is built in a format
 /// that other languages can reproduce:
 ///
-/// 1. The template with each `{param}` replaced by that argument's `Display` form. A
-///    placeholder must name a parameter of the function (not `self`), checked at compile time;
-///    `{{` and `}}` are literal braces (Redis Cluster hash tags: `"{{users}}:{id}"`).
+/// 1. The template with each `{param}` replaced by that argument's `Display` form, in which
+///    `%` is written `%25` and `:` is written `%3A` (`cachekit::key::escape_part`), so that
+///    with `key = "route:{from}:{to}"` the arguments `("a:b", "c")` and `("a", "b:c")` get
+///    different keys (`route:a%3Ab:c`, `route:a:b%3Ac`); a value without `%` or `:` is written
+///    as is. A placeholder must name a parameter of the function (not `self`), checked at
+///    compile time; `{{` and `}}` are literal braces (Redis Cluster hash tags:
+///    `"{{users}}:{id}"`).
 /// 2. If some parameters are not named in the template, `:` and the lowercase hex SHA-256 of
 ///    the serde_json encoding of those arguments as one JSON array, in declaration order. They
 ///    must implement `Serialize`. `self`, and a parameter used in `cache = ...`, are not part
@@ -281,9 +285,10 @@ pub fn cached(args: TokenStream, input: TokenStream) -> TokenStream {
 ///
 /// Each argument is a pattern in Redis glob syntax (`*`, `?`, `[abc]`), applied inside the
 /// service's prefix, with `{param}` placeholders as in `#[cached]` keys. The literal text keeps
-/// its globs (`users:*`), but a placeholder's value is glob-escaped: an argument of `*` never
-/// widens an invalidation. A rendered pattern with a glob goes to `invalidate_pattern`; one
-/// without names one key and goes to `delete`.
+/// its globs (`users:*`), but a placeholder's value is escaped as in a key (`%` and `:`), then
+/// glob-escaped: an argument of `*` never widens an invalidation, and an argument of `a:b`
+/// names exactly the key `#[cached]` built for `a:b`. A rendered pattern with a glob goes to
+/// `invalidate_pattern`; one without names one key and goes to `delete`.
 ///
 /// The patterns are rendered before the body runs (it takes the arguments), and the
 /// invalidation runs after it succeeds: when it returns `Ok` — for a return type read as a

@@ -110,6 +110,17 @@ impl Repo {
         Ok(())
     }
 
+    #[cached(key = "route:{from}:{to}")]
+    async fn route(&self, from: &str, to: &str) -> String {
+        self.calls.fetch_add(1, SeqCst);
+        format!("{from} -> {to}")
+    }
+
+    #[invalidates("route:{from}:{to}")]
+    async fn reroute(&self, from: &str, to: &str) {
+        let _ = (from, to);
+    }
+
     #[cached(key = "counter:{step}")]
     async fn bump(&mut self, step: u32) -> u64 {
         // `&mut self` in the body while the call runs.
@@ -197,6 +208,53 @@ async fn placeholder_values_are_glob_escaped() {
     assert!(repo.cache.get::<Option<User>>("users:1").await.is_some());
     repo.delete_user("1").await.unwrap();
     assert!(repo.cache.get::<Option<User>>("users:1").await.is_none());
+}
+
+#[tokio::test]
+async fn placeholder_values_containing_colons_do_not_share_a_key() {
+    let repo = Repo::new();
+    assert_eq!(repo.route("a:b", "c").await, "a:b -> c");
+    assert_eq!(repo.route("a", "b:c").await, "a -> b:c");
+    assert_eq!(repo.calls(), 2, "two argument tuples, two entries");
+    assert_eq!(
+        repo.cache.get::<String>("route:a%3Ab:c").await.as_deref(),
+        Some("a:b -> c")
+    );
+    assert_eq!(
+        repo.cache.get::<String>("route:a:b%3Ac").await.as_deref(),
+        Some("a -> b:c")
+    );
+    assert_eq!(repo.cache.get::<String>("route:a:b:c").await, None);
+
+    // `%` is escaped too, so an escaped-looking value is its own key.
+    assert_eq!(repo.route("a%3Ab", "c").await, "a%3Ab -> c");
+    assert_eq!(repo.calls(), 3);
+    assert!(repo.cache.get::<String>("route:a%253Ab:c").await.is_some());
+
+    // Values without `%` or `:` render as they always did.
+    repo.route("ams", "lis").await;
+    assert!(repo.cache.get::<String>("route:ams:lis").await.is_some());
+}
+
+#[tokio::test]
+async fn invalidation_names_the_key_of_the_same_arguments() {
+    let repo = Repo::new();
+    repo.route("a:b", "c").await;
+    repo.route("a", "b:c").await;
+    repo.route("a%3Ab", "c").await;
+    repo.reroute("a:b", "c").await;
+    assert_eq!(repo.cache.get::<String>("route:a%3Ab:c").await, None);
+    assert!(repo.cache.get::<String>("route:a:b%3Ac").await.is_some());
+    assert!(repo.cache.get::<String>("route:a%253Ab:c").await.is_some());
+
+    repo.route("a:b", "c").await;
+    assert_eq!(repo.calls(), 4, "the invalidated entry is loaded again");
+    repo.route("a", "b:c").await;
+    assert_eq!(repo.calls(), 4, "the other one is still cached");
+
+    // A glob in a value stays literal after escaping.
+    repo.reroute("a*", "*").await;
+    assert!(repo.cache.get::<String>("route:a:b%3Ac").await.is_some());
 }
 
 #[tokio::test]

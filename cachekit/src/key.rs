@@ -6,11 +6,28 @@
 //! (`myapp:users:1`). The macros build logical keys this way, so that any language can
 //! compute the same key:
 //!
-//! 1. Render the template, replacing each `{arg}` with the argument's `Display` form.
+//! 1. Render the template, replacing each `{arg}` with the argument's `Display` form, escaped
+//!    by [`escape_part`]: `%` is written `%25` and `:` is written `%3A`, every other character
+//!    as is.
 //! 2. If some arguments are not named in the template, append `:` and the lowercase hex
 //!    SHA-256 of the serde_json encoding of those arguments as one JSON array, in declaration
 //!    order ([`hash_args`]).
 //! 3. With no template, the function's module path and name stand in for step 1.
+//!
+//! The escaping keeps distinct arguments apart: with `key = "route:{from}:{to}"`, the
+//! arguments `("a:b", "c")` give `route:a%3Ab:c` and `("a", "b:c")` give `route:a:b%3Ac`,
+//! where unescaped both would be `route:a:b:c`. A value without `%` or `:` renders as is, so
+//! `users:{id}` with id 1 is `users:1`. `#[invalidates]` patterns escape their placeholder
+//! values the same way, then [`escape_glob`] them: `#[invalidates("route:{from}:{to}")]` on
+//! `("a:b", "c")` removes exactly `route:a%3Ab:c`.
+//!
+//! ```
+//! use cachekit::key::escape_part;
+//! let key = |from: &str, to: &str| format!("route:{}:{}", escape_part(from), escape_part(to));
+//! assert_eq!(key("a:b", "c"), "route:a%3Ab:c");
+//! assert_eq!(key("a", "b:c"), "route:a:b%3Ac");
+//! assert_eq!(key("50%", "x"), "route:50%25:x");
+//! ```
 //!
 //! For `list_users(skip: 0, limit: 100)` with `key = "users:list"` the logical key is
 //! `users:list:` followed by `hex(sha256(b"[0,100]"))`:
@@ -25,7 +42,36 @@
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::io;
+
+/// Escapes a placeholder value for a key: `%` becomes `%25` and `:` becomes `%3A` (their
+/// percent-encodings); every other character stays as it is. The macros apply this to the
+/// `Display` form of every placeholder value, so that a value containing `:` cannot make two
+/// argument tuples share a key (see [the key format](self#the-key-format)).
+///
+/// Borrows when there is nothing to escape.
+///
+/// ```
+/// use cachekit::key::escape_part;
+/// assert_eq!(escape_part("ada@example.com"), "ada@example.com");
+/// assert_eq!(escape_part("a:b"), "a%3Ab");
+/// assert_eq!(escape_part("100%:x"), "100%25%3Ax");
+/// ```
+pub fn escape_part(s: &str) -> Cow<'_, str> {
+    if !s.contains(['%', ':']) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            ':' => out.push_str("%3A"),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
 
 /// The lowercase hex SHA-256 of the serde_json encoding of `args`.
 ///
@@ -245,6 +291,34 @@ mod tests {
             hash_args(&("a\"b",)),
             "14ca67106e8063cad91f941e5c3760dcb4c1ddb2d8c86a65fa93e75ca425004b"
         );
+    }
+
+    #[test]
+    fn escape_part_encodes_only_percent_and_colon() {
+        assert!(matches!(escape_part("users"), Cow::Borrowed("users")));
+        for (raw, escaped) in [
+            ("", ""),
+            ("42", "42"),
+            ("a:b", "a%3Ab"),
+            (":", "%3A"),
+            ("%", "%25"),
+            ("%3A", "%253A"),
+            ("a b/c*d?[e]\\f@g#", "a b/c*d?[e]\\f@g#"),
+            ("é:ü", "é%3Aü"),
+        ] {
+            assert_eq!(escape_part(raw), escaped, "{raw}");
+        }
+        // Injective on what matters: escaped parts joined with `:` split back apart.
+        let join = |parts: &[&str]| {
+            parts
+                .iter()
+                .map(|p| escape_part(p))
+                .collect::<Vec<_>>()
+                .join(":")
+        };
+        assert_ne!(join(&["a:b", "c"]), join(&["a", "b:c"]));
+        assert_ne!(join(&["a%3Ab", "c"]), join(&["a:b", "c"]));
+        assert_eq!(join(&["a:b", "c"]).split(':').count(), 2);
     }
 
     #[test]

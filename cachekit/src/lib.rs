@@ -71,8 +71,12 @@
 //!
 //! A logical key `users:1` is stored under `{prefix}:users:1`; its value is the JSON of the
 //! value, readable with `redis-cli GET` and by services in other languages. The macros build
-//! logical keys in a stable format documented in [`key`]. Patterns use Redis's glob syntax
-//! and apply inside the prefix only: `clear_all` removes the service's keys and no others.
+//! logical keys in a stable format documented in [`key`]: the template with each placeholder
+//! replaced by its argument's `Display` form, in which `%` and `:` are written `%25` and `%3A`
+//! ([`key::escape_part`]), so that `key = "route:{from}:{to}"` gives `route:a%3Ab:c` for
+//! `("a:b", "c")` and `route:a:b%3Ac` for `("a", "b:c")`, never one key for both. Patterns use
+//! Redis's glob syntax and apply inside the prefix only: `clear_all` removes the service's
+//! keys and no others.
 //!
 //! ## Failure handling
 //!

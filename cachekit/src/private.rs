@@ -2,10 +2,11 @@
 //! it may change in any release.
 
 use crate::{CacheService, Fetched};
+use std::fmt::{self, Display, Write as _};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-pub use crate::key::{escape_glob, hash_args};
+pub use crate::key::{escape_glob, escape_part, hash_args};
 pub use crate::{HasCache, global};
 pub use serde::{Serialize, de::DeserializeOwned};
 pub use std::option::Option::{self, None, Some};
@@ -21,6 +22,32 @@ pub const fn checked_ttl_secs(secs: u64, macro_max: u64) -> u64 {
         "cachekit-macros and cachekit disagree on MAX_TTL: use matching versions"
     );
     secs
+}
+
+/// A placeholder value of a `#[cached]` key, given as `format_args!("{}", value)`: writes it
+/// escaped by [`escape_part`], without an intermediate `String`. Taking `Arguments` leaves the
+/// `Display` requirement to `format_args!`, whose error for a value that is not `Display` is
+/// the familiar one.
+pub fn key_part(value: fmt::Arguments<'_>) -> impl Display + '_ {
+    KeyPart(value)
+}
+
+struct KeyPart<'a>(fmt::Arguments<'a>);
+
+impl Display for KeyPart<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        Escaping(f).write_fmt(self.0)
+    }
+}
+
+/// Writes through [`escape_part`]. Escaping is per character, so it does not matter how a
+/// `Display` impl splits its output between calls.
+struct Escaping<'a, 'b>(&'a mut fmt::Formatter<'b>);
+
+impl fmt::Write for Escaping<'_, '_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.write_str(&escape_part(s))
+    }
 }
 
 /// The service of a value implementing [`HasCache`].
@@ -109,5 +136,31 @@ pub async fn invalidate(cache: Option<&CacheService>, patterns: &[String]) {
         } else {
             cache.delete(&crate::key::unescape_glob(pattern)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes its text in single characters, as a `Display` impl may.
+    struct Piecewise(&'static str);
+
+    impl Display for Piecewise {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            self.0.chars().try_for_each(|c| f.write_char(c))
+        }
+    }
+
+    #[test]
+    fn key_parts_are_written_escaped() {
+        let part = |args: fmt::Arguments<'_>| key_part(args).to_string();
+        assert_eq!(part(format_args!("{}", 42)), "42");
+        assert_eq!(part(format_args!("{}", "a:b%c")), "a%3Ab%25c");
+        assert_eq!(part(format_args!("{}", Piecewise("x:%y"))), "x%3A%25y");
+        assert_eq!(
+            part(format_args!("{}", "é:ü")),
+            escape_part("é:ü").into_owned()
+        );
     }
 }
