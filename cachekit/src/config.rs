@@ -430,6 +430,9 @@ pub struct CacheConfig {
     pub leases: bool,
     /// How long a lease lasts (and so the longest a caller waits for another's loader).
     pub lease_ttl: Duration,
+    /// Log keys as their namespace and a hash (`users:#3fa9c1d2`) rather than in full, for
+    /// keys that hold personal data (emails, ids).
+    pub redact_keys: bool,
 }
 
 impl Default for CacheConfig {
@@ -450,6 +453,7 @@ impl Default for CacheConfig {
             single_flight: true,
             leases: true,
             lease_ttl: DEFAULT_LEASE_TTL,
+            redact_keys: false,
         }
     }
 }
@@ -601,6 +605,9 @@ impl CacheConfig {
         }
         if let Some(ms) = var("CACHE_LEASE_TTL_MS") {
             config.lease_ttl = parse_millis("CACHE_LEASE_TTL_MS", &ms)?;
+        }
+        if let Some(on) = var("CACHE_REDACT_KEYS") {
+            config.redact_keys = parse_bool("CACHE_REDACT_KEYS", &on)?;
         }
         config.validate()?;
         Ok(config)
@@ -859,6 +866,15 @@ impl CacheServiceBuilder {
     /// loading for itself. From 1 ms to [`MAX_TTL`]. Default: [`DEFAULT_LEASE_TTL`].
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
         self.config.lease_ttl = ttl;
+        self
+    }
+
+    /// Whether logs show keys as their namespace and a hash (`users:#3fa9c1d2`: the first
+    /// `:`-separated segment, then the first 8 hex digits of the SHA-256 of the whole key)
+    /// instead of in full, for keys that contain emails, user names or other personal data.
+    /// The hash lets log lines about one key be matched up. Default: off.
+    pub fn redact_keys(mut self, on: bool) -> Self {
+        self.config.redact_keys = on;
         self
     }
 
@@ -1204,6 +1220,18 @@ mod tests {
             let warning = config.prefix_warning().expect(nested);
             assert!(warning.contains("`:`"), "{warning}");
         }
+    }
+
+    #[test]
+    fn redact_keys_is_off_unless_set() {
+        assert!(!CacheConfig::default().redact_keys);
+        assert!(CacheService::builder().redact_keys(true).config.redact_keys);
+        assert!(from(&[("CACHE_REDACT_KEYS", "yes")]).unwrap().redact_keys);
+        assert!(!from(&[("CACHE_REDACT_KEYS", "0")]).unwrap().redact_keys);
+        let text = from(&[("CACHE_REDACT_KEYS", "sometimes")])
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("CACHE_REDACT_KEYS"), "{text}");
     }
 
     /// Passwords with every character that breaks a URL, each fragment distinctive enough

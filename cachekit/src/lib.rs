@@ -60,6 +60,7 @@
 //! | `CACHE_SINGLE_FLIGHT` | `true` | concurrent misses of one key in a process run the loader once |
 //! | `CACHE_LEASES` | `true` | misses take a lease in the store: one loader per key across processes, no stale sets |
 //! | `CACHE_LEASE_TTL_MS` | `10000` | the longest a caller waits for another process's (or a failed in-process) loader before loading for itself, without writing; a lease itself lives about 1.5 × `CACHE_TIMEOUT_MS` and is renewed while its loader runs |
+//! | `CACHE_REDACT_KEYS` | `false` | logs show keys as their namespace and a hash (`users:#3fa9c1d2`) instead of in full |
 //!
 //! With none of them set, the service runs on the embedded in-process store. TTLs and
 //! timeouts are at most [`MAX_TTL`] (10 years): a larger value is an error naming the variable
