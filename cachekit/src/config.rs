@@ -26,6 +26,8 @@ pub const DEFAULT_BREAKER_OPEN_FOR: Duration = Duration::from_secs(5);
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 /// TTL of entries in the in-process fallback store: 30 s.
 pub const DEFAULT_FALLBACK_TTL: Duration = Duration::from_secs(30);
+/// The largest encoded value the cache stores: 4 MiB.
+pub const DEFAULT_MAX_VALUE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// [`MAX_TTL`] in seconds. `cachekit-macros` repeats the number (it cannot depend on this
 /// crate); `__private::checked_ttl_secs` fails the build of any `#[cached(ttl = ...)]` if the
@@ -433,6 +435,9 @@ pub struct CacheConfig {
     /// Log keys as their namespace and a hash (`users:#3fa9c1d2`) rather than in full, for
     /// keys that hold personal data (emails, ids).
     pub redact_keys: bool,
+    /// The largest encoded value the cache stores, in bytes. A larger value is not cached
+    /// (logged and counted); a larger one found in the store reads as a miss and is removed.
+    pub max_value_bytes: u64,
 }
 
 impl Default for CacheConfig {
@@ -454,6 +459,7 @@ impl Default for CacheConfig {
             leases: true,
             lease_ttl: DEFAULT_LEASE_TTL,
             redact_keys: false,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
         }
     }
 }
@@ -609,6 +615,14 @@ impl CacheConfig {
         if let Some(on) = var("CACHE_REDACT_KEYS") {
             config.redact_keys = parse_bool("CACHE_REDACT_KEYS", &on)?;
         }
+        if let Some(n) = var("CACHE_MAX_VALUE_BYTES") {
+            config.max_value_bytes = parse_num("CACHE_MAX_VALUE_BYTES", &n)?;
+            if config.max_value_bytes == 0 {
+                return Err(CacheError::Config(
+                    "CACHE_MAX_VALUE_BYTES must be at least 1".into(),
+                ));
+            }
+        }
         config.validate()?;
         Ok(config)
     }
@@ -638,6 +652,11 @@ impl CacheConfig {
         if self.breaker_threshold == 0 {
             return Err(CacheError::Config(
                 "breaker_threshold must be at least 1".into(),
+            ));
+        }
+        if self.max_value_bytes == 0 {
+            return Err(CacheError::Config(
+                "max_value_bytes must be above zero".into(),
             ));
         }
         if let Fallback::Memory { ttl, max_bytes } = &self.fallback {
@@ -875,6 +894,16 @@ impl CacheServiceBuilder {
     /// The hash lets log lines about one key be matched up. Default: off.
     pub fn redact_keys(mut self, on: bool) -> Self {
         self.config.redact_keys = on;
+        self
+    }
+
+    /// The largest encoded (JSON) value the cache stores, in bytes; above zero. A larger value
+    /// is not cached: the write is skipped, logged and counted, and the loader's value is still
+    /// returned. A larger value found in the store (written by another program or an older
+    /// configuration) reads as a miss and is removed, so one huge entry cannot slow every
+    /// reader of its key. Default: [`DEFAULT_MAX_VALUE_BYTES`] (4 MiB).
+    pub fn max_value_bytes(mut self, max_bytes: u64) -> Self {
+        self.config.max_value_bytes = max_bytes;
         self
     }
 
@@ -1232,6 +1261,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(text.contains("CACHE_REDACT_KEYS"), "{text}");
+    }
+
+    #[test]
+    fn max_value_bytes_is_above_zero() {
+        assert_eq!(DEFAULT_MAX_VALUE_BYTES, 4 * 1024 * 1024);
+        assert_eq!(
+            CacheConfig::default().max_value_bytes,
+            DEFAULT_MAX_VALUE_BYTES
+        );
+        let b = CacheService::builder().max_value_bytes(1024);
+        assert_eq!(b.config.max_value_bytes, 1024);
+        let c = from(&[("CACHE_MAX_VALUE_BYTES", "65536")]).unwrap();
+        assert_eq!(c.max_value_bytes, 65536);
+
+        for bad in ["0", "4MB", "-1", "18446744073709551616"] {
+            let text = from(&[("CACHE_MAX_VALUE_BYTES", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(text.contains("CACHE_MAX_VALUE_BYTES"), "{bad}: {text}");
+        }
+
+        let err = CacheConfig {
+            max_value_bytes: 0,
+            ..CacheConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(err.is_config());
+        assert!(err.to_string().contains("max_value_bytes"), "{err}");
     }
 
     /// Passwords with every character that breaks a URL, each fragment distinctive enough

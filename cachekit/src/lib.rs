@@ -60,6 +60,7 @@
 //! | `CACHE_SINGLE_FLIGHT` | `true` | concurrent misses of one key in a process run the loader once |
 //! | `CACHE_LEASES` | `true` | misses take a lease in the store: one loader per key across processes, no stale sets |
 //! | `CACHE_LEASE_TTL_MS` | `10000` | the longest a caller waits for another process's (or a failed in-process) loader before loading for itself, without writing; a lease itself lives about 1.5 × `CACHE_TIMEOUT_MS` and is renewed while its loader runs |
+//! | `CACHE_MAX_VALUE_BYTES` | `4194304` | the largest encoded value cached, in bytes: a larger one is not stored (logged, counted), and one found in the store reads as a miss and is removed |
 //! | `CACHE_REDACT_KEYS` | `false` | logs show keys as their namespace and a hash (`users:#3fa9c1d2`) instead of in full |
 //!
 //! With none of them set, the service runs on the embedded in-process store. TTLs and
@@ -116,7 +117,8 @@ pub use breaker::BreakerState;
 pub use config::{
     CacheConfig, CacheServiceBuilder, DEFAULT_ADMIN_TIMEOUT, DEFAULT_BREAKER_OPEN_FOR,
     DEFAULT_BREAKER_THRESHOLD, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FALLBACK_TTL, DEFAULT_LEASE_TTL,
-    DEFAULT_PREFIX, DEFAULT_TIMEOUT, DEFAULT_TTL, Fallback, MAX_TTL, RedisConfig, StoreConfig,
+    DEFAULT_MAX_VALUE_BYTES, DEFAULT_PREFIX, DEFAULT_TIMEOUT, DEFAULT_TTL, Fallback, MAX_TTL,
+    RedisConfig, StoreConfig,
 };
 pub use error::{CacheError, FaultKind};
 pub use invalidate::MAX_DEFERRED;
