@@ -401,8 +401,9 @@ fn percent_decode(s: &str) -> Option<String> {
         .map(|decoded| decoded.into_owned())
 }
 
-/// Everything a [`CacheService`] is built from. Usually made with
-/// [`CacheService::builder`] or [`CacheConfig::from_env`]; `Debug` never shows a password.
+/// Everything a [`CacheService`](crate::CacheService) is built from. Usually made with
+/// [`CacheService::builder`](crate::CacheService::builder) or [`CacheConfig::from_env`];
+/// `Debug` never shows a password.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct CacheConfig {
@@ -747,7 +748,8 @@ fn parse_millis(name: &str, value: &str) -> Result<Duration, CacheError> {
     Ok(Duration::from_millis(ms))
 }
 
-/// Builds a [`CacheService`]: consuming setters, then [`build`](Self::build).
+/// Builds a [`CacheService`](crate::CacheService): consuming setters, then
+/// [`build`](Self::build).
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), cachekit::CacheError> {
