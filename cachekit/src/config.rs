@@ -92,10 +92,6 @@ fn check_duration(name: &str, value: Duration, least: Least) -> Result<Duration,
 
 /// Checks a TTL given for one write (`set(key, value, Some(ttl))`): from 1 ms to [`MAX_TTL`].
 /// The error names the bound, not the key.
-#[allow(
-    dead_code,
-    reason = "for the service's writes, which take it up separately"
-)]
 pub(crate) fn check_ttl(ttl: Duration) -> Result<Duration, CacheError> {
     check_duration("a TTL", ttl, Least::Millisecond)
 }

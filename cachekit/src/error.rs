@@ -97,6 +97,12 @@ impl CacheError {
         matches!(self, Self::CircuitOpen)
     }
 
+    /// The error without the key it may name, for log lines that show the key their own way
+    /// (redacted when asked).
+    pub(crate) fn detail(&self) -> Detail<'_> {
+        Detail(self)
+    }
+
     /// The backend was not asked: the breaker is open, or an earlier step of the same call
     /// failed.
     pub fn is_skipped(&self) -> bool {
@@ -137,6 +143,19 @@ impl CacheError {
     /// (out of memory, no permission, wrong type, ...) fails that operation alone.
     pub fn is_transport(&self) -> bool {
         self.fault_kind().is_some_and(FaultKind::is_transport)
+    }
+}
+
+/// What [`CacheError::detail`] displays.
+pub(crate) struct Detail<'a>(&'a CacheError);
+
+impl std::fmt::Display for Detail<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            CacheError::Encode { source, .. } => write!(f, "could not encode value: {source}"),
+            CacheError::Decode { source, .. } => write!(f, "cached value did not decode: {source}"),
+            other => other.fmt(f),
+        }
     }
 }
 

@@ -80,20 +80,12 @@ pub fn escape_part(s: &str) -> Cow<'_, str> {
 /// about one key be matched up without showing the email or id in it.
 ///
 /// Give it the logical key: with the physical one, the namespace would be the prefix.
-#[allow(
-    dead_code,
-    reason = "for the service's log lines, which take it up separately"
-)]
 pub(crate) struct LogKey<'a> {
     key: &'a str,
     redact: bool,
 }
 
 impl<'a> LogKey<'a> {
-    #[allow(
-        dead_code,
-        reason = "for the service's log lines, which take it up separately"
-    )]
     pub(crate) fn new(key: &'a str, redact: bool) -> Self {
         Self { key, redact }
     }

@@ -160,7 +160,7 @@ impl CacheService {
         let bytes = match self.encode(key, &value) {
             Ok(bytes) => Some(bytes),
             Err(error) => {
-                tracing::warn!(key = %self.log_key(key), %error, "loaded value not cached");
+                tracing::warn!(key = %self.log_key(key), error = %error.detail(), "loaded value not cached");
                 None
             }
         };
@@ -321,10 +321,10 @@ impl CacheService {
         budget: &Budget,
     ) -> Settled {
         let inner = &*self.inner;
-        let ttl = match self.ttl(key, ttl) {
+        let ttl = match self.ttl(ttl) {
             Ok(ttl) => ttl,
             Err(error) => {
-                tracing::warn!(key = %self.log_key(key), %error, "value not cached");
+                tracing::warn!(key = %self.log_key(key), error = %error.detail(), "value not cached");
                 return self.release(held, budget).await;
             }
         };

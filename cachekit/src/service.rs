@@ -6,11 +6,11 @@ use crate::backend::{
     Backend, BackendKind, DisabledBackend, MemoryBackend, RedisBackend, ServerInfo,
 };
 use crate::breaker::{Breaker, BreakerState};
-use crate::config::{CacheConfig, CacheServiceBuilder, Fallback, StoreConfig};
+use crate::config::{CacheConfig, CacheServiceBuilder, Fallback, StoreConfig, check_ttl};
 use crate::flight::Flights;
 use crate::guard::{Bound, Budget, Guard};
 use crate::invalidate::{Deferred, Removal};
-use crate::key::escape_glob;
+use crate::key::{LogKey, escape_glob};
 use crate::lease::Beat;
 use crate::stats::{CacheStats, Counters};
 use crate::{CacheError, codec};
@@ -181,7 +181,7 @@ impl CacheService {
     }
 
     fn invalid(error: &CacheError) -> Self {
-        tracing::error!(%error, "cachekit: invalid configuration; caching is disabled");
+        tracing::error!(error = %error.detail(), "cachekit: invalid configuration; caching is disabled");
         Self::assemble(CacheConfig::default(), Arc::new(DisabledBackend), None)
     }
 
@@ -203,6 +203,9 @@ impl CacheService {
     /// Builds a service from a configuration; see [`CacheServiceBuilder::build`].
     pub async fn from_config(config: CacheConfig) -> Result<Self, CacheError> {
         config.validate()?;
+        if let Some(warning) = config.prefix_warning() {
+            tracing::warn!(prefix = %config.prefix, "cachekit: {warning}");
+        }
         let (backend, endpoint): (Arc<dyn Backend>, _) = match &config.store {
             StoreConfig::Redis(redis) => {
                 let endpoint = redis.endpoint();
@@ -210,7 +213,7 @@ impl CacheService {
                     redis.client()?,
                     endpoint.clone(),
                     config.connect_timeout,
-                    MAX_VALUE_BYTES,
+                    config.max_value_bytes,
                 )?;
                 (Arc::new(backend), Some(endpoint))
             }
@@ -259,8 +262,8 @@ impl CacheService {
             lease_ttl: config.lease_ttl,
             beat: Beat::for_timeout(config.timeout),
             deferred: Deferred::default(),
-            max_value_bytes: MAX_VALUE_BYTES,
-            redact_keys: false,
+            max_value_bytes: config.max_value_bytes,
+            redact_keys: config.redact_keys,
         };
         Self {
             inner: Arc::new(inner),
@@ -299,7 +302,7 @@ impl CacheService {
             },
         };
         tracing::warn!(
-            %error,
+            error = %error.detail(),
             endpoint = inner.endpoint.as_deref().unwrap_or(""),
             "cachekit: backend unreachable at start-up; running degraded and reconnecting in the background"
         );
@@ -333,9 +336,8 @@ impl CacheService {
     }
 
     /// `key` as log lines show it: whole, or with its parameter part hidden.
-    pub(crate) fn log_key<'a>(&self, key: &'a str) -> impl std::fmt::Display + 'a {
-        let _ = self.inner.redact_keys;
-        key
+    pub(crate) fn log_key<'a>(&self, key: &'a str) -> LogKey<'a> {
+        LogKey::new(key, self.inner.redact_keys)
     }
 
     /// Logs and counts a call that could not use the backend.
@@ -343,12 +345,12 @@ impl CacheService {
         Counters::bump(&self.inner.counters.fallbacks);
         let key = self.log_key(key);
         match error.fault_kind() {
-            None => tracing::debug!(op, %key, %error, "cache backend skipped"),
+            None => tracing::debug!(op, %key, error = %error.detail(), "cache backend skipped"),
             Some(kind) if kind.is_transport() => {
-                tracing::warn!(op, %key, %error, "cache backend unavailable; falling back")
+                tracing::warn!(op, %key, error = %error.detail(), "cache backend unavailable; falling back")
             }
             Some(kind) => {
-                tracing::warn!(op, %key, fault = %kind, %error, "cache backend refused the operation; falling back")
+                tracing::warn!(op, %key, fault = %kind, error = %error.detail(), "cache backend refused the operation; falling back")
             }
         }
     }
@@ -504,7 +506,7 @@ impl CacheService {
             Err(error) => {
                 Counters::bump(&counters.misses);
                 Counters::bump(&counters.decode_errors);
-                tracing::warn!(key = %self.log_key(key), %error, "cached value did not decode into the requested type; removing it");
+                tracing::warn!(key = %self.log_key(key), error = %error.detail(), "cached value did not decode into the requested type; removing it");
                 Err(error)
             }
         }
@@ -550,7 +552,7 @@ impl CacheService {
         match self.encode(key, value) {
             Ok(bytes) => self.store(key, &bytes, ttl, &Budget::default()).await,
             Err(error) => {
-                tracing::warn!(key = %self.log_key(key), %error, "value not cached");
+                tracing::warn!(key = %self.log_key(key), error = %error.detail(), "value not cached");
                 false
             }
         }
@@ -586,7 +588,7 @@ impl CacheService {
                     self.degraded("set", key, &e);
                     self.store_fallback(key, bytes, ttl).await;
                 } else {
-                    tracing::warn!(key = %self.log_key(key), error = %e, "value not cached");
+                    tracing::warn!(key = %self.log_key(key), error = %e.detail(), "value not cached");
                 }
                 false
             }
@@ -607,7 +609,7 @@ impl CacheService {
         ttl: Option<Duration>,
         budget: &Budget,
     ) -> Result<(), CacheError> {
-        let ttl = self.ttl(key, ttl)?;
+        let ttl = self.ttl(ttl)?;
         let physical = self.physical_key(key);
         let guard = self.guard();
         guard
@@ -623,15 +625,8 @@ impl CacheService {
     }
 
     /// The TTL of a write: the given one or the default, checked.
-    pub(crate) fn ttl(&self, key: &str, ttl: Option<Duration>) -> Result<Duration, CacheError> {
-        let ttl = ttl.unwrap_or(self.inner.default_ttl);
-        if ttl.is_zero() {
-            return Err(CacheError::Config(format!(
-                "zero TTL for key `{}`",
-                self.log_key(key)
-            )));
-        }
-        Ok(ttl)
+    pub(crate) fn ttl(&self, ttl: Option<Duration>) -> Result<Duration, CacheError> {
+        check_ttl(ttl.unwrap_or(self.inner.default_ttl))
     }
 
     /// Stores `value`, returning the error if it could not be encoded or stored. A zero
@@ -932,9 +927,6 @@ impl CacheService {
         self.inner.default_ttl
     }
 }
-
-/// The default maximum value size (until the configuration carries it).
-const MAX_VALUE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Gives a repository's methods their cache: what `#[cached]` and `#[invalidates]` use on
 /// methods taking `&self`.
