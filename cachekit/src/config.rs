@@ -435,6 +435,8 @@ pub struct CacheConfig {
     /// The largest encoded value the cache stores, in bytes. A larger value is not cached
     /// (logged and counted); a larger one found in the store reads as a miss and is removed.
     pub max_value_bytes: u64,
+    /// Diagnostics only: calls skip the guard (no timeout, no breaker, no fault counting).
+    pub(crate) unguarded: bool,
 }
 
 impl Default for CacheConfig {
@@ -457,6 +459,7 @@ impl Default for CacheConfig {
             lease_ttl: DEFAULT_LEASE_TTL,
             redact_keys: false,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            unguarded: false,
         }
     }
 }
@@ -902,6 +905,15 @@ impl CacheServiceBuilder {
     /// reader of its key. Default: [`DEFAULT_MAX_VALUE_BYTES`] (4 MiB).
     pub fn max_value_bytes(mut self, max_bytes: u64) -> Self {
         self.config.max_value_bytes = max_bytes;
+        self
+    }
+
+    /// Diagnostics only, for the benchmarks that measure what the guard costs: backend calls
+    /// skip the timeout, the circuit breaker and fault counting. A service built so can hang on
+    /// a stalled server; never use it in an application.
+    #[doc(hidden)]
+    pub fn __diagnostic_unguarded(mut self) -> Self {
+        self.config.unguarded = true;
         self
     }
 

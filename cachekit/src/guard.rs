@@ -45,6 +45,8 @@ pub(crate) struct Guard {
     /// Emptied when the breaker closes: entries written there during an outage may have missed
     /// other processes' invalidations, and the backend is authoritative again.
     fallback: Option<MemoryBackend>,
+    /// Diagnostics only: calls go straight to the backend.
+    bypass: bool,
 }
 
 /// Which bound a call gets.
@@ -72,7 +74,14 @@ impl Guard {
             breaker,
             counters,
             fallback,
+            bypass: false,
         }
+    }
+
+    /// The same guard, letting every call straight through (benchmark diagnostics).
+    pub(crate) fn bypassed(mut self) -> Self {
+        self.bypass = true;
+        self
     }
 
     pub(crate) fn backend(&self) -> &dyn Backend {
@@ -102,6 +111,9 @@ impl Guard {
         budget: &Budget,
         call: impl Future<Output = Result<T, CacheError>>,
     ) -> Result<T, CacheError> {
+        if self.bypass {
+            return call.await;
+        }
         if budget.is_spent() {
             return Err(CacheError::Skipped);
         }

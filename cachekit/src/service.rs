@@ -247,6 +247,11 @@ impl CacheService {
             counters.clone(),
             fallback.as_ref().map(|(store, _)| store.clone()),
         );
+        let guard = if config.unguarded {
+            guard.bypassed()
+        } else {
+            guard
+        };
         let inner = Inner {
             guard: Arc::new(guard),
             kind,
