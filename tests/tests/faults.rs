@@ -1,0 +1,191 @@
+//! Faults that are not outages: a full server, a cut connection that swallows an invalidation,
+//! one enormous value, a stalled server, a failing loader under a stampede, a loader slower
+//! than its lease. Each test runs against its own `redis-server` (directly or through a
+//! [`FaultProxy`]) and asserts counts, values and states; durations are printed, never
+//! asserted, except as generous bounds that call a call hung.
+//!
+//! ```bash
+//! RUST_LOG=error cargo test -p cachekit-tests --test faults -- --nocapture
+//! ```
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::time::Duration;
+
+use cachekit::{BreakerState, CacheService, FaultKind};
+use cachekit_tests::{RedisServer, init_tracing, raw};
+use redis::aio::MultiplexedConnection;
+
+/// How long any one call may take before the test calls it hung. Far above every operation
+/// timeout and loader delay used here.
+const BOUND: Duration = Duration::from_secs(10);
+
+/// Awaits `call`, failing the test if it does not complete within [`BOUND`].
+async fn within<T>(what: &str, call: impl Future<Output = T>) -> T {
+    tokio::time::timeout(BOUND, call)
+        .await
+        .unwrap_or_else(|_| panic!("`{what}` did not complete within {BOUND:?}"))
+}
+
+/// `get_or_load` of `key` with a loader that returns `value` and cannot fail.
+async fn load(cache: &CacheService, key: &str, value: &str) -> String {
+    let value = value.to_string();
+    let Ok(loaded) = within(
+        "get_or_load",
+        cache.get_or_load(key, None, || async { Ok::<_, Infallible>(value) }),
+    )
+    .await;
+    loaded
+}
+
+/// `GET key` behind the cache's back, as text.
+async fn raw_get(conn: &mut MultiplexedConnection, key: &str) -> Option<String> {
+    let bytes: Option<Vec<u8>> = raw::get(conn, key).await;
+    bytes.map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// `value` as the cache stores it (JSON).
+fn json(value: &str) -> String {
+    serde_json::to_string(value).expect("a string encodes")
+}
+
+/// One field of `INFO section`, as a number.
+async fn info_field(conn: &mut MultiplexedConnection, section: &str, field: &str) -> u64 {
+    let text: String = redis::cmd("INFO")
+        .arg(section)
+        .query_async(conn)
+        .await
+        .unwrap_or_else(|error| panic!("raw INFO {section} failed: {error}"));
+    text.lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("INFO {section} has no numeric `{field}`:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_do_not_open_the_breaker_and_an_invalidation_still_lands() {
+    init_tracing();
+    let server =
+        RedisServer::start_with_args(&["--maxmemory", "2mb", "--maxmemory-policy", "noeviction"]);
+    let mut conn = server.connection().await;
+    let cache = CacheService::builder()
+        .redis_url(server.url())
+        .prefix("oom")
+        // Two transport faults would open it for an hour: any misclassified reply shows.
+        .circuit_breaker(2, Duration::from_secs(3600))
+        .build()
+        .await
+        .expect("service builds");
+
+    // Cached while there is room.
+    assert_eq!(load(&cache, "users:1", "old").await, "old");
+    assert_eq!(
+        raw_get(&mut conn, "oom:users:1").await,
+        Some(json("old")),
+        "the first load was not cached"
+    );
+    assert!(within("set", cache.set("users:2", &"kept", None)).await);
+
+    // Fill the server until it refuses writes, with keys outside the prefix.
+    let filler = vec![b'f'; 100 * 1024];
+    let mut fillers = Vec::new();
+    let refused = loop {
+        assert!(
+            fillers.len() < 1000,
+            "100 MB written under a 2 MB maxmemory without an OOM reply"
+        );
+        let key = format!("filler:{}", fillers.len());
+        let reply: redis::RedisResult<()> = redis::cmd("SET")
+            .arg(&key)
+            .arg(&filler)
+            .query_async(&mut conn)
+            .await;
+        match reply {
+            Ok(()) => fillers.push(key),
+            Err(error) => break error,
+        }
+    };
+    assert_eq!(refused.code(), Some("OOM"), "the filler failed: {refused}");
+    // The refused command's own 100 KiB counted toward the limit; without it the server sits
+    // just under it, and would take small writes. Lower the limit below what is used, by more
+    // than any buffer the server may free meanwhile, so that it stays full.
+    let used = info_field(&mut conn, "memory", "used_memory").await;
+    let limit = used - 256 * 1024;
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(limit)
+        .query_async(&mut conn)
+        .await
+        .expect("raw CONFIG SET maxmemory");
+    eprintln!(
+        "OOM after {} filler values of {} KiB; used_memory {used} bytes, maxmemory lowered \
+         to {limit} bytes",
+        fillers.len(),
+        filler.len() / 1024,
+    );
+
+    // Every write is refused; each call fails alone, none of it feeds the breaker.
+    const CALLS: usize = 20;
+    for i in 0..CALLS {
+        let key = format!("other:{i}");
+        assert!(
+            !within("set", cache.set(&key, &i, None)).await,
+            "a set was accepted by a full server"
+        );
+        let value = format!("loaded-{i}");
+        assert_eq!(load(&cache, &key, &value).await, value);
+    }
+    let error = within("try_set", cache.try_set("other:try", &1, None))
+        .await
+        .expect_err("a full server accepted a write");
+    assert_eq!(error.fault_kind(), Some(FaultKind::OutOfMemory), "{error}");
+    assert!(!error.is_transport(), "{error}");
+
+    // Reads still work, and so does removal.
+    assert_eq!(
+        within("get", cache.get::<String>("users:2"))
+            .await
+            .as_deref(),
+        Some("kept"),
+        "a cached key stopped hitting while the server was full"
+    );
+    let deleted = within("try_delete", cache.try_delete("users:1"))
+        .await
+        .expect("the invalidation did not land on a full server");
+    assert!(deleted, "the cached key was not found to delete");
+
+    let stats = cache.stats();
+    eprintln!("while full: {stats:?}");
+    assert!(
+        stats.faults.out_of_memory >= CALLS as u64,
+        "OOM replies not counted: {stats:?}"
+    );
+    assert_eq!(
+        stats.faults.timeouts + stats.faults.connection,
+        0,
+        "OOM replies counted as transport faults: {stats:?}"
+    );
+    assert_eq!(stats.breaker, BreakerState::Closed, "{stats:?}");
+    assert_eq!(
+        stats.invalidations_deferred, 0,
+        "a delete that landed was remembered: {stats:?}"
+    );
+
+    // Room again: the old value is gone for good, and the next load is cached.
+    let () = redis::cmd("DEL")
+        .arg(&fillers)
+        .query_async(&mut conn)
+        .await
+        .expect("raw DEL of the fillers");
+    assert_eq!(within("get", cache.get::<String>("users:1")).await, None);
+    assert_eq!(load(&cache, "users:1", "new").await, "new");
+    assert_eq!(
+        within("get", cache.get::<String>("users:1"))
+            .await
+            .as_deref(),
+        Some("new")
+    );
+    assert_eq!(raw_get(&mut conn, "oom:users:1").await, Some(json("new")));
+    assert_eq!(cache.stats().breaker, BreakerState::Closed);
+}
