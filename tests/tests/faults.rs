@@ -13,7 +13,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use cachekit::{BreakerState, CacheService, FaultKind};
-use cachekit_tests::{RedisServer, init_tracing, raw};
+use cachekit_tests::{FaultProxy, RedisServer, init_tracing, raw};
 use redis::aio::MultiplexedConnection;
 
 /// How long any one call may take before the test calls it hung. Far above every operation
@@ -188,4 +188,87 @@ async fn replies_do_not_open_the_breaker_and_an_invalidation_still_lands() {
     );
     assert_eq!(raw_get(&mut conn, "oom:users:1").await, Some(json("new")));
     assert_eq!(cache.stats().breaker, BreakerState::Closed);
+}
+
+/// Waits until the server has no client but the caller's own connection: after a proxy cut,
+/// proof that nothing the service sends can reach the server.
+async fn until_alone(conn: &mut MultiplexedConnection) {
+    within("the cut connections closing", async {
+        while info_field(conn, "clients", "connected_clients").await > 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_lost_to_a_cut_connection_is_applied_before_the_next_read() {
+    init_tracing();
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr()).await;
+    let mut conn = server.connection().await;
+    let cache = CacheService::builder()
+        .redis_url(proxy.url())
+        .prefix("cut")
+        .timeout(Duration::from_millis(250))
+        .circuit_breaker(2, Duration::from_millis(300))
+        .build()
+        .await
+        .expect("service builds");
+    assert_eq!(load(&cache, "users:1", "old").await, "old");
+    assert_eq!(raw_get(&mut conn, "cut:users:1").await, Some(json("old")));
+
+    // The writer's invalidations meet a cut connection: none reaches the server.
+    proxy.cut();
+    until_alone(&mut conn).await;
+    assert!(
+        !within("delete", cache.delete("users:1")).await,
+        "a delete through a cut connection reported success"
+    );
+    let error = within("try_delete", cache.try_delete("users:1"))
+        .await
+        .expect_err("a delete through a cut connection succeeded");
+    assert!(error.is_transport() || error.is_skipped(), "{error}");
+    assert_eq!(
+        within("invalidate_pattern", cache.invalidate_pattern("users:*")).await,
+        0
+    );
+    assert_eq!(
+        raw_get(&mut conn, "cut:users:1").await,
+        Some(json("old")),
+        "an invalidation reached the server through the cut"
+    );
+    let stats = cache.stats();
+    eprintln!("during the cut: {stats:?}");
+    assert!(stats.invalidations_deferred >= 1, "{stats:?}");
+
+    // Back: reads until the breaker closes; not one may return the old value.
+    proxy.restore();
+    let mut reads = 0;
+    within("the breaker closing", async {
+        loop {
+            let read = cache.get::<String>("users:1").await;
+            reads += 1;
+            assert_eq!(
+                read, None,
+                "read {reads} after the cut served the value a lost invalidation removed"
+            );
+            if cache.stats().breaker == BreakerState::Closed {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let stats = cache.stats();
+    eprintln!("after {reads} reads the breaker is closed: {stats:?}");
+    assert!(stats.invalidations_replayed >= 1, "{stats:?}");
+    assert_eq!(
+        raw_get(&mut conn, "cut:users:1").await,
+        None,
+        "the lost invalidation was never applied"
+    );
+    assert_eq!(within("get", cache.get::<String>("users:1")).await, None);
+    assert_eq!(load(&cache, "users:1", "new").await, "new");
+    assert_eq!(raw_get(&mut conn, "cut:users:1").await, Some(json("new")));
 }
