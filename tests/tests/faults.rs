@@ -10,7 +10,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cachekit::{BreakerState, CacheService, FaultKind};
 use cachekit_tests::{FaultProxy, RedisServer, init_tracing, raw};
@@ -271,4 +271,67 @@ async fn an_invalidation_lost_to_a_cut_connection_is_applied_before_the_next_rea
     assert_eq!(within("get", cache.get::<String>("users:1")).await, None);
     assert_eq!(load(&cache, "users:1", "new").await, "new");
     assert_eq!(raw_get(&mut conn, "cut:users:1").await, Some(json("new")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_poison_value_does_not_take_the_cache_down() {
+    init_tracing();
+    let server = RedisServer::start();
+    let mut conn = server.connection().await;
+    let cache = CacheService::builder()
+        .redis_url(server.url())
+        .prefix("poison")
+        .timeout(Duration::from_millis(250))
+        .circuit_breaker(2, Duration::from_secs(3600))
+        .build()
+        .await
+        .expect("service builds");
+    assert!(within("set", cache.set("small", &"fine", None)).await);
+    // 20 MB of valid JSON: read whole, it would decode as a `String` and be served.
+    let poison = json(&"x".repeat(20 << 20));
+
+    const ROUNDS: u64 = 3;
+    for round in 0..ROUNDS {
+        raw::set(&mut conn, "poison:big", poison.as_str()).await;
+        let started = Instant::now();
+        let read = within("get", cache.get::<String>("big")).await;
+        eprintln!(
+            "round {round}: get of the 20 MB value took {:?}",
+            started.elapsed()
+        );
+        assert!(read.is_none(), "the oversized value was served");
+        assert!(
+            !raw::exists(&mut conn, "poison:big").await,
+            "the oversized value was left in place"
+        );
+
+        raw::set(&mut conn, "poison:big", poison.as_str()).await;
+        let started = Instant::now();
+        assert_eq!(load(&cache, "big", "small again").await, "small again");
+        eprintln!(
+            "round {round}: get_or_load over the 20 MB value took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            raw_get(&mut conn, "poison:big").await,
+            Some(json("small again")),
+            "the loader's value did not replace the oversized one"
+        );
+        assert!(within("delete", cache.delete("big")).await);
+
+        let hits = cache.stats().hits;
+        assert_eq!(
+            within("get", cache.get::<String>("small")).await.as_deref(),
+            Some("fine")
+        );
+        assert_eq!(cache.stats().hits, hits + 1, "the small key did not hit");
+    }
+    let stats = cache.stats();
+    eprintln!("{stats:?}");
+    assert_eq!(
+        stats.faults.too_large,
+        2 * ROUNDS,
+        "each read of the oversized value counts once: {stats:?}"
+    );
+    assert_eq!(stats.breaker, BreakerState::Closed, "{stats:?}");
 }
