@@ -10,6 +10,8 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cachekit::{BreakerState, CacheService, FaultKind};
@@ -334,4 +336,104 @@ async fn one_poison_value_does_not_take_the_cache_down() {
         "each read of the oversized value counts once: {stats:?}"
     );
     assert_eq!(stats.breaker, BreakerState::Closed, "{stats:?}");
+}
+
+/// A loader shared by many callers: the first run fails after a long wait, later runs succeed
+/// quickly. Counts runs and the most that ran at once.
+#[derive(Default)]
+struct FlakyLoader {
+    runs: AtomicUsize,
+    running: AtomicUsize,
+    most_at_once: AtomicUsize,
+}
+
+impl FlakyLoader {
+    const FIRST_RUN: Duration = Duration::from_secs(2);
+    const LATER_RUNS: Duration = Duration::from_millis(200);
+
+    async fn load(&self) -> Result<String, String> {
+        let run = self.runs.fetch_add(1, Ordering::SeqCst);
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_at_once.fetch_max(now, Ordering::SeqCst);
+        let result = if run == 0 {
+            tokio::time::sleep(Self::FIRST_RUN).await;
+            Err("the database timed out".to_string())
+        } else {
+            tokio::time::sleep(Self::LATER_RUNS).await;
+            Ok("loaded".to_string())
+        };
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_of_a_failed_loader_rejoin_instead_of_polling_redis() {
+    init_tracing();
+    let server = RedisServer::start();
+    let mut conn = server.connection().await;
+    let cache = CacheService::builder()
+        .redis_url(server.url())
+        .prefix("stampede")
+        .build()
+        .await
+        .expect("service builds");
+    // Connection made and scripts cached before counting.
+    assert_eq!(load(&cache, "warm-up", "warm").await, "warm");
+
+    const CALLERS: usize = 500;
+    let loader = Arc::new(FlakyLoader::default());
+    let before = info_field(&mut conn, "stats", "total_commands_processed").await;
+    let started = Instant::now();
+    let calls: Vec<_> = (0..CALLERS)
+        .map(|_| {
+            let (cache, loader) = (cache.clone(), loader.clone());
+            tokio::spawn(async move {
+                cache
+                    .get_or_load("report", None, || async move { loader.load().await })
+                    .await
+            })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(CALLERS);
+    for call in calls {
+        results.push(
+            within("a stampeding caller", call)
+                .await
+                .expect("caller task"),
+        );
+    }
+    let elapsed = started.elapsed();
+    // The first INFO ran before the count it returned: it is in the second one's.
+    let commands = info_field(&mut conn, "stats", "total_commands_processed").await - before - 1;
+
+    let failed = results.iter().filter(|result| result.is_err()).count();
+    let runs = loader.runs.load(Ordering::SeqCst);
+    let most_at_once = loader.most_at_once.load(Ordering::SeqCst);
+    eprintln!(
+        "{CALLERS} callers, first load failing after {:?}: {commands} Redis commands in {:.2} s \
+         ({:.0} commands/s); {runs} loader runs, at most {most_at_once} at once, {failed} \
+         callers got the error; {:?}",
+        FlakyLoader::FIRST_RUN,
+        elapsed.as_secs_f64(),
+        commands as f64 / elapsed.as_secs_f64(),
+        cache.stats()
+    );
+    assert_eq!(
+        failed, 1,
+        "only the failed loader's own caller sees its error"
+    );
+    for result in results.iter().filter(|result| result.is_ok()) {
+        assert_eq!(result.as_deref(), Ok("loaded"));
+    }
+    assert_eq!(most_at_once, 1, "loaders ran side by side");
+    assert_eq!(runs, 2, "one failed load, then one that succeeded");
+    assert!(
+        commands < 5_000,
+        "{commands} Redis commands for {CALLERS} callers of one key: the waiters polled Redis"
+    );
+    assert_eq!(
+        raw_get(&mut conn, "stampede:report").await,
+        Some(json("loaded"))
+    );
 }
