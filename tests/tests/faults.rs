@@ -437,3 +437,59 @@ async fn followers_of_a_failed_loader_rejoin_instead_of_polling_redis() {
         Some(json("loaded"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loader_slower_than_the_lease_keeps_its_lease() {
+    init_tracing();
+    let server = RedisServer::start();
+    let mut conn = server.connection().await;
+    let service = || {
+        CacheService::builder()
+            .redis_url(server.url())
+            .prefix("slow")
+            // The lease marker lives 150 ms in Redis unless renewed.
+            .timeout(Duration::from_millis(100))
+            .lease_ttl(Duration::from_millis(500))
+            .build()
+    };
+    let slow = service().await.expect("service builds");
+    let other = service().await.expect("service builds");
+
+    let loading = {
+        let slow = slow.clone();
+        tokio::spawn(async move {
+            slow.get_or_load("report", None, || async {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                Ok::<_, Infallible>("slow".to_string())
+            })
+            .await
+        })
+    };
+    // Another process misses the key while the slow load runs, long after the marker's own
+    // TTL: it must find the lease still held, wait its 500 ms, and load without storing.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let marker: Option<Vec<u8>> = raw::get(&mut conn, "slow:report").await;
+    assert!(
+        marker.is_some_and(|bytes| bytes.starts_with(b"\0cachekit-lease:")),
+        "no lease marker 300 ms into the load"
+    );
+    assert_eq!(load(&other, "report", "other").await, "other");
+
+    let Ok(value) = within("the slow load", loading)
+        .await
+        .expect("the slow load's task");
+    assert_eq!(value, "slow");
+    let (slow_stats, other_stats) = (slow.stats(), other.stats());
+    eprintln!("slow loader: {slow_stats:?}\nother service: {other_stats:?}");
+    assert_eq!(
+        raw_get(&mut conn, "slow:report").await,
+        Some(json("slow")),
+        "the slow loader's fill was refused: its lease lapsed"
+    );
+    assert_eq!(slow_stats.stale_sets_prevented, 0, "{slow_stats:?}");
+    assert_eq!(slow_stats.sets, 1, "{slow_stats:?}");
+    assert_eq!(
+        other_stats.sets, 0,
+        "the other service stored a value: it took the slow loader's lease"
+    );
+}
