@@ -493,3 +493,187 @@ async fn a_loader_slower_than_the_lease_keeps_its_lease() {
         "the other service stored a value: it took the slow loader's lease"
     );
 }
+
+/// The password of [`no_part_of_a_password_reaches_logs`]: its marker `7f3a9c` is what the
+/// test looks for, so the raw and the percent-encoded forms are both caught.
+const PASSWORD: &str = "pw-7f3a9c:@/%-x";
+const PASSWORD_MARK: &str = "7f3a9c";
+/// A wrong password, with a marker of its own.
+const WRONG_PASSWORD: &str = "wrong-5b1e2d";
+const WRONG_MARK: &str = "5b1e2d";
+
+/// Log lines kept in memory, for the test to search.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        let bytes = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+/// Every `tracing` event at every level, from a service with a password: built from a URL and
+/// from variables, with the wrong password, through a server kill and restart, and from a URL
+/// that does not parse; plus what the services return (`Debug`, health, stats, errors). None
+/// may contain the password.
+///
+/// Unlike the others, this test drives its own current-thread runtime: a subscriber set for
+/// one thread then sees every event, from every task, without replacing the process-wide
+/// subscriber the other tests share.
+#[test]
+fn no_part_of_a_password_reaches_logs() {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::TRACE)
+        .with_ansi(false)
+        .with_writer({
+            let captured = captured.clone();
+            move || captured.clone()
+        })
+        .finish();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let mut returned = Vec::new();
+    {
+        let _default = tracing_subscriber::util::SubscriberInitExt::set_default(subscriber);
+        runtime.block_on(run_with_password(&mut returned));
+    }
+    let logs = captured.text();
+    eprintln!(
+        "{} log lines captured, {} returned texts checked",
+        logs.lines().count(),
+        returned.len()
+    );
+    assert!(
+        logs.contains("using Redis at 127.0.0.1:")
+            && logs.contains("backend unreachable at start-up"),
+        "the capture missed the start-up lines, or the wrong password was accepted:\n{logs}"
+    );
+    for mark in [PASSWORD_MARK, WRONG_MARK] {
+        for line in logs.lines() {
+            assert!(!line.contains(mark), "a password reached the logs: {line}");
+        }
+        for text in &returned {
+            assert!(!text.contains(mark), "a password was returned: {text}");
+        }
+    }
+}
+
+/// The scenarios of [`no_part_of_a_password_reaches_logs`]; what the services return is
+/// pushed to `returned`.
+async fn run_with_password(returned: &mut Vec<String>) {
+    let server = RedisServer::start_with_args(&["--requirepass", PASSWORD]);
+    let service = |url: String| {
+        CacheService::builder()
+            .redis_url(url)
+            .prefix("secret")
+            .timeout(Duration::from_millis(250))
+            .circuit_breaker(1, Duration::from_millis(200))
+            .build()
+    };
+
+    let good = service(server.url_with_auth(None, PASSWORD))
+        .await
+        .expect("service builds");
+    assert_eq!(load(&good, "k", "v").await, "v");
+    assert_eq!(
+        within("get", good.get::<String>("k")).await.as_deref(),
+        Some("v")
+    );
+
+    let port = server.port().to_string();
+    let vars = [
+        ("REDIS_HOST", "127.0.0.1"),
+        ("REDIS_PORT", port.as_str()),
+        ("REDIS_PASSWORD", PASSWORD),
+        ("CACHE_PREFIX", "secret"),
+    ];
+    let config = cachekit::CacheConfig::from_lookup(|name| {
+        vars.iter()
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| (*value).to_string())
+    })
+    .expect("the variables are valid");
+    returned.push(format!("{config:?}"));
+    let from_vars = CacheService::from_config(config)
+        .await
+        .expect("service builds");
+    assert_eq!(
+        within("get", from_vars.get::<String>("k")).await.as_deref(),
+        Some("v")
+    );
+
+    let wrong = service(server.url_with_auth(None, WRONG_PASSWORD))
+        .await
+        .expect("a service with a wrong password still builds, degraded");
+    assert_eq!(load(&wrong, "k", "loaded").await, "loaded");
+    let health = within("health", wrong.health()).await;
+    assert!(!health.connected, "{health:?}");
+    returned.push(format!("{wrong:?} {health:?} {:?}", wrong.stats()));
+    returned.push(serde_json::to_string(&health).expect("health serializes"));
+    if let Err(error) = within("try_get", wrong.try_get::<String>("k")).await {
+        returned.push(format!("{error} {error:?}"));
+    }
+
+    // An outage and a reconnection, which authenticates again.
+    server.kill();
+    assert_eq!(load(&good, "k", "loaded").await, "loaded");
+    if let Err(error) = within("try_set", good.try_set("k", &"x", None)).await {
+        returned.push(format!("{error} {error:?}"));
+    }
+    returned.push(format!("{:?}", within("health", good.health()).await));
+    server.restart();
+    within("the reconnection", async {
+        while good.stats().breaker != BreakerState::Closed {
+            let _ = good.get::<String>("k").await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(load(&good, "k", "again").await, "again");
+    assert_eq!(
+        within("get", good.get::<String>("k")).await.as_deref(),
+        Some("again"),
+        "the service did not reconnect with its password"
+    );
+    returned.push(format!("{good:?} {:?}", good.stats()));
+
+    // A URL that does not parse, with the password in it.
+    let encoded = server.url_with_auth(Some("app"), PASSWORD);
+    let invalid = encoded.replace(&format!(":{port}/"), ":99999/");
+    assert_ne!(invalid, encoded);
+    match service(invalid).await {
+        Ok(service) => panic!("a URL with port 99999 built a service: {service:?}"),
+        Err(error) => returned.push(format!("{error} {error:?}")),
+    }
+    let bad_vars = [("REDIS_URL", encoded.replace("redis://", "redis:// "))];
+    match cachekit::CacheConfig::from_lookup(|name| {
+        bad_vars
+            .iter()
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| value.clone())
+    }) {
+        Ok(config) => returned.push(format!("{config:?}")),
+        Err(error) => returned.push(format!("{error} {error:?}")),
+    }
+}
