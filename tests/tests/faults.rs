@@ -192,6 +192,20 @@ async fn replies_do_not_open_the_breaker_and_an_invalidation_still_lands() {
     assert_eq!(cache.stats().breaker, BreakerState::Closed);
 }
 
+/// How many times the server ran `command` (lower case), from `INFO commandstats`.
+async fn command_calls(conn: &mut MultiplexedConnection, command: &str) -> u64 {
+    let text: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap_or_else(|error| panic!("raw INFO commandstats failed: {error}"));
+    let prefix = format!("cmdstat_{command}:calls=");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Waits until the server has no client but the caller's own connection: after a proxy cut,
 /// proof that nothing the service sends can reach the server.
 async fn until_alone(conn: &mut MultiplexedConnection) {
@@ -336,6 +350,78 @@ async fn one_poison_value_does_not_take_the_cache_down() {
         "each read of the oversized value counts once: {stats:?}"
     );
     assert_eq!(stats.breaker, BreakerState::Closed, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_against_a_stalled_redis_times_out_once() {
+    init_tracing();
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr()).await;
+    let mut conn = server.connection().await;
+    let cache = CacheService::builder()
+        .redis_url(proxy.url())
+        .prefix("stall")
+        .timeout(Duration::from_millis(250))
+        // Stays closed: what the call skips is up to its budget, not the breaker.
+        .circuit_breaker(100, Duration::from_secs(1))
+        .build()
+        .await
+        .expect("service builds");
+    // Connection made and scripts cached, so that the call below sends one command per step.
+    assert_eq!(load(&cache, "warm-up", "warm").await, "warm");
+    assert_eq!(
+        within("get", cache.get::<String>("warm-up"))
+            .await
+            .as_deref(),
+        Some("warm")
+    );
+    assert_eq!(cache.stats().errors, 0);
+    // Lease, fill, renewal and release are scripts.
+    let scripts_before = command_calls(&mut conn, "evalsha").await;
+
+    proxy.stall();
+    let loads = AtomicUsize::new(0);
+    let started = Instant::now();
+    let value = within(
+        "get_or_load",
+        cache.get_or_load("k", None, || async {
+            loads.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, Infallible>(1)
+        }),
+    )
+    .await;
+    let elapsed = started.elapsed();
+    assert_eq!(value, Ok(1));
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+    // A command the call left to run in the background would time out meanwhile, still
+    // stalled. Waiting longer can only let more show, never fail a correct library.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stats = cache.stats();
+    eprintln!(
+        "get_or_load against a stalled Redis took {elapsed:?} (op timeout 250 ms); {stats:?}"
+    );
+    assert_eq!(
+        stats.faults.timeouts, 1,
+        "one call against the stalled server cost more than one timeout: {stats:?}"
+    );
+    assert_eq!(stats.errors, 1, "{stats:?}");
+    assert_eq!(stats.breaker, BreakerState::Closed, "{stats:?}");
+
+    // The stalled read is delivered now, with anything queued behind it; the read below
+    // comes after all of it on the same connection.
+    proxy.resume();
+    assert_eq!(
+        within("get", cache.get::<i32>("k")).await,
+        None,
+        "a value no lease vouched for was cached"
+    );
+    assert_eq!(raw_get(&mut conn, "stall:k").await, None);
+    let scripts = command_calls(&mut conn, "evalsha").await - scripts_before;
+    eprintln!("scripts the server ran for the call: {scripts}");
+    assert_eq!(
+        scripts, 0,
+        "the call skipped its lease, yet a lease script reached the server"
+    );
 }
 
 /// A loader shared by many callers: the first run fails after a long wait, later runs succeed
