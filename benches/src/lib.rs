@@ -14,7 +14,6 @@
 //! ratio to raw redis-rs is computed per round and the median reported. See `BENCHMARKS.md` at
 //! the workspace root for a run and what each figure means.
 
-mod diagnostic;
 mod record;
 mod repo;
 mod report;
@@ -62,8 +61,8 @@ pub mod names {
         "redis-rs GET + serde_json (ConnectionManager) in tokio::time::timeout";
     /// `CacheService::get` on Redis.
     pub const SERVICE_GET: &str = "cachekit CacheService::get";
-    /// Diagnostic (`--diagnostics`): `CacheService::get` over a copy of cachekit's Redis
-    /// backend that cachekit calls without its guard (no per-call timeout, no breaker).
+    /// Diagnostic (`--diagnostics`): `CacheService::get` on cachekit's own Redis backend with
+    /// the guard switched off (no per-call timeout, no breaker, no fault counting).
     pub const SERVICE_GET_UNGUARDED: &str = "cachekit CacheService::get, guard off";
     /// A `#[cached]` method on Redis.
     pub const MACRO: &str = "cachekit #[cached]";

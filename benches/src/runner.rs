@@ -1,6 +1,5 @@
 //! The comparison scenarios, run in one process against one Redis.
 
-use crate::diagnostic::UnguardedRedis;
 use crate::names::*;
 use crate::repo::{self, UserRepo};
 use crate::report::{Machine, Report, Row, Settings};
@@ -117,7 +116,7 @@ enum Hit {
     /// guard wraps every backend call.
     RawManagerTimeout(ConnectionManager),
     Get(CacheService),
-    /// Diagnostic: `CacheService::get` over [`UnguardedRedis`].
+    /// Diagnostic: `CacheService::get` on Redis with the guard switched off.
     Unguarded(CacheService),
     Macro(UserRepo),
     CachedCrate,
@@ -359,7 +358,12 @@ impl Runner {
         }
         redis.push(Hit::Get(service.clone()));
         if self.diagnostics {
-            let unguarded = UnguardedRedis::service(self.client.clone()).await?;
+            let unguarded = CacheService::builder()
+                .redis_url(&self.url)
+                .prefix(PREFIX)
+                .__diagnostic_unguarded()
+                .build()
+                .await?;
             redis.push(Hit::Unguarded(unguarded));
         }
         redis.extend([Hit::Macro(UserRepo::new(service)), Hit::CachedCrate]);
