@@ -98,9 +98,6 @@ impl Backend for YieldingBackend {
     async fn delete_matching(&self, _pattern: &str) -> Result<u64, CacheError> {
         Ok(0)
     }
-    async fn count_matching(&self, _: &str, _: u64) -> Result<(u64, bool), CacheError> {
-        Ok((0, true))
-    }
     async fn ping(&self) -> Result<(), CacheError> {
         Ok(())
     }

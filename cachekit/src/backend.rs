@@ -124,10 +124,6 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Removes every key matching the glob `pattern`; returns how many were removed.
     async fn delete_matching(&self, pattern: &str) -> Result<u64, CacheError>;
 
-    /// Counts keys matching `pattern`, examining at most about `budget` keys. Returns the count
-    /// and whether it is exact.
-    async fn count_matching(&self, pattern: &str, budget: u64) -> Result<(u64, bool), CacheError>;
-
     /// One round trip to the store, to measure latency and prove it answers.
     async fn ping(&self) -> Result<(), CacheError>;
 
@@ -214,13 +210,6 @@ impl Backend for DisabledBackend {
     }
     async fn delete_matching(&self, _pattern: &str) -> Result<u64, CacheError> {
         Ok(0)
-    }
-    async fn count_matching(
-        &self,
-        _pattern: &str,
-        _budget: u64,
-    ) -> Result<(u64, bool), CacheError> {
-        Ok((0, true))
     }
     async fn ping(&self) -> Result<(), CacheError> {
         Ok(())

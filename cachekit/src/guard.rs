@@ -223,9 +223,6 @@ mod tests {
         async fn delete_matching(&self, _: &str) -> Result<u64, CacheError> {
             Ok(0)
         }
-        async fn count_matching(&self, _: &str, _: u64) -> Result<(u64, bool), CacheError> {
-            Ok((0, true))
-        }
         async fn ping(&self) -> Result<(), CacheError> {
             Ok(())
         }

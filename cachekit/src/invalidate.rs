@@ -9,9 +9,10 @@
 //! backend answers, no read can return a value an earlier, failed invalidation was meant to
 //! remove.
 
-use crate::CacheError;
+use crate::backend::Backend;
 use crate::guard::{Bound, Budget, Guard};
 use crate::stats::Counters;
+use crate::{CacheError, CacheService};
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -164,6 +165,57 @@ impl Deferred {
         } else {
             Err(CacheError::Skipped)
         }
+    }
+}
+
+impl CacheService {
+    /// Lets a read reach the backend only once no invalidation waits to be applied: replays them
+    /// first, or refuses.
+    pub(crate) async fn read_gate(&self, budget: &Budget) -> Result<(), CacheError> {
+        let inner = &*self.inner;
+        if !inner.deferred.is_pending() {
+            return Ok(());
+        }
+        let everything = self.physical_pattern("*");
+        inner
+            .deferred
+            .replay(&inner.guard, &everything, &inner.counters, budget)
+            .await
+    }
+
+    /// The one removal path: the fallback store, then the backend; a removal the backend could
+    /// not receive is remembered.
+    pub(crate) async fn remove(&self, removal: Removal<'_>) -> Result<u64, CacheError> {
+        let inner = &*self.inner;
+        let budget = Budget::default();
+        let guard = self.guard();
+        let backend = guard.backend();
+        let result = match removal {
+            Removal::Key(key) => {
+                if let Some((store, _)) = &inner.fallback {
+                    let _ = store.delete(key).await;
+                }
+                guard
+                    .call("delete", Bound::Op, &budget, backend.delete(key))
+                    .await
+                    .map(u64::from)
+            }
+            Removal::Pattern(pattern) => {
+                if let Some((store, _)) = &inner.fallback {
+                    let _ = store.delete_matching(pattern).await;
+                }
+                let walk = backend.delete_matching(pattern);
+                guard
+                    .call("invalidate_pattern", Bound::Admin, &budget, walk)
+                    .await
+            }
+        };
+        if let Err(e) = &result
+            && (e.is_transport() || e.is_skipped())
+        {
+            inner.deferred.remember(removal, &inner.counters);
+        }
+        result
     }
 }
 

@@ -102,6 +102,7 @@ pub mod backend;
 mod breaker;
 mod codec;
 mod config;
+mod entry;
 mod error;
 mod flight;
 mod guard;

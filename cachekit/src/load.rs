@@ -374,3 +374,179 @@ fn settle(held: &mut LeaseGuard, settled: Settled) -> bool {
         Err(()) => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    async fn memory_with(leases: bool, single_flight: bool) -> CacheService {
+        CacheService::builder()
+            .memory(1 << 20)
+            .leases(leases)
+            .single_flight(single_flight)
+            .build()
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_misses_run_the_loader_once() {
+        let cache = memory_with(true, true).await;
+        let runs = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..200 {
+            let (cache, runs) = (cache.clone(), runs.clone());
+            tasks.push(tokio::spawn(async move {
+                cache
+                    .get_or_load("hot", None, || async {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Ok::<_, std::io::Error>(7u32)
+                    })
+                    .await
+                    .unwrap()
+            }));
+        }
+        for task in tasks {
+            assert_eq!(task.await.unwrap(), 7);
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert!(cache.stats().coalesced > 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_single_flight_or_leases_every_miss_loads() {
+        let cache = memory_with(false, false).await;
+        let runs = Arc::new(AtomicUsize::new(0));
+        let barrier = Arc::new(tokio::sync::Barrier::new(20));
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let (cache, runs, barrier) = (cache.clone(), runs.clone(), barrier.clone());
+            tasks.push(tokio::spawn(async move {
+                cache
+                    .get_or_load("hot", None, || async {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        barrier.wait().await; // every caller is inside its loader at once
+                        Ok::<_, std::io::Error>(7u32)
+                    })
+                    .await
+                    .unwrap()
+            }));
+        }
+        for task in tasks {
+            assert_eq!(task.await.unwrap(), 7);
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 20);
+    }
+
+    #[tokio::test]
+    async fn a_failed_or_panicking_loader_does_not_wedge_the_key() {
+        let cache = memory_with(true, true).await;
+        let failed: Result<u32, &str> = cache
+            .get_or_load("k", None, || async { Err("db down") })
+            .await;
+        assert_eq!(failed, Err("db down"));
+        assert_eq!(cache.get::<u32>("k").await, None, "errors are not cached");
+
+        let panicking = {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                cache
+                    .get_or_load("k", None, || async {
+                        panic!("loader panicked");
+                        #[allow(unreachable_code)]
+                        Ok::<u32, std::io::Error>(0)
+                    })
+                    .await
+            })
+        };
+        assert!(panicking.await.is_err());
+        let value = cache
+            .get_or_load("k", None, || async { Ok::<_, std::io::Error>(3u32) })
+            .await
+            .unwrap();
+        assert_eq!(value, 3);
+        assert_eq!(cache.get::<u32>("k").await, Some(3));
+    }
+
+    /// Starts a `get_or_load` whose loader stops inside the load until the returned `Notify`
+    /// is notified, and returns once the loader is running.
+    async fn start_blocked_load(
+        cache: &CacheService,
+        key: &'static str,
+        value: &'static str,
+    ) -> (tokio::task::JoinHandle<String>, Arc<tokio::sync::Notify>) {
+        let loading = Arc::new(tokio::sync::Notify::new());
+        let go_on = Arc::new(tokio::sync::Notify::new());
+        let task = {
+            let (cache, loading, go_on) = (cache.clone(), loading.clone(), go_on.clone());
+            tokio::spawn(async move {
+                cache
+                    .get_or_load(key, None, || async {
+                        loading.notify_one();
+                        go_on.notified().await;
+                        Ok::<_, std::io::Error>(value.to_string())
+                    })
+                    .await
+                    .unwrap()
+            })
+        };
+        loading.notified().await;
+        (task, go_on)
+    }
+
+    /// A caller that arrives after an invalidation must not be handed the value an earlier
+    /// caller was loading when the invalidation happened.
+    #[tokio::test]
+    async fn a_follower_arriving_after_an_invalidation_does_not_get_the_stale_load() {
+        let cache = memory_with(true, true).await;
+        let (early, go_on) = start_blocked_load(&cache, "users:1", "old").await;
+        cache.delete("users:1").await; // the writer's invalidation
+        let late = {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                cache
+                    .get_or_load("users:1", None, || async {
+                        Ok::<_, std::io::Error>("new".to_string())
+                    })
+                    .await
+                    .unwrap()
+            })
+        };
+        tokio::task::yield_now().await;
+        go_on.notify_one();
+        assert_eq!(early.await.unwrap(), "old");
+        assert_eq!(late.await.unwrap(), "new");
+        assert_eq!(cache.get::<String>("users:1").await.as_deref(), Some("new"));
+    }
+
+    /// A reader loads the old row; a writer invalidates while it loads; the reader's write must
+    /// not land. With leases off the stale value does land, which shows the test can fail.
+    #[tokio::test]
+    async fn an_invalidation_during_a_load_refuses_the_stale_write() {
+        for leases in [true, false] {
+            let cache = memory_with(leases, true).await;
+            let (reader, go_on) = start_blocked_load(&cache, "users:1", "old").await;
+            cache.invalidate_pattern("users:*").await; // the writer's invalidation
+            go_on.notify_one();
+            assert_eq!(
+                reader.await.unwrap(),
+                "old",
+                "the caller still gets what it loaded"
+            );
+            let cached = cache.get::<String>("users:1").await;
+            if leases {
+                assert_eq!(cached, None);
+                assert_eq!(cache.stats().stale_sets_prevented, 1);
+            } else {
+                assert_eq!(
+                    cached.as_deref(),
+                    Some("old"),
+                    "without leases the stale set lands"
+                );
+            }
+        }
+    }
+}

@@ -2,18 +2,18 @@
 //! methods, statistics and health. The cache-aside state machine lives in `load`, removal in
 //! `invalidate`, the timeout and breaker in `guard`.
 
+use crate::CacheError;
 use crate::backend::{
     Backend, BackendKind, DisabledBackend, MemoryBackend, RedisBackend, ServerInfo,
 };
 use crate::breaker::{Breaker, BreakerState};
-use crate::config::{CacheConfig, CacheServiceBuilder, Fallback, StoreConfig, check_ttl};
+use crate::config::{CacheConfig, CacheServiceBuilder, Fallback, StoreConfig};
 use crate::flight::Flights;
-use crate::guard::{Bound, Budget, Guard};
+use crate::guard::{Budget, Guard};
 use crate::invalidate::{Deferred, Removal};
 use crate::key::{LogKey, escape_glob};
 use crate::lease::Beat;
 use crate::stats::{CacheStats, Counters};
-use crate::{CacheError, codec};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::future::Future;
@@ -333,7 +333,7 @@ impl CacheService {
         physical
     }
 
-    fn physical_pattern(&self, pattern: &str) -> String {
+    pub(crate) fn physical_pattern(&self, pattern: &str) -> String {
         let mut physical = String::with_capacity(self.inner.pattern_prefix.len() + pattern.len());
         physical.push_str(&self.inner.pattern_prefix);
         physical.push_str(pattern);
@@ -358,20 +358,6 @@ impl CacheService {
                 tracing::warn!(op, %key, fault = %kind, error = %error.detail(), "cache backend refused the operation; falling back")
             }
         }
-    }
-
-    /// Lets a read reach the backend only once no invalidation waits to be applied: replays them
-    /// first, or refuses.
-    pub(crate) async fn read_gate(&self, budget: &Budget) -> Result<(), CacheError> {
-        let inner = &*self.inner;
-        if !inner.deferred.is_pending() {
-            return Ok(());
-        }
-        let everything = self.physical_pattern("*");
-        inner
-            .deferred
-            .replay(&inner.guard, &everything, &inner.counters, budget)
-            .await
     }
 
     // ----- reads -------------------------------------------------------------------------
@@ -425,116 +411,6 @@ impl CacheService {
         result
     }
 
-    /// A read from the primary backend. Counts hits and misses of the reads that reached it;
-    /// a read that failed is counted by the caller, which may still find it in the fallback.
-    async fn read<T: DeserializeOwned>(
-        &self,
-        key: &str,
-        budget: &Budget,
-    ) -> Result<Option<T>, CacheError> {
-        self.read_gate(budget).await?;
-        let physical = self.physical_key(key);
-        let guard = self.guard();
-        let bytes = match guard
-            .call("get", Bound::Op, budget, guard.backend().get(&physical))
-            .await
-        {
-            Err(e @ CacheError::TooLarge { .. }) => {
-                self.remove_oversized(key, &physical, budget).await;
-                return Err(e);
-            }
-            other => other?,
-        };
-        self.decode_or_remove(key, &physical, bytes, budget).await
-    }
-
-    /// Decodes what the backend returned; an undecodable value is removed if it is still there
-    /// (compare-and-delete: a value written meanwhile survives).
-    pub(crate) async fn decode_or_remove<T: DeserializeOwned>(
-        &self,
-        key: &str,
-        physical: &str,
-        bytes: Option<Vec<u8>>,
-        budget: &Budget,
-    ) -> Result<Option<T>, CacheError> {
-        let Some(bytes) = bytes else {
-            return self.decode(key, None);
-        };
-        match self.decode(key, Some(&bytes)) {
-            Err(error) => {
-                // Best effort: if the removal fails too, the next read finds the same bytes and
-                // misses again, which is still correct.
-                let guard = self.guard();
-                let remove = guard.backend().release(physical, &bytes);
-                let _ = guard.call("delete", Bound::Op, budget, remove).await;
-                Err(error)
-            }
-            decoded => decoded,
-        }
-    }
-
-    /// Removes a value too large to read, so it stops costing every reader a round trip.
-    pub(crate) async fn remove_oversized(&self, key: &str, physical: &str, budget: &Budget) {
-        tracing::warn!(
-            key = %self.log_key(key),
-            max = self.inner.max_value_bytes,
-            "cached value is larger than the maximum value size; removing it"
-        );
-        let guard = self.guard();
-        let _ = guard
-            .call(
-                "delete",
-                Bound::Op,
-                budget,
-                guard.backend().delete(physical),
-            )
-            .await;
-    }
-
-    /// Decodes what a store returned, counting the hit, the miss or the undecodable value.
-    pub(crate) fn decode<T: DeserializeOwned>(
-        &self,
-        key: &str,
-        bytes: Option<&[u8]>,
-    ) -> Result<Option<T>, CacheError> {
-        let counters = &self.inner.counters;
-        let Some(bytes) = bytes.filter(|b| !crate::backend::is_lease_marker(b)) else {
-            // Empty, or another caller's lease: that caller is loading it.
-            Counters::bump(&counters.misses);
-            return Ok(None);
-        };
-        match codec::decode(key, bytes) {
-            Ok(value) => {
-                Counters::bump(&counters.hits);
-                Ok(Some(value))
-            }
-            Err(error) => {
-                Counters::bump(&counters.misses);
-                Counters::bump(&counters.decode_errors);
-                tracing::warn!(key = %self.log_key(key), error = %error.detail(), "cached value did not decode into the requested type; removing it");
-                Err(error)
-            }
-        }
-    }
-
-    /// A read that could not use the primary backend: the fallback store if there is one,
-    /// else a miss.
-    async fn fallback_get<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
-        let Some((store, _)) = &self.inner.fallback else {
-            Counters::bump(&self.inner.counters.misses);
-            return None;
-        };
-        let physical = self.physical_key(key);
-        let bytes = store.get(&physical).await.ok().flatten();
-        match self.decode(key, bytes.as_deref()) {
-            Ok(value) => value,
-            Err(_) => {
-                let _ = store.delete(&physical).await;
-                None
-            }
-        }
-    }
-
     // ----- writes ------------------------------------------------------------------------
 
     /// Stores `value` under `key` for `ttl` (`None`: the default TTL). Returns whether the
@@ -561,77 +437,6 @@ impl CacheService {
                 false
             }
         }
-    }
-
-    /// Encodes a value for the store, refusing one over the maximum value size.
-    pub(crate) fn encode<T: Serialize + ?Sized>(
-        &self,
-        key: &str,
-        value: &T,
-    ) -> Result<Vec<u8>, CacheError> {
-        let bytes = codec::encode(key, value)?;
-        let max = self.inner.max_value_bytes;
-        if bytes.len() as u64 > max {
-            self.inner.counters.fault(crate::error::FaultKind::TooLarge);
-            return Err(CacheError::TooLarge { max });
-        }
-        Ok(bytes)
-    }
-
-    /// Writes encoded bytes; on a backend failure, to the fallback store if there is one.
-    pub(crate) async fn store(
-        &self,
-        key: &str,
-        bytes: &[u8],
-        ttl: Option<Duration>,
-        budget: &Budget,
-    ) -> bool {
-        match self.try_store(key, bytes, ttl, budget).await {
-            Ok(()) => true,
-            Err(e) => {
-                if e.is_transport() || e.is_skipped() {
-                    self.degraded("set", key, &e);
-                    self.store_fallback(key, bytes, ttl).await;
-                } else {
-                    tracing::warn!(key = %self.log_key(key), error = %e.detail(), "value not cached");
-                }
-                false
-            }
-        }
-    }
-
-    pub(crate) async fn store_fallback(&self, key: &str, bytes: &[u8], ttl: Option<Duration>) {
-        if let Some((store, fallback_ttl)) = &self.inner.fallback {
-            let ttl = ttl.unwrap_or(self.inner.default_ttl).min(*fallback_ttl);
-            let _ = store.set(&self.physical_key(key), bytes, ttl).await;
-        }
-    }
-
-    async fn try_store(
-        &self,
-        key: &str,
-        bytes: &[u8],
-        ttl: Option<Duration>,
-        budget: &Budget,
-    ) -> Result<(), CacheError> {
-        let ttl = self.ttl(ttl)?;
-        let physical = self.physical_key(key);
-        let guard = self.guard();
-        guard
-            .call(
-                "set",
-                Bound::Op,
-                budget,
-                guard.backend().set(&physical, bytes, ttl),
-            )
-            .await?;
-        Counters::bump(&self.inner.counters.sets);
-        Ok(())
-    }
-
-    /// The TTL of a write: the given one or the default, checked.
-    pub(crate) fn ttl(&self, ttl: Option<Duration>) -> Result<Duration, CacheError> {
-        check_ttl(ttl.unwrap_or(self.inner.default_ttl))
     }
 
     /// Stores `value`, returning the error if it could not be encoded or stored. A zero
@@ -756,41 +561,6 @@ impl CacheService {
     /// ```
     pub async fn try_clear_all(&self) -> Result<u64, CacheError> {
         self.try_invalidate_pattern("*").await
-    }
-
-    /// The one removal path: the fallback store, then the backend; a removal the backend could
-    /// not receive is remembered.
-    async fn remove(&self, removal: Removal<'_>) -> Result<u64, CacheError> {
-        let inner = &*self.inner;
-        let budget = Budget::default();
-        let guard = self.guard();
-        let backend = guard.backend();
-        let result = match removal {
-            Removal::Key(key) => {
-                if let Some((store, _)) = &inner.fallback {
-                    let _ = store.delete(key).await;
-                }
-                guard
-                    .call("delete", Bound::Op, &budget, backend.delete(key))
-                    .await
-                    .map(u64::from)
-            }
-            Removal::Pattern(pattern) => {
-                if let Some((store, _)) = &inner.fallback {
-                    let _ = store.delete_matching(pattern).await;
-                }
-                let walk = backend.delete_matching(pattern);
-                guard
-                    .call("invalidate_pattern", Bound::Admin, &budget, walk)
-                    .await
-            }
-        };
-        if let Err(e) = &result
-            && (e.is_transport() || e.is_skipped())
-        {
-            inner.deferred.remember(removal, &inner.counters);
-        }
-        result
     }
 
     // ----- cache-aside ---------------------------------------------------------------------
@@ -981,179 +751,4 @@ pub fn set_global(service: CacheService) -> Result<(), CacheService> {
 /// ```
 pub fn global() -> Option<&'static CacheService> {
     GLOBAL.get()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    async fn memory_with(leases: bool, single_flight: bool) -> CacheService {
-        CacheService::builder()
-            .memory(1 << 20)
-            .leases(leases)
-            .single_flight(single_flight)
-            .build()
-            .await
-            .unwrap()
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_misses_run_the_loader_once() {
-        let cache = memory_with(true, true).await;
-        let runs = Arc::new(AtomicUsize::new(0));
-        let mut tasks = Vec::new();
-        for _ in 0..200 {
-            let (cache, runs) = (cache.clone(), runs.clone());
-            tasks.push(tokio::spawn(async move {
-                cache
-                    .get_or_load("hot", None, || async {
-                        runs.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        Ok::<_, std::io::Error>(7u32)
-                    })
-                    .await
-                    .unwrap()
-            }));
-        }
-        for task in tasks {
-            assert_eq!(task.await.unwrap(), 7);
-        }
-        assert_eq!(runs.load(Ordering::SeqCst), 1);
-        assert!(cache.stats().coalesced > 0);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn without_single_flight_or_leases_every_miss_loads() {
-        let cache = memory_with(false, false).await;
-        let runs = Arc::new(AtomicUsize::new(0));
-        let barrier = Arc::new(tokio::sync::Barrier::new(20));
-        let mut tasks = Vec::new();
-        for _ in 0..20 {
-            let (cache, runs, barrier) = (cache.clone(), runs.clone(), barrier.clone());
-            tasks.push(tokio::spawn(async move {
-                cache
-                    .get_or_load("hot", None, || async {
-                        runs.fetch_add(1, Ordering::SeqCst);
-                        barrier.wait().await; // every caller is inside its loader at once
-                        Ok::<_, std::io::Error>(7u32)
-                    })
-                    .await
-                    .unwrap()
-            }));
-        }
-        for task in tasks {
-            assert_eq!(task.await.unwrap(), 7);
-        }
-        assert_eq!(runs.load(Ordering::SeqCst), 20);
-    }
-
-    #[tokio::test]
-    async fn a_failed_or_panicking_loader_does_not_wedge_the_key() {
-        let cache = memory_with(true, true).await;
-        let failed: Result<u32, &str> = cache
-            .get_or_load("k", None, || async { Err("db down") })
-            .await;
-        assert_eq!(failed, Err("db down"));
-        assert_eq!(cache.get::<u32>("k").await, None, "errors are not cached");
-
-        let panicking = {
-            let cache = cache.clone();
-            tokio::spawn(async move {
-                cache
-                    .get_or_load("k", None, || async {
-                        panic!("loader panicked");
-                        #[allow(unreachable_code)]
-                        Ok::<u32, std::io::Error>(0)
-                    })
-                    .await
-            })
-        };
-        assert!(panicking.await.is_err());
-        let value = cache
-            .get_or_load("k", None, || async { Ok::<_, std::io::Error>(3u32) })
-            .await
-            .unwrap();
-        assert_eq!(value, 3);
-        assert_eq!(cache.get::<u32>("k").await, Some(3));
-    }
-
-    /// Starts a `get_or_load` whose loader stops inside the load until the returned `Notify`
-    /// is notified, and returns once the loader is running.
-    async fn start_blocked_load(
-        cache: &CacheService,
-        key: &'static str,
-        value: &'static str,
-    ) -> (tokio::task::JoinHandle<String>, Arc<tokio::sync::Notify>) {
-        let loading = Arc::new(tokio::sync::Notify::new());
-        let go_on = Arc::new(tokio::sync::Notify::new());
-        let task = {
-            let (cache, loading, go_on) = (cache.clone(), loading.clone(), go_on.clone());
-            tokio::spawn(async move {
-                cache
-                    .get_or_load(key, None, || async {
-                        loading.notify_one();
-                        go_on.notified().await;
-                        Ok::<_, std::io::Error>(value.to_string())
-                    })
-                    .await
-                    .unwrap()
-            })
-        };
-        loading.notified().await;
-        (task, go_on)
-    }
-
-    /// A caller that arrives after an invalidation must not be handed the value an earlier
-    /// caller was loading when the invalidation happened.
-    #[tokio::test]
-    async fn a_follower_arriving_after_an_invalidation_does_not_get_the_stale_load() {
-        let cache = memory_with(true, true).await;
-        let (early, go_on) = start_blocked_load(&cache, "users:1", "old").await;
-        cache.delete("users:1").await; // the writer's invalidation
-        let late = {
-            let cache = cache.clone();
-            tokio::spawn(async move {
-                cache
-                    .get_or_load("users:1", None, || async {
-                        Ok::<_, std::io::Error>("new".to_string())
-                    })
-                    .await
-                    .unwrap()
-            })
-        };
-        tokio::task::yield_now().await;
-        go_on.notify_one();
-        assert_eq!(early.await.unwrap(), "old");
-        assert_eq!(late.await.unwrap(), "new");
-        assert_eq!(cache.get::<String>("users:1").await.as_deref(), Some("new"));
-    }
-
-    /// A reader loads the old row; a writer invalidates while it loads; the reader's write must
-    /// not land. With leases off the stale value does land, which shows the test can fail.
-    #[tokio::test]
-    async fn an_invalidation_during_a_load_refuses_the_stale_write() {
-        for leases in [true, false] {
-            let cache = memory_with(leases, true).await;
-            let (reader, go_on) = start_blocked_load(&cache, "users:1", "old").await;
-            cache.invalidate_pattern("users:*").await; // the writer's invalidation
-            go_on.notify_one();
-            assert_eq!(
-                reader.await.unwrap(),
-                "old",
-                "the caller still gets what it loaded"
-            );
-            let cached = cache.get::<String>("users:1").await;
-            if leases {
-                assert_eq!(cached, None);
-                assert_eq!(cache.stats().stale_sets_prevented, 1);
-            } else {
-                assert_eq!(
-                    cached.as_deref(),
-                    Some("old"),
-                    "without leases the stale set lands"
-                );
-            }
-        }
-    }
 }

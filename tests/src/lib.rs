@@ -33,6 +33,15 @@ mod server;
 pub use proxy::FaultProxy;
 pub use server::RedisServer;
 
+/// Awaits `call`, failing the test if it does not complete within `bound`: a hang detector for
+/// calls that are bounded by much shorter timeouts, never a measurement.
+pub async fn within<T>(bound: std::time::Duration, what: &str, call: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(bound, call).await {
+        Ok(value) => value,
+        Err(_) => panic!("`{what}` did not complete within {bound:?}"),
+    }
+}
+
 /// Installs a `tracing` subscriber for tests; call it first in any test, as often as you like.
 ///
 /// The filter comes from `RUST_LOG` (default `warn`); output goes through the test writer, so

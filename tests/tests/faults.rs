@@ -9,30 +9,23 @@
 //! ```
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cachekit::{BreakerState, CacheService, FaultKind};
-use cachekit_tests::{FaultProxy, RedisServer, init_tracing, raw};
+use cachekit_tests::{FaultProxy, RedisServer, init_tracing, raw, within};
 use redis::aio::MultiplexedConnection;
 
 /// How long any one call may take before the test calls it hung. Far above every operation
 /// timeout and loader delay used here.
 const BOUND: Duration = Duration::from_secs(10);
 
-/// Awaits `call`, failing the test if it does not complete within [`BOUND`].
-async fn within<T>(what: &str, call: impl Future<Output = T>) -> T {
-    tokio::time::timeout(BOUND, call)
-        .await
-        .unwrap_or_else(|_| panic!("`{what}` did not complete within {BOUND:?}"))
-}
-
 /// `get_or_load` of `key` with a loader that returns `value` and cannot fail.
 async fn load(cache: &CacheService, key: &str, value: &str) -> String {
     let value = value.to_string();
     let Ok(loaded) = within(
+        BOUND,
         "get_or_load",
         cache.get_or_load(key, None, || async { Ok::<_, Infallible>(value) }),
     )
@@ -86,7 +79,7 @@ async fn replies_do_not_open_the_breaker_and_an_invalidation_still_lands() {
         Some(json("old")),
         "the first load was not cached"
     );
-    assert!(within("set", cache.set("users:2", &"kept", None)).await);
+    assert!(within(BOUND, "set", cache.set("users:2", &"kept", None)).await);
 
     // Fill the server until it refuses writes, with keys outside the prefix.
     let filler = vec![b'f'; 100 * 1024];
@@ -132,13 +125,13 @@ async fn replies_do_not_open_the_breaker_and_an_invalidation_still_lands() {
     for i in 0..CALLS {
         let key = format!("other:{i}");
         assert!(
-            !within("set", cache.set(&key, &i, None)).await,
+            !within(BOUND, "set", cache.set(&key, &i, None)).await,
             "a set was accepted by a full server"
         );
         let value = format!("loaded-{i}");
         assert_eq!(load(&cache, &key, &value).await, value);
     }
-    let error = within("try_set", cache.try_set("other:try", &1, None))
+    let error = within(BOUND, "try_set", cache.try_set("other:try", &1, None))
         .await
         .expect_err("a full server accepted a write");
     assert_eq!(error.fault_kind(), Some(FaultKind::OutOfMemory), "{error}");
@@ -146,13 +139,13 @@ async fn replies_do_not_open_the_breaker_and_an_invalidation_still_lands() {
 
     // Reads still work, and so does removal.
     assert_eq!(
-        within("get", cache.get::<String>("users:2"))
+        within(BOUND, "get", cache.get::<String>("users:2"))
             .await
             .as_deref(),
         Some("kept"),
         "a cached key stopped hitting while the server was full"
     );
-    let deleted = within("try_delete", cache.try_delete("users:1"))
+    let deleted = within(BOUND, "try_delete", cache.try_delete("users:1"))
         .await
         .expect("the invalidation did not land on a full server");
     assert!(deleted, "the cached key was not found to delete");
@@ -180,10 +173,13 @@ async fn replies_do_not_open_the_breaker_and_an_invalidation_still_lands() {
         .query_async(&mut conn)
         .await
         .expect("raw DEL of the fillers");
-    assert_eq!(within("get", cache.get::<String>("users:1")).await, None);
+    assert_eq!(
+        within(BOUND, "get", cache.get::<String>("users:1")).await,
+        None
+    );
     assert_eq!(load(&cache, "users:1", "new").await, "new");
     assert_eq!(
-        within("get", cache.get::<String>("users:1"))
+        within(BOUND, "get", cache.get::<String>("users:1"))
             .await
             .as_deref(),
         Some("new")
@@ -209,7 +205,7 @@ async fn command_calls(conn: &mut MultiplexedConnection, command: &str) -> u64 {
 /// Waits until the server has no client but the caller's own connection: after a proxy cut,
 /// proof that nothing the service sends can reach the server.
 async fn until_alone(conn: &mut MultiplexedConnection) {
-    within("the cut connections closing", async {
+    within(BOUND, "the cut connections closing", async {
         while info_field(conn, "clients", "connected_clients").await > 1 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -238,15 +234,20 @@ async fn an_invalidation_lost_to_a_cut_connection_is_applied_before_the_next_rea
     proxy.cut();
     until_alone(&mut conn).await;
     assert!(
-        !within("delete", cache.delete("users:1")).await,
+        !within(BOUND, "delete", cache.delete("users:1")).await,
         "a delete through a cut connection reported success"
     );
-    let error = within("try_delete", cache.try_delete("users:1"))
+    let error = within(BOUND, "try_delete", cache.try_delete("users:1"))
         .await
         .expect_err("a delete through a cut connection succeeded");
     assert!(error.is_transport() || error.is_skipped(), "{error}");
     assert_eq!(
-        within("invalidate_pattern", cache.invalidate_pattern("users:*")).await,
+        within(
+            BOUND,
+            "invalidate_pattern",
+            cache.invalidate_pattern("users:*")
+        )
+        .await,
         0
     );
     assert_eq!(
@@ -261,7 +262,7 @@ async fn an_invalidation_lost_to_a_cut_connection_is_applied_before_the_next_rea
     // Back: reads until the breaker closes; not one may return the old value.
     proxy.restore();
     let mut reads = 0;
-    within("the breaker closing", async {
+    within(BOUND, "the breaker closing", async {
         loop {
             let read = cache.get::<String>("users:1").await;
             reads += 1;
@@ -284,7 +285,10 @@ async fn an_invalidation_lost_to_a_cut_connection_is_applied_before_the_next_rea
         None,
         "the lost invalidation was never applied"
     );
-    assert_eq!(within("get", cache.get::<String>("users:1")).await, None);
+    assert_eq!(
+        within(BOUND, "get", cache.get::<String>("users:1")).await,
+        None
+    );
     assert_eq!(load(&cache, "users:1", "new").await, "new");
     assert_eq!(raw_get(&mut conn, "cut:users:1").await, Some(json("new")));
 }
@@ -302,7 +306,7 @@ async fn one_poison_value_does_not_take_the_cache_down() {
         .build()
         .await
         .expect("service builds");
-    assert!(within("set", cache.set("small", &"fine", None)).await);
+    assert!(within(BOUND, "set", cache.set("small", &"fine", None)).await);
     // 20 MB of valid JSON: read whole, it would decode as a `String` and be served.
     let poison = json(&"x".repeat(20 << 20));
 
@@ -310,7 +314,7 @@ async fn one_poison_value_does_not_take_the_cache_down() {
     for round in 0..ROUNDS {
         raw::set(&mut conn, "poison:big", poison.as_str()).await;
         let started = Instant::now();
-        let read = within("get", cache.get::<String>("big")).await;
+        let read = within(BOUND, "get", cache.get::<String>("big")).await;
         eprintln!(
             "round {round}: get of the 20 MB value took {:?}",
             started.elapsed()
@@ -333,11 +337,13 @@ async fn one_poison_value_does_not_take_the_cache_down() {
             Some(json("small again")),
             "the loader's value did not replace the oversized one"
         );
-        assert!(within("delete", cache.delete("big")).await);
+        assert!(within(BOUND, "delete", cache.delete("big")).await);
 
         let hits = cache.stats().hits;
         assert_eq!(
-            within("get", cache.get::<String>("small")).await.as_deref(),
+            within(BOUND, "get", cache.get::<String>("small"))
+                .await
+                .as_deref(),
             Some("fine")
         );
         assert_eq!(cache.stats().hits, hits + 1, "the small key did not hit");
@@ -370,7 +376,7 @@ async fn a_call_against_a_stalled_redis_times_out_once() {
     // Connection made and scripts cached, so that the call below sends one command per step.
     assert_eq!(load(&cache, "warm-up", "warm").await, "warm");
     assert_eq!(
-        within("get", cache.get::<String>("warm-up"))
+        within(BOUND, "get", cache.get::<String>("warm-up"))
             .await
             .as_deref(),
         Some("warm")
@@ -383,6 +389,7 @@ async fn a_call_against_a_stalled_redis_times_out_once() {
     let loads = AtomicUsize::new(0);
     let started = Instant::now();
     let value = within(
+        BOUND,
         "get_or_load",
         cache.get_or_load("k", None, || async {
             loads.fetch_add(1, Ordering::SeqCst);
@@ -411,7 +418,7 @@ async fn a_call_against_a_stalled_redis_times_out_once() {
     // comes after all of it on the same connection.
     proxy.resume();
     assert_eq!(
-        within("get", cache.get::<i32>("k")).await,
+        within(BOUND, "get", cache.get::<i32>("k")).await,
         None,
         "a value no lease vouched for was cached"
     );
@@ -484,7 +491,7 @@ async fn followers_of_a_failed_loader_rejoin_instead_of_polling_redis() {
     let mut results = Vec::with_capacity(CALLERS);
     for call in calls {
         results.push(
-            within("a stampeding caller", call)
+            within(BOUND, "a stampeding caller", call)
                 .await
                 .expect("caller task"),
         );
@@ -561,7 +568,7 @@ async fn a_loader_slower_than_the_lease_keeps_its_lease() {
     );
     assert_eq!(load(&other, "report", "other").await, "other");
 
-    let Ok(value) = within("the slow load", loading)
+    let Ok(value) = within(BOUND, "the slow load", loading)
         .await
         .expect("the slow load's task");
     assert_eq!(value, "slow");
@@ -683,7 +690,9 @@ async fn run_with_password(returned: &mut Vec<String>) {
         .expect("service builds");
     assert_eq!(load(&good, "k", "v").await, "v");
     assert_eq!(
-        within("get", good.get::<String>("k")).await.as_deref(),
+        within(BOUND, "get", good.get::<String>("k"))
+            .await
+            .as_deref(),
         Some("v")
     );
 
@@ -705,7 +714,9 @@ async fn run_with_password(returned: &mut Vec<String>) {
         .await
         .expect("service builds");
     assert_eq!(
-        within("get", from_vars.get::<String>("k")).await.as_deref(),
+        within(BOUND, "get", from_vars.get::<String>("k"))
+            .await
+            .as_deref(),
         Some("v")
     );
 
@@ -713,23 +724,26 @@ async fn run_with_password(returned: &mut Vec<String>) {
         .await
         .expect("a service with a wrong password still builds, degraded");
     assert_eq!(load(&wrong, "k", "loaded").await, "loaded");
-    let health = within("health", wrong.health()).await;
+    let health = within(BOUND, "health", wrong.health()).await;
     assert!(!health.connected, "{health:?}");
     returned.push(format!("{wrong:?} {health:?} {:?}", wrong.stats()));
     returned.push(serde_json::to_string(&health).expect("health serializes"));
-    if let Err(error) = within("try_get", wrong.try_get::<String>("k")).await {
+    if let Err(error) = within(BOUND, "try_get", wrong.try_get::<String>("k")).await {
         returned.push(format!("{error} {error:?}"));
     }
 
     // An outage and a reconnection, which authenticates again.
     server.kill();
     assert_eq!(load(&good, "k", "loaded").await, "loaded");
-    if let Err(error) = within("try_set", good.try_set("k", &"x", None)).await {
+    if let Err(error) = within(BOUND, "try_set", good.try_set("k", &"x", None)).await {
         returned.push(format!("{error} {error:?}"));
     }
-    returned.push(format!("{:?}", within("health", good.health()).await));
+    returned.push(format!(
+        "{:?}",
+        within(BOUND, "health", good.health()).await
+    ));
     server.restart();
-    within("the reconnection", async {
+    within(BOUND, "the reconnection", async {
         while good.stats().breaker != BreakerState::Closed {
             let _ = good.get::<String>("k").await;
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -738,7 +752,9 @@ async fn run_with_password(returned: &mut Vec<String>) {
     .await;
     assert_eq!(load(&good, "k", "again").await, "again");
     assert_eq!(
-        within("get", good.get::<String>("k")).await.as_deref(),
+        within(BOUND, "get", good.get::<String>("k"))
+            .await
+            .as_deref(),
         Some("again"),
         "the service did not reconnect with its password"
     );

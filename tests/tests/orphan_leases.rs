@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use cachekit::CacheService;
 use cachekit_tests::proxy::Hold;
-use cachekit_tests::{FaultProxy, RedisServer, raw};
+use cachekit_tests::{FaultProxy, RedisServer, raw, within};
 
 /// How long the second service may take to load and store. Far below the lease TTL.
 const BOUND: Duration = Duration::from_secs(5);
@@ -55,13 +55,6 @@ async fn second_service(server: &RedisServer) -> CacheService {
         .expect("second service builds")
 }
 
-/// Awaits `call`, failing the test if it does not complete within [`BOUND`].
-async fn within<T>(what: &str, call: impl Future<Output = T>) -> T {
-    tokio::time::timeout(BOUND, call)
-        .await
-        .unwrap_or_else(|_| panic!("`{what}` did not complete within {BOUND:?}"))
-}
-
 /// Loads `key` through `cache` with a loader that returns `value`.
 async fn load(cache: &CacheService, key: &str, value: &str) -> String {
     let value = value.to_string();
@@ -89,11 +82,15 @@ async fn describe(server: &RedisServer, key: &str) -> String {
 /// next lease request goes out as one `EVALSHA` (not `EVALSHA`, `NOSCRIPT`, `SCRIPT LOAD`,
 /// `EVALSHA`, as redis-rs's `Script::invoke_async` does the first time).
 async fn warm_up(cache: &CacheService) {
-    let value = within("the warm-up load", load(cache, "warm-up", "warm")).await;
+    let value = within(BOUND, "the warm-up load", load(cache, "warm-up", "warm")).await;
     assert_eq!(value, "warm");
-    let stored = within("the warm-up read", cache.try_get::<String>("warm-up"))
-        .await
-        .expect("the warm-up read");
+    let stored = within(
+        BOUND,
+        "the warm-up read",
+        cache.try_get::<String>("warm-up"),
+    )
+    .await
+    .expect("the warm-up read");
     assert_eq!(
         stored.as_deref(),
         Some("warm"),
@@ -105,6 +102,7 @@ async fn warm_up(cache: &CacheService) {
 /// its connection, which is answered in order, after them.
 async fn drain(cache: &CacheService) {
     within(
+        BOUND,
         "a read through the first service",
         cache.try_get::<String>("drain"),
     )
@@ -116,7 +114,7 @@ async fn drain(cache: &CacheService) {
 /// first service queued behind it.
 async fn after_release(hold: &Hold, first: &CacheService) {
     assert!(
-        within("the end of the hold", hold.released()).await,
+        within(BOUND, "the end of the hold", hold.released()).await,
         "the held lease request was lost"
     );
     drain(first).await;
@@ -163,9 +161,9 @@ async fn a_leader_cancelled_while_its_lease_request_is_in_flight_does_not_wedge_
         let first = first.clone();
         tokio::spawn(async move { load(&first, "k", FIRST_VALUE).await })
     };
-    within("the lease request reaching the proxy", hold.held()).await;
+    within(BOUND, "the lease request reaching the proxy", hold.held()).await;
     leader.abort();
-    match within("the cancelled leader", leader).await {
+    match within(BOUND, "the cancelled leader", leader).await {
         Err(error) => assert!(error.is_cancelled(), "the leader failed: {error}"),
         Ok(value) => panic!("the leader finished ({value:?}) before it was cancelled"),
     }
@@ -185,7 +183,12 @@ async fn a_lease_request_that_times_out_but_runs_on_the_server_does_not_wedge_th
 
     // Held past the 250 ms timeout: the caller gives up on it, the server runs it later.
     let hold = proxy.hold_next(b"EVALSHA", Duration::from_millis(600));
-    let value = within("the first service's load", load(&first, "k", FIRST_VALUE)).await;
+    let value = within(
+        BOUND,
+        "the first service's load",
+        load(&first, "k", FIRST_VALUE),
+    )
+    .await;
     assert_eq!(
         value, FIRST_VALUE,
         "the first call returns its loader's value"
@@ -205,7 +208,12 @@ async fn a_fill_cut_off_does_not_wedge_the_key() {
 
     let fill_value = "fill-me-7f3a";
     let tripwire = proxy.cut_on(fill_value.as_bytes());
-    let value = within("the first service's load", load(&first, "k", fill_value)).await;
+    let value = within(
+        BOUND,
+        "the first service's load",
+        load(&first, "k", fill_value),
+    )
+    .await;
     assert_eq!(
         value, fill_value,
         "the first call returns its loader's value"
@@ -249,7 +257,7 @@ async fn a_runtime_shut_down_mid_load_does_not_wedge_the_key() {
     });
 
     let mut conn = server.connection().await;
-    within("the first service's lease marker", async {
+    within(BOUND, "the first service's lease marker", async {
         loop {
             let bytes: Option<Vec<u8>> = raw::get(&mut conn, &physical("k")).await;
             if bytes.is_some_and(|bytes| bytes.starts_with(LEASE_MARKER)) {

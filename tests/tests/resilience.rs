@@ -4,13 +4,12 @@
 //! The harness's kill, pause and restart block their thread while they wait for the process, so
 //! these tests run on a multi-threaded runtime and call them through `block_in_place`.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cachekit::backend::MemoryBackend;
 use cachekit::{BreakerState, CacheService, Fallback};
-use cachekit_tests::{RedisServer, init_tracing};
+use cachekit_tests::{RedisServer, init_tracing, within};
 
 /// How long any single call may take before the test calls it hung. Generous: the calls under
 /// test are bounded by timeouts of a few hundred milliseconds.
@@ -19,14 +18,6 @@ const CALL_BOUND: Duration = Duration::from_secs(2);
 const RECOVERY_BOUND: Duration = Duration::from_secs(10);
 /// Cool-down of the breaker in these tests.
 const OPEN_FOR: Duration = Duration::from_millis(300);
-
-/// Awaits `call`, failing the test if it does not complete within [`CALL_BOUND`].
-async fn within<T>(what: &str, call: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(CALL_BOUND, call).await {
-        Ok(value) => value,
-        Err(_) => panic!("`{what}` did not return within {CALL_BOUND:?}"),
-    }
-}
 
 async fn load<T>(calls: &AtomicUsize, value: T) -> Result<T, String> {
     calls.fetch_add(1, Ordering::SeqCst);
@@ -49,6 +40,7 @@ async fn until_hit(cache: &CacheService, key: &str, calls: &AtomicUsize, value: 
     let deadline = Instant::now() + RECOVERY_BOUND;
     loop {
         let fetched = within(
+            CALL_BOUND,
             "get_or_load",
             cache.get_or_load_with_status(key, None, || load(calls, value.to_string())),
         )
@@ -87,6 +79,7 @@ async fn redis_killed_mid_use_falls_back_to_the_loader_and_recovers() {
     kill(&server);
     for round in 1..=5 {
         let fetched = within(
+            CALL_BOUND,
             "get_or_load",
             cache.get_or_load_with_status("users:1", None, || load(&calls, "Ada".to_string())),
         )
@@ -102,14 +95,17 @@ async fn redis_killed_mid_use_falls_back_to_the_loader_and_recovers() {
     assert_eq!(stats.breaker, BreakerState::Open, "{stats:?}");
 
     // The plain methods degrade, the try_ ones say why.
-    assert_eq!(within("get", cache.get::<String>("users:1")).await, None);
-    assert!(!within("set", cache.set("users:1", &"x", None)).await);
+    assert_eq!(
+        within(CALL_BOUND, "get", cache.get::<String>("users:1")).await,
+        None
+    );
+    assert!(!within(CALL_BOUND, "set", cache.set("users:1", &"x", None)).await);
     assert!(
-        within("try_get", cache.try_get::<String>("users:1"))
+        within(CALL_BOUND, "try_get", cache.try_get::<String>("users:1"))
             .await
             .is_err()
     );
-    let health = within("health", cache.health()).await;
+    let health = within(CALL_BOUND, "health", cache.health()).await;
     assert!(!health.connected);
     assert!(health.error.is_some());
     assert_eq!(health.server, None);
@@ -119,7 +115,7 @@ async fn redis_killed_mid_use_falls_back_to_the_loader_and_recovers() {
     until_hit(&cache, "users:1", &calls, "Ada").await;
     let stats = cache.stats();
     assert_eq!(stats.breaker, BreakerState::Closed, "{stats:?}");
-    assert!(within("health", cache.health()).await.connected);
+    assert!(within(CALL_BOUND, "health", cache.health()).await.connected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,6 +138,7 @@ async fn calls_return_within_the_timeout_while_redis_is_paused() {
     tokio::task::block_in_place(|| server.pause());
     for round in 1..=5 {
         let value = within(
+            CALL_BOUND,
             "get_or_load",
             cache.get_or_load("users:1", None, || load(&calls, "Ada".to_string())),
         )
@@ -153,24 +150,32 @@ async fn calls_return_within_the_timeout_while_redis_is_paused() {
     // Every other method returns too; the breaker may be open or probing by now, so also wait
     // out the cool-down so that these reach the paused server.
     tokio::time::sleep(OPEN_FOR).await;
-    assert_eq!(within("get", cache.get::<String>("users:1")).await, None);
+    assert_eq!(
+        within(CALL_BOUND, "get", cache.get::<String>("users:1")).await,
+        None
+    );
     tokio::time::sleep(OPEN_FOR).await;
-    assert!(!within("set", cache.set("users:2", &"x", None)).await);
+    assert!(!within(CALL_BOUND, "set", cache.set("users:2", &"x", None)).await);
     tokio::time::sleep(OPEN_FOR).await;
-    assert!(!within("delete", cache.delete("users:1")).await);
+    assert!(!within(CALL_BOUND, "delete", cache.delete("users:1")).await);
     tokio::time::sleep(OPEN_FOR).await;
     assert_eq!(
-        within("invalidate_pattern", cache.invalidate_pattern("users:*")).await,
+        within(
+            CALL_BOUND,
+            "invalidate_pattern",
+            cache.invalidate_pattern("users:*")
+        )
+        .await,
         0
     );
     tokio::time::sleep(OPEN_FOR).await;
-    assert_eq!(within("clear_all", cache.clear_all()).await, 0);
+    assert_eq!(within(CALL_BOUND, "clear_all", cache.clear_all()).await, 0);
     tokio::time::sleep(OPEN_FOR).await;
-    let error = within("try_get", cache.try_get::<String>("users:1"))
+    let error = within(CALL_BOUND, "try_get", cache.try_get::<String>("users:1"))
         .await
         .unwrap_err();
     assert!(error.is_timeout(), "{error}");
-    let health = within("health", cache.health()).await;
+    let health = within(CALL_BOUND, "health", cache.health()).await;
     assert!(!health.connected);
     assert!(health.error.is_some());
     let stats = cache.stats();
@@ -198,6 +203,7 @@ async fn start_up_with_redis_down_builds_degraded_and_reconnects_by_itself() {
     kill(&server);
 
     let cache = within(
+        CALL_BOUND,
         "build",
         CacheService::builder()
             .redis_url(&url)
@@ -214,6 +220,7 @@ async fn start_up_with_redis_down_builds_degraded_and_reconnects_by_itself() {
     let calls = AtomicUsize::new(0);
     for round in 1..=3 {
         let fetched = within(
+            CALL_BOUND,
             "get_or_load",
             cache.get_or_load_with_status("k", None, || load(&calls, "v".to_string())),
         )
@@ -235,7 +242,7 @@ async fn start_up_with_redis_down_builds_degraded_and_reconnects_by_itself() {
     }
     until_hit(&cache, "k", &calls, "v").await;
     assert_eq!(calls.load(Ordering::SeqCst), 4);
-    assert!(within("health", cache.health()).await.connected);
+    assert!(within(CALL_BOUND, "health", cache.health()).await.connected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,7 +261,7 @@ async fn the_open_breaker_skips_redis_until_it_answers_again() {
 
     kill(&server);
     for _ in 0..5 {
-        within("get", cache.get::<String>("k")).await;
+        within(CALL_BOUND, "get", cache.get::<String>("k")).await;
         if cache.stats().breaker == BreakerState::Open {
             break;
         }
@@ -266,6 +273,7 @@ async fn the_open_breaker_skips_redis_until_it_answers_again() {
     for _ in 0..10 {
         assert_eq!(
             within(
+                CALL_BOUND,
                 "get_or_load",
                 cache.get_or_load("k", None, || load(&calls, "v".to_string()))
             )
@@ -273,9 +281,9 @@ async fn the_open_breaker_skips_redis_until_it_answers_again() {
             .unwrap(),
             "v"
         );
-        assert!(!within("set", cache.set("k", &"v", None)).await);
-        assert!(!within("delete", cache.delete("k")).await);
-        assert_eq!(within("clear_all", cache.clear_all()).await, 0);
+        assert!(!within(CALL_BOUND, "set", cache.set("k", &"v", None)).await);
+        assert!(!within(CALL_BOUND, "delete", cache.delete("k")).await);
+        assert_eq!(within(CALL_BOUND, "clear_all", cache.clear_all()).await, 0);
     }
     let skipped = cache.stats();
     assert_eq!(skipped.errors, opened.errors, "{skipped:?}");
@@ -284,31 +292,35 @@ async fn the_open_breaker_skips_redis_until_it_answers_again() {
         "{opened:?} {skipped:?}"
     );
     assert!(
-        within("try_get", cache.try_get::<String>("k"))
+        within(CALL_BOUND, "try_get", cache.try_get::<String>("k"))
             .await
             .unwrap_err()
             .is_circuit_open()
     );
     assert!(
-        within("try_set", cache.try_set("k", &"v", None))
+        within(CALL_BOUND, "try_set", cache.try_set("k", &"v", None))
             .await
             .unwrap_err()
             .is_circuit_open()
     );
     assert!(
-        within("try_delete", cache.try_delete("k"))
+        within(CALL_BOUND, "try_delete", cache.try_delete("k"))
             .await
             .unwrap_err()
             .is_circuit_open()
     );
     assert!(
-        within("try_invalidate", cache.try_invalidate_pattern("*"))
-            .await
-            .unwrap_err()
-            .is_circuit_open()
+        within(
+            CALL_BOUND,
+            "try_invalidate",
+            cache.try_invalidate_pattern("*")
+        )
+        .await
+        .unwrap_err()
+        .is_circuit_open()
     );
     assert!(
-        within("try_clear_all", cache.try_clear_all())
+        within(CALL_BOUND, "try_clear_all", cache.try_clear_all())
             .await
             .unwrap_err()
             .is_circuit_open()
@@ -316,11 +328,11 @@ async fn the_open_breaker_skips_redis_until_it_answers_again() {
 
     // health() measures a real round trip whatever the breaker says, and never changes it:
     // only the breaker's own probe, after the cool-down, closes it.
-    assert!(!within("health", cache.health()).await.connected);
+    assert!(!within(CALL_BOUND, "health", cache.health()).await.connected);
     assert_eq!(cache.stats().breaker, BreakerState::Open);
     restart(&server);
     let deadline = Instant::now() + RECOVERY_BOUND;
-    while !within("health", cache.health()).await.connected {
+    while !within(CALL_BOUND, "health", cache.health()).await.connected {
         assert!(Instant::now() < deadline, "health never connected");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -332,7 +344,7 @@ async fn the_open_breaker_skips_redis_until_it_answers_again() {
     // The deletes skipped while the breaker was open were remembered: the first read after
     // the cool-down applies them (as the breaker's probe) before it reads.
     let read = loop {
-        match within("try_get", cache.try_get::<String>("k")).await {
+        match within(CALL_BOUND, "try_get", cache.try_get::<String>("k")).await {
             Ok(read) => break read,
             Err(e) => assert!(e.is_skipped(), "{e}"),
         }
@@ -358,32 +370,44 @@ async fn try_methods_report_backend_failures() {
         .unwrap();
     kill(&server);
 
-    let error = within("try_get", cache.try_get::<String>("k"))
+    let error = within(CALL_BOUND, "try_get", cache.try_get::<String>("k"))
         .await
         .unwrap_err();
     assert!(!error.is_circuit_open() && !error.is_decode(), "{error}");
     assert!(
-        within("try_set", cache.try_set("k", &1, None))
-            .await
-            .is_err()
-    );
-    assert!(within("try_delete", cache.try_delete("k")).await.is_err());
-    assert!(
-        within("try_invalidate", cache.try_invalidate_pattern("*"))
+        within(CALL_BOUND, "try_set", cache.try_set("k", &1, None))
             .await
             .is_err()
     );
     assert!(
-        within("try_clear_all", cache.try_clear_all())
+        within(CALL_BOUND, "try_delete", cache.try_delete("k"))
             .await
             .is_err()
     );
-    assert_eq!(within("get", cache.get::<i32>("k")).await, None);
-    assert!(!within("set", cache.set("k", &1, None)).await);
-    assert!(!within("delete", cache.delete("k")).await);
-    assert_eq!(within("invalidate", cache.invalidate_pattern("*")).await, 0);
-    assert_eq!(within("clear_all", cache.clear_all()).await, 0);
+    assert!(
+        within(
+            CALL_BOUND,
+            "try_invalidate",
+            cache.try_invalidate_pattern("*")
+        )
+        .await
+        .is_err()
+    );
+    assert!(
+        within(CALL_BOUND, "try_clear_all", cache.try_clear_all())
+            .await
+            .is_err()
+    );
+    assert_eq!(within(CALL_BOUND, "get", cache.get::<i32>("k")).await, None);
+    assert!(!within(CALL_BOUND, "set", cache.set("k", &1, None)).await);
+    assert!(!within(CALL_BOUND, "delete", cache.delete("k")).await);
+    assert_eq!(
+        within(CALL_BOUND, "invalidate", cache.invalidate_pattern("*")).await,
+        0
+    );
+    assert_eq!(within(CALL_BOUND, "clear_all", cache.clear_all()).await, 0);
     let failed: Result<i32, String> = within(
+        CALL_BOUND,
         "get_or_load",
         cache.get_or_load("k", None, || async { Err("db down too".to_string()) }),
     )
@@ -418,6 +442,7 @@ async fn the_memory_fallback_serves_during_an_outage_and_is_cleared_after() {
         let cache = &cache;
         async move {
             within(
+                CALL_BOUND,
                 "get_or_load",
                 cache.get_or_load_with_status("k", None, || load(calls, value.to_string())),
             )
@@ -437,17 +462,22 @@ async fn the_memory_fallback_serves_during_an_outage_and_is_cleared_after() {
     );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert_eq!(
-        within("get", cache.get::<String>("k")).await.as_deref(),
+        within(CALL_BOUND, "get", cache.get::<String>("k"))
+            .await
+            .as_deref(),
         Some("v1")
     );
     let stats = cache.stats();
     assert!(stats.errors > 0 && stats.fallbacks > 0, "{stats:?}");
 
     // Invalidations made here reach the fallback too.
-    assert_eq!(within("invalidate", cache.invalidate_pattern("*")).await, 0);
+    assert_eq!(
+        within(CALL_BOUND, "invalidate", cache.invalidate_pattern("*")).await,
+        0
+    );
     let third = get_or_load("v3").await;
     assert_eq!((third.value.as_str(), third.from_cache), ("v3", false));
-    assert!(!within("delete", cache.delete("k")).await);
+    assert!(!within(CALL_BOUND, "delete", cache.delete("k")).await);
     let fourth = get_or_load("v4").await;
     assert_eq!((fourth.value.as_str(), fourth.from_cache), ("v4", false));
     assert_eq!(calls.load(Ordering::SeqCst), 3);
@@ -456,7 +486,7 @@ async fn the_memory_fallback_serves_during_an_outage_and_is_cleared_after() {
     restart(&server);
     let deadline = Instant::now() + RECOVERY_BOUND;
     loop {
-        within("get", cache.get::<String>("probe")).await;
+        within(CALL_BOUND, "get", cache.get::<String>("probe")).await;
         if cache.stats().breaker == BreakerState::Closed {
             break;
         }

@@ -192,10 +192,6 @@ impl Backend for MemoryBackend {
         Ok(removed)
     }
 
-    async fn count_matching(&self, pattern: &str, _budget: u64) -> Result<(u64, bool), CacheError> {
-        Ok((self.matching_keys(pattern).len() as u64, true))
-    }
-
     async fn try_lease(
         &self,
         key: &str,
@@ -281,7 +277,6 @@ mod tests {
             m.get("q:users:1").await.unwrap().as_deref(),
             Some(&b"q:users:1"[..])
         );
-        assert_eq!(m.count_matching("p:*", 100).await.unwrap(), (1, true));
     }
 
     #[tokio::test]

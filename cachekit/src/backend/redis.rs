@@ -233,25 +233,6 @@ impl Backend for RedisBackend {
         }
     }
 
-    async fn count_matching(&self, pattern: &str, budget: u64) -> Result<(u64, bool), CacheError> {
-        let mut conn = self.conn.clone();
-        let mut cursor = 0;
-        let mut count = 0;
-        let mut examined = 0;
-        loop {
-            let (next, keys) = scan_step(&mut conn, cursor, pattern).await?;
-            count += keys.len() as u64;
-            examined += SCAN_COUNT;
-            if next == 0 {
-                return Ok((count, true));
-            }
-            if examined >= budget {
-                return Ok((count, false));
-            }
-            cursor = next;
-        }
-    }
-
     async fn try_lease(
         &self,
         key: &str,

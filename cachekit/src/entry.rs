@@ -1,0 +1,197 @@
+//! Single entries through the guard: reading (with the pending-invalidation gate, the size cap
+//! and the removal of undecodable values), writing (with the size cap and the TTL bound), and
+//! the in-process fallback store for both. The public methods in `service.rs` and the load path
+//! in `load.rs` are built on these.
+
+use crate::backend::Backend;
+use crate::config::check_ttl;
+use crate::error::FaultKind;
+use crate::guard::{Bound, Budget};
+use crate::stats::Counters;
+use crate::{CacheError, CacheService, codec};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+
+impl CacheService {
+    /// A read from the primary backend. Counts hits and misses of the reads that reached it;
+    /// a read that failed is counted by the caller, which may still find it in the fallback.
+    pub(crate) async fn read<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        budget: &Budget,
+    ) -> Result<Option<T>, CacheError> {
+        self.read_gate(budget).await?;
+        let physical = self.physical_key(key);
+        let guard = self.guard();
+        let bytes = match guard
+            .call("get", Bound::Op, budget, guard.backend().get(&physical))
+            .await
+        {
+            Err(e @ CacheError::TooLarge { .. }) => {
+                self.remove_oversized(key, &physical, budget).await;
+                return Err(e);
+            }
+            other => other?,
+        };
+        self.decode_or_remove(key, &physical, bytes, budget).await
+    }
+
+    /// Decodes what the backend returned; an undecodable value is removed if it is still there
+    /// (compare-and-delete: a value written meanwhile survives).
+    pub(crate) async fn decode_or_remove<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        physical: &str,
+        bytes: Option<Vec<u8>>,
+        budget: &Budget,
+    ) -> Result<Option<T>, CacheError> {
+        let Some(bytes) = bytes else {
+            return self.decode(key, None);
+        };
+        match self.decode(key, Some(&bytes)) {
+            Err(error) => {
+                // Best effort: if the removal fails too, the next read finds the same bytes and
+                // misses again, which is still correct.
+                let guard = self.guard();
+                let remove = guard.backend().release(physical, &bytes);
+                let _ = guard.call("delete", Bound::Op, budget, remove).await;
+                Err(error)
+            }
+            decoded => decoded,
+        }
+    }
+
+    /// Removes a value too large to read, so it stops costing every reader a round trip.
+    pub(crate) async fn remove_oversized(&self, key: &str, physical: &str, budget: &Budget) {
+        tracing::warn!(
+            key = %self.log_key(key),
+            max = self.inner.max_value_bytes,
+            "cached value is larger than the maximum value size; removing it"
+        );
+        let guard = self.guard();
+        let _ = guard
+            .call(
+                "delete",
+                Bound::Op,
+                budget,
+                guard.backend().delete(physical),
+            )
+            .await;
+    }
+
+    /// Decodes what a store returned, counting the hit, the miss or the undecodable value.
+    pub(crate) fn decode<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        bytes: Option<&[u8]>,
+    ) -> Result<Option<T>, CacheError> {
+        let counters = &self.inner.counters;
+        let Some(bytes) = bytes.filter(|b| !crate::backend::is_lease_marker(b)) else {
+            // Empty, or another caller's lease: that caller is loading it.
+            Counters::bump(&counters.misses);
+            return Ok(None);
+        };
+        match codec::decode(key, bytes) {
+            Ok(value) => {
+                Counters::bump(&counters.hits);
+                Ok(Some(value))
+            }
+            Err(error) => {
+                Counters::bump(&counters.misses);
+                Counters::bump(&counters.decode_errors);
+                tracing::warn!(key = %self.log_key(key), error = %error.detail(), "cached value did not decode into the requested type; removing it");
+                Err(error)
+            }
+        }
+    }
+
+    /// A read that could not use the primary backend: the fallback store if there is one,
+    /// else a miss.
+    pub(crate) async fn fallback_get<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
+        let Some((store, _)) = &self.inner.fallback else {
+            Counters::bump(&self.inner.counters.misses);
+            return None;
+        };
+        let physical = self.physical_key(key);
+        let bytes = store.get(&physical).await.ok().flatten();
+        match self.decode(key, bytes.as_deref()) {
+            Ok(value) => value,
+            Err(_) => {
+                let _ = store.delete(&physical).await;
+                None
+            }
+        }
+    }
+
+    /// Encodes a value for the store, refusing one over the maximum value size.
+    pub(crate) fn encode<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+    ) -> Result<Vec<u8>, CacheError> {
+        let bytes = codec::encode(key, value)?;
+        let max = self.inner.max_value_bytes;
+        if bytes.len() as u64 > max {
+            self.inner.counters.fault(FaultKind::TooLarge);
+            return Err(CacheError::TooLarge { max });
+        }
+        Ok(bytes)
+    }
+
+    /// Writes encoded bytes; on a backend failure, to the fallback store if there is one.
+    pub(crate) async fn store(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        ttl: Option<Duration>,
+        budget: &Budget,
+    ) -> bool {
+        match self.try_store(key, bytes, ttl, budget).await {
+            Ok(()) => true,
+            Err(e) => {
+                if e.is_transport() || e.is_skipped() {
+                    self.degraded("set", key, &e);
+                    self.store_fallback(key, bytes, ttl).await;
+                } else {
+                    tracing::warn!(key = %self.log_key(key), error = %e.detail(), "value not cached");
+                }
+                false
+            }
+        }
+    }
+
+    pub(crate) async fn store_fallback(&self, key: &str, bytes: &[u8], ttl: Option<Duration>) {
+        if let Some((store, fallback_ttl)) = &self.inner.fallback {
+            let ttl = ttl.unwrap_or(self.inner.default_ttl).min(*fallback_ttl);
+            let _ = store.set(&self.physical_key(key), bytes, ttl).await;
+        }
+    }
+
+    pub(crate) async fn try_store(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        ttl: Option<Duration>,
+        budget: &Budget,
+    ) -> Result<(), CacheError> {
+        let ttl = self.ttl(ttl)?;
+        let physical = self.physical_key(key);
+        let guard = self.guard();
+        guard
+            .call(
+                "set",
+                Bound::Op,
+                budget,
+                guard.backend().set(&physical, bytes, ttl),
+            )
+            .await?;
+        Counters::bump(&self.inner.counters.sets);
+        Ok(())
+    }
+
+    /// The TTL of a write: the given one or the default, checked.
+    pub(crate) fn ttl(&self, ttl: Option<Duration>) -> Result<Duration, CacheError> {
+        check_ttl(ttl.unwrap_or(self.inner.default_ttl))
+    }
+}
