@@ -22,7 +22,8 @@ const PIPELINE_BUFFER: usize = 1024;
 /// (`RedisBackend::connect_lazy`), for the raw contenders: the same connection settings.
 pub(crate) fn manager_config() -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
-        .set_response_timeout(Some(cachekit::DEFAULT_TIMEOUT))
+        // As cachekit: no response timeout in the connection (cachekit's guard times each call).
+        .set_response_timeout(None)
         .set_connection_timeout(Some(cachekit::DEFAULT_CONNECT_TIMEOUT))
         .set_number_of_retries(1)
         .set_min_delay(Duration::from_millis(50))
@@ -226,7 +227,8 @@ impl Runner {
     /// A multiplexed connection for raw redis-rs, with the settings cachekit gives its own.
     async fn raw_connection(&self) -> Result<MultiplexedConnection, Error> {
         let config = AsyncConnectionConfig::new()
-            .set_response_timeout(Some(cachekit::DEFAULT_TIMEOUT))
+            // As cachekit: no response timeout in the connection (cachekit's guard times each call).
+            .set_response_timeout(None)
             .set_connection_timeout(Some(cachekit::DEFAULT_CONNECT_TIMEOUT))
             .set_pipeline_buffer_size(PIPELINE_BUFFER);
         Ok(self

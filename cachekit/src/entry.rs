@@ -32,6 +32,14 @@ impl CacheService {
                 self.remove_oversized(key, &physical, budget).await;
                 return Err(e);
             }
+            Err(e) if e.fault_kind() == Some(FaultKind::WrongType) => {
+                // A list, hash or set under the prefix: not a value this cache wrote (it writes
+                // strings only), so it is removed like an undecodable one.
+                tracing::warn!(key = %self.log_key(key), "a key of another type than a string is under the prefix; removing it");
+                let remove = guard.backend().delete(&physical);
+                let _ = guard.call("delete", Bound::Op, budget, remove).await;
+                return Err(e);
+            }
             other => other?,
         };
         self.decode_or_remove(key, &physical, bytes, budget).await

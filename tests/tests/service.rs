@@ -486,6 +486,24 @@ async fn plant(raw: &mut MultiplexedConnection, key: &str, kind: usize) {
 
 const FOREIGN_KINDS: usize = 6;
 
+/// What reading each planted kind does: an undecodable string is a decode error; an empty
+/// string reads like a missing key (reads fetch at most the maximum value size with `GETRANGE`,
+/// which answers the same for both); a list or hash is a `WRONGTYPE` reply.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Foreign {
+    Undecodable,
+    Empty,
+    OtherType,
+}
+
+fn foreign(kind: usize) -> Foreign {
+    match kind {
+        3 => Foreign::Empty,
+        4 | 5 => Foreign::OtherType,
+        _ => Foreign::Undecodable,
+    }
+}
+
 #[tokio::test]
 async fn undecodable_values_are_misses_and_are_removed() {
     init_tracing();
@@ -496,36 +514,61 @@ async fn undecodable_values_are_misses_and_are_removed() {
     for kind in 0..FOREIGN_KINDS {
         let key = format!("users:{kind}");
         let physical = format!("corrupt:{key}");
+        let foreign = foreign(kind);
 
         plant(&mut raw, &key, kind).await;
         let before = cache.stats();
         assert_eq!(cache.get::<User>(&key).await, None, "kind {kind}");
-        assert!(
-            !raw::exists(&mut raw, &physical).await,
-            "kind {kind} not removed"
-        );
         let after = cache.stats();
-        assert_eq!(after.decode_errors, before.decode_errors + 1, "kind {kind}");
+        assert_eq!(
+            raw::exists(&mut raw, &physical).await,
+            foreign == Foreign::Empty,
+            "kind {kind}: removed unless it reads as missing"
+        );
+        assert_eq!(
+            after.decode_errors - before.decode_errors,
+            u64::from(foreign == Foreign::Undecodable),
+            "kind {kind}"
+        );
+        assert_eq!(
+            after.faults.wrong_type - before.faults.wrong_type,
+            u64::from(foreign == Foreign::OtherType),
+            "kind {kind}"
+        );
         assert_eq!(after.misses, before.misses + 1, "kind {kind}");
         assert_eq!(after.hits, before.hits, "kind {kind}");
 
         plant(&mut raw, &key, kind).await;
-        let error = cache.try_get::<User>(&key).await.unwrap_err();
-        assert!(error.is_decode(), "kind {kind}: {error}");
-        assert!(!error.is_config() && !error.is_circuit_open());
-        // Cached values may hold personal data: the error (and so the log) never quotes them.
-        let text = format!(
-            "{error} / {error:?} / {:?}",
-            std::error::Error::source(&error)
-        );
-        assert!(!text.contains("not a user"), "kind {kind}: {text}");
-        assert!(
-            !raw::exists(&mut raw, &physical).await,
-            "kind {kind} not removed"
-        );
-        assert_eq!(cache.try_get::<User>(&key).await.unwrap(), None);
+        match cache.try_get::<User>(&key).await {
+            Ok(None) => assert_eq!(foreign, Foreign::Empty, "kind {kind}"),
+            Ok(Some(user)) => panic!("kind {kind} decoded as {user:?}"),
+            Err(error) => {
+                match foreign {
+                    Foreign::Undecodable => assert!(error.is_decode(), "kind {kind}: {error}"),
+                    Foreign::OtherType => assert_eq!(
+                        error.fault_kind(),
+                        Some(cachekit::FaultKind::WrongType),
+                        "kind {kind}: {error}"
+                    ),
+                    Foreign::Empty => panic!("kind {kind}: {error}"),
+                }
+                assert!(!error.is_config() && !error.is_circuit_open());
+                // Cached values may hold personal data: the error (and so the log) never
+                // quotes them.
+                let text = format!(
+                    "{error} / {error:?} / {:?}",
+                    std::error::Error::source(&error)
+                );
+                assert!(!text.contains("not a user"), "kind {kind}: {text}");
+                assert!(
+                    !raw::exists(&mut raw, &physical).await,
+                    "kind {kind} not removed"
+                );
+                assert_eq!(cache.try_get::<User>(&key).await.unwrap(), None);
+            }
+        }
 
-        // get_or_load replaces it with the loader's value.
+        // get_or_load replaces it with the loader's value, whatever it was.
         plant(&mut raw, &key, kind).await;
         let calls = AtomicUsize::new(0);
         let fetched = cache
@@ -538,8 +581,11 @@ async fn undecodable_values_are_misses_and_are_removed() {
     }
 
     let stats = cache.stats();
-    assert_eq!(stats.decode_errors, 3 * FOREIGN_KINDS as u64);
-    assert_eq!(stats.errors, 0, "foreign data is not a backend fault");
+    assert!(stats.decode_errors > 0, "{stats:?}");
+    assert_eq!(
+        stats.errors, stats.faults.wrong_type,
+        "foreign data is no other fault: {stats:?}"
+    );
     assert_eq!(stats.breaker, BreakerState::Closed);
 
     // A value of the wrong Rust type is the same: a miss, removed.
@@ -1086,8 +1132,8 @@ async fn health_reports_a_round_trip_and_server_facts() {
     let facts = health.server.clone().expect("server facts when connected");
     assert_eq!(
         facts.db_keys,
-        Some(7),
-        "this test's server holds only these keys"
+        Some(10),
+        "the 7 entries and the 3 keys set raw"
     );
     assert!(facts.uptime_seconds.is_some());
     assert!(facts.used_memory_bytes.is_some_and(|bytes| bytes > 0));
@@ -1096,10 +1142,10 @@ async fn health_reports_a_round_trip_and_server_facts() {
 
     assert_eq!(cache.clear_all().await, 7);
     let facts = cache.health().await.server.expect("server facts");
-    assert_eq!(facts.db_keys, Some(0));
+    assert_eq!(facts.db_keys, Some(3), "only the raw keys are left");
 
     // Serializable, for a /health endpoint.
     let json = serde_json::to_value(&health).unwrap();
     assert_eq!(json["connected"], true);
-    assert_eq!(json["server"]["db_keys"], 7);
+    assert_eq!(json["server"]["db_keys"], 10);
 }
