@@ -125,6 +125,7 @@ async fn after_release(hold: &Hold, first: &CacheService) {
 async fn second_service_loads_and_stores(server: &RedisServer, key: &str) {
     let before = describe(server, key).await;
     let second = second_service(server).await;
+    let started = std::time::Instant::now();
     let Ok(value) = tokio::time::timeout(BOUND, load(&second, key, SECOND_VALUE)).await else {
         panic!(
             "the second service was still waiting after {BOUND:?} (lease TTL {LEASE_TTL:?}): \
@@ -132,6 +133,10 @@ async fn second_service_loads_and_stores(server: &RedisServer, key: &str) {
             describe(server, key).await
         );
     };
+    eprintln!(
+        "{key}: the second service loaded after {:?} (the key held {before} when it began)",
+        started.elapsed()
+    );
     assert_eq!(
         value, SECOND_VALUE,
         "the second service did not load: it was served {value:?}; the key held {before} \
