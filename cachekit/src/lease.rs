@@ -89,11 +89,14 @@ impl Drop for LeaseGuard {
         };
         let physical = std::mem::take(&mut self.physical);
         let marker = std::mem::take(&mut self.marker);
+        // Off the caller's path, so bounded by the admin timeout rather than the op timeout: a
+        // release queued behind a stalled request must outlive the stall to run after it (and,
+        // if the server has not cached the script yet, to resend it after `NOSCRIPT`).
         runtime.spawn(async move {
             let guard = service.guard();
             let release = guard.backend().release(&physical, &marker);
             let _ = guard
-                .call("release", Bound::Op, &Budget::default(), release)
+                .call("release", Bound::Admin, &Budget::default(), release)
                 .await;
         });
     }

@@ -34,10 +34,15 @@ fn physical(key: &str) -> String {
 
 /// The service that orphans the lease: on `url` (a proxy's), with a 250 ms operation timeout.
 async fn first_service(url: &str) -> CacheService {
+    first_service_with_timeout(url, OP_TIMEOUT).await
+}
+
+/// The same with another operation timeout (the lease marker lives 1.5 times that long).
+async fn first_service_with_timeout(url: &str, timeout: Duration) -> CacheService {
     CacheService::builder()
         .redis_url(url)
         .prefix(PREFIX)
-        .timeout(OP_TIMEOUT)
+        .timeout(timeout)
         .lease_ttl(LEASE_TTL)
         .build()
         .await
@@ -158,7 +163,9 @@ async fn a_leader_cancelled_while_its_lease_request_is_in_flight_does_not_wedge_
     cachekit_tests::init_tracing();
     let server = RedisServer::start();
     let proxy = FaultProxy::start(server.addr()).await;
-    let first = first_service(&proxy.url()).await;
+    // A long operation timeout, so the marker would outlive the test's bound (it lives 1.5
+    // timeouts): only the cancelled leader's give-back can free the key in time.
+    let first = first_service_with_timeout(&proxy.url(), 4 * BOUND).await;
     warm_up(&first).await;
 
     let hold = proxy.hold_next(b"EVALSHA", Duration::from_secs(1));
