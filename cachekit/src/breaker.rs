@@ -145,11 +145,13 @@ impl Breaker {
     }
 
     /// Records a transport fault of a call admitted with `permit`.
+    /// A call admitted before the breaker opened that fails late does not reopen a half-open
+    /// breaker: only the probe's outcome decides it.
     pub(crate) fn on_failure(&self, permit: Permit) {
-        let _ = permit;
         let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         let state = self.state.load(Ordering::Acquire);
-        let trip = state == HALF_OPEN || (state == CLOSED && failures >= self.failure_threshold);
+        let trip = (state == HALF_OPEN && permit.probe)
+            || (state == CLOSED && failures >= self.failure_threshold);
         if trip {
             let mut since = self.since.lock().unwrap_or_else(|e| e.into_inner());
             *since = Instant::now();
@@ -218,7 +220,12 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         let probe = b.allow().unwrap();
         assert!(!b.on_success(early));
-        assert_eq!(b.state(), BreakerState::HalfOpen);
+        b.on_failure(early);
+        assert_eq!(
+            b.state(),
+            BreakerState::HalfOpen,
+            "a late failure of an earlier call"
+        );
         assert!(b.on_success(probe));
         assert_eq!(b.state(), BreakerState::Closed);
     }

@@ -90,6 +90,9 @@ fn check_duration(name: &str, value: Duration, least: Least) -> Result<Duration,
     }
 }
 
+/// The largest `max_value_bytes` accepted: 512 MiB, the largest string Redis stores.
+const MAX_VALUE_BYTES_LIMIT: u64 = 512 * 1024 * 1024;
+
 /// Checks a TTL given for one write (`set(key, value, Some(ttl))`): from 1 ms to [`MAX_TTL`].
 /// The error names the bound, not the key.
 pub(crate) fn check_ttl(ttl: Duration) -> Result<Duration, CacheError> {
@@ -114,7 +117,8 @@ pub enum Fallback {
     Memory {
         /// How long an entry lives in the fallback store: from 1 ms to [`MAX_TTL`].
         ttl: Duration,
-        /// The bound on the fallback store's keys and values, in bytes.
+        /// The bound on the fallback store, in bytes: keys, values and an estimated per-entry
+        /// overhead ([`MemoryBackend::ENTRY_OVERHEAD_BYTES`](crate::backend::MemoryBackend::ENTRY_OVERHEAD_BYTES)).
         max_bytes: u64,
     },
 }
@@ -137,7 +141,7 @@ pub enum StoreConfig {
     Redis(RedisConfig),
     /// The embedded in-process store, bounded to `max_bytes`.
     Memory {
-        /// The bound on keys and values, in bytes.
+        /// The bound in bytes: keys, values and an estimated per-entry overhead.
         max_bytes: u64,
     },
     /// No store: every read misses.
@@ -654,10 +658,11 @@ impl CacheConfig {
                 "breaker_threshold must be at least 1".into(),
             ));
         }
-        if self.max_value_bytes == 0 {
-            return Err(CacheError::Config(
-                "max_value_bytes must be above zero".into(),
-            ));
+        if self.max_value_bytes == 0 || self.max_value_bytes > MAX_VALUE_BYTES_LIMIT {
+            return Err(CacheError::Config(format!(
+                "max_value_bytes must be from 1 to {MAX_VALUE_BYTES_LIMIT} (512 MiB, the largest \
+                 string Redis stores)"
+            )));
         }
         if let Fallback::Memory { ttl, max_bytes } = &self.fallback {
             check_duration("the memory fallback's ttl", *ttl, Least::Millisecond)?;
@@ -797,7 +802,8 @@ impl CacheServiceBuilder {
         self
     }
 
-    /// Uses the embedded in-process store, bounded to `max_bytes` of keys and values.
+    /// Uses the embedded in-process store, bounded to `max_bytes` of keys, values and an
+    /// estimated per-entry overhead (see [`MemoryBackend`](crate::backend::MemoryBackend)).
     pub fn memory(mut self, max_bytes: u64) -> Self {
         self.config.store = StoreConfig::Memory { max_bytes };
         self
@@ -1271,6 +1277,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(text.contains("CACHE_REDACT_KEYS"), "{text}");
+    }
+
+    #[test]
+    fn max_value_bytes_is_within_what_redis_stores() {
+        let mut config = CacheConfig {
+            max_value_bytes: MAX_VALUE_BYTES_LIMIT,
+            ..CacheConfig::default()
+        };
+        config.validate().unwrap();
+        config.max_value_bytes = MAX_VALUE_BYTES_LIMIT + 1;
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("512 MiB")
+        );
+        assert!(from(&[("CACHE_MAX_VALUE_BYTES", "18446744073709551615")]).is_err());
     }
 
     #[test]

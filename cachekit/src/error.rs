@@ -60,6 +60,12 @@ pub enum CacheError {
     #[error("cache backend skipped: an earlier step of this call failed")]
     Skipped,
 
+    /// Invalidations that could not reach the backend earlier wait to be applied, so no read is
+    /// served from it yet: a replay runs in the background, and reads resume once it applied
+    /// them all.
+    #[error("cache backend skipped: earlier invalidations are being applied first")]
+    InvalidationsPending,
+
     /// A stored value is larger than the configured maximum value size; it was not read.
     #[error("cached value is larger than the {max} bytes allowed")]
     TooLarge {
@@ -103,10 +109,13 @@ impl CacheError {
         Detail(self)
     }
 
-    /// The backend was not asked: the breaker is open, or an earlier step of the same call
-    /// failed.
+    /// The backend was not asked: the breaker is open, an earlier step of the same call
+    /// failed, or earlier invalidations wait to be applied.
     pub fn is_skipped(&self) -> bool {
-        matches!(self, Self::CircuitOpen | Self::Skipped)
+        matches!(
+            self,
+            Self::CircuitOpen | Self::Skipped | Self::InvalidationsPending
+        )
     }
 
     /// The configuration is invalid.
@@ -132,6 +141,7 @@ impl CacheError {
             Self::Config(_)
             | Self::CircuitOpen
             | Self::Skipped
+            | Self::InvalidationsPending
             | Self::Encode { .. }
             | Self::Decode { .. } => None,
         }

@@ -1,24 +1,30 @@
 //! Removal: the one place `delete`, `invalidate_pattern` and `clear_all` go through, and the
 //! invalidations that could not be applied, remembered until the backend answers again.
 //!
-//! An invalidation that meets a transport fault (the server unreachable or timing out) or the
-//! open breaker is remembered, up to [`MAX_DEFERRED`] keys and patterns; past that, the whole
-//! prefix is marked for clearing. While anything is remembered, the service serves no read from
-//! the backend: the first read replays what is remembered (through the breaker, as its probe
-//! when it is half-open), and only a complete replay lets reads through again. So once the
-//! backend answers, no read can return a value an earlier, failed invalidation was meant to
-//! remove.
+//! An invalidation that meets a transport fault (the server unreachable or timing out), the
+//! open breaker, or a passing reply (a replica, a busy or loading server) is remembered, up to
+//! [`MAX_DEFERRED`] keys and patterns (and 16 patterns); past that, the whole prefix is marked
+//! for clearing. While anything is remembered, the service serves no read from the backend: the
+//! first read starts a replay in the background (through the breaker, as its probe when it is
+//! half-open) and goes to the loader, and only a replay that applied everything lets reads
+//! through again. So once the backend answers, no read can return a value an earlier, failed
+//! invalidation was meant to remove.
 
 use crate::backend::Backend;
-use crate::guard::{Bound, Budget, Guard};
+use crate::error::FaultKind;
+use crate::guard::{Bound, Budget};
 use crate::stats::Counters;
 use crate::{CacheError, CacheService};
 use std::collections::HashSet;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// How many keys and patterns are remembered before the whole prefix is marked for clearing.
 pub const MAX_DEFERRED: usize = 10_000;
+
+/// Remembered patterns beyond this many are replaced by clearing the whole prefix: each pattern
+/// is a walk of the keyspace, and reads wait for the replay to finish.
+const MAX_DEFERRED_PATTERNS: usize = 16;
 
 /// The invalidations waiting for the backend.
 #[derive(Debug, Default)]
@@ -26,8 +32,11 @@ pub(crate) struct Deferred {
     /// Set whenever something is remembered; cleared by a complete replay. Reads check it.
     pending: AtomicBool,
     set: Mutex<DeferredSet>,
-    /// Held by the one task replaying.
-    replaying: tokio::sync::Mutex<()>,
+    /// Set while a replay runs (one at a time, in the background).
+    replaying: AtomicBool,
+    /// Advanced by every removal this service makes: a load that began at one epoch and ends at
+    /// another may predate an invalidation.
+    pub(crate) epoch: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -61,7 +70,7 @@ impl DeferredSet {
     }
 
     fn bound(&mut self) {
-        if self.len() > MAX_DEFERRED {
+        if self.len() > MAX_DEFERRED || self.patterns.len() > MAX_DEFERRED_PATTERNS {
             *self = DeferredSet {
                 overflowed: true,
                 ..DeferredSet::default()
@@ -104,89 +113,140 @@ impl Deferred {
         self.pending.store(true, Ordering::Release);
     }
 
-    /// Applies what is remembered. `Ok` when nothing remains; `Err` when the backend still
-    /// cannot be used, or another task is replaying (the caller must then not read the backend).
-    pub(crate) async fn replay(
-        &self,
-        guard: &Guard,
-        prefix_pattern: &str,
-        counters: &Counters,
-        budget: &Budget,
-    ) -> Result<(), CacheError> {
-        let Ok(_replaying) = self.replaying.try_lock() else {
-            return Err(CacheError::Skipped);
-        };
-        let batch = std::mem::take(&mut *self.set.lock().unwrap_or_else(|e| e.into_inner()));
-        if batch.is_empty() {
-            return self.settle();
-        }
-        let apply = async {
-            let backend = guard.backend();
-            if batch.overflowed {
-                backend.delete_matching(prefix_pattern).await?;
-                return Ok(());
-            }
-            let keys: Vec<String> = batch.keys.iter().cloned().collect();
-            backend.delete_many(&keys).await?;
-            for pattern in &batch.patterns {
-                backend.delete_matching(pattern).await?;
-            }
-            Ok(())
-        };
-        match guard.call("replay", Bound::Admin, budget, apply).await {
-            Ok(()) => {
-                let applied = if batch.overflowed { 1 } else { batch.len() };
-                counters
-                    .invalidations_replayed
-                    .fetch_add(applied as u64, Ordering::Relaxed);
-                tracing::info!(
-                    applied,
-                    cleared_prefix = batch.overflowed,
-                    "cachekit: applied the invalidations that could not reach the backend"
-                );
-                self.settle()
-            }
-            Err(error) => {
-                self.set
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .merge(batch);
-                Err(error)
-            }
+    /// Claims the one replay run; `false` if one is running.
+    fn claim_replay(&self) -> bool {
+        self.replaying
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    fn take(&self) -> DeferredSet {
+        std::mem::take(&mut *self.set.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn put_back(&self, rest: DeferredSet) {
+        if !rest.is_empty() {
+            self.set
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .merge(rest);
         }
     }
 
-    /// Lets reads through again if nothing was remembered meanwhile.
-    fn settle(&self) -> Result<(), CacheError> {
+    /// Ends a replay run: lets reads through again if nothing remains or was remembered meanwhile.
+    fn finish_replay(&self) {
         let set = self.set.lock().unwrap_or_else(|e| e.into_inner());
         if set.is_empty() {
             self.pending.store(false, Ordering::Release);
-            Ok(())
-        } else {
-            Err(CacheError::Skipped)
         }
+        self.replaying.store(false, Ordering::Release);
     }
 }
 
+/// Whether a removal that failed with `error` should be remembered and tried again: the backend
+/// was not reached, or answered with a reply that passes (a replica, a busy or loading server).
+/// Other replies (no permission, say) would fail again forever.
+fn worth_retrying(error: &CacheError) -> bool {
+    error.is_skipped()
+        || error.fault_kind().is_some_and(|kind| {
+            kind.is_transport() || matches!(kind, FaultKind::Busy | FaultKind::ReadOnly)
+        })
+}
+
 impl CacheService {
-    /// Lets a read reach the backend only once no invalidation waits to be applied: replays them
-    /// first, or refuses.
+    /// Lets a read reach the backend only if no invalidation waits to be applied. Otherwise it
+    /// starts replaying them in the background (unless a replay runs) and refuses: the read goes
+    /// to the loader, and reads reach the backend again once a replay has applied everything.
     pub(crate) async fn read_gate(&self, budget: &Budget) -> Result<(), CacheError> {
-        let inner = &*self.inner;
-        if !inner.deferred.is_pending() {
+        let _ = budget;
+        let deferred = &self.inner.deferred;
+        if !deferred.is_pending() {
             return Ok(());
         }
+        if deferred.claim_replay() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(self.clone().replay_deferred());
+                }
+                Err(_) => deferred.finish_replay(),
+            }
+        }
+        Err(CacheError::InvalidationsPending)
+    }
+
+    /// One replay run: applies the remembered removals, keeping what it applied even if a later
+    /// one fails; what fails for a passing reason waits for the next run.
+    async fn replay_deferred(self) {
+        let inner = &*self.inner;
+        let deferred = &inner.deferred;
+        let guard = self.guard();
+        let backend = guard.backend();
+        let budget = Budget::default();
+        let mut rest = deferred.take();
+        let mut applied = 0u64;
         let everything = self.physical_pattern("*");
+        // Each step: `Ok(true)` applied, `Ok(false)` given up (a reply that would fail again
+        // forever), `Err` stop and keep the rest for the next run.
+        let outcome = |result: Result<u64, CacheError>, what: &str| match result {
+            Ok(_) => Ok(true),
+            Err(error) if worth_retrying(&error) => Err(error),
+            Err(error) => {
+                tracing::error!(%error, what, "cachekit: a remembered invalidation cannot be applied; dropping it");
+                Ok(false)
+            }
+        };
+        let run: Result<(), CacheError> = async {
+            if rest.overflowed {
+                let walk = backend.delete_matching(&everything);
+                let result = guard.call("replay", Bound::Admin, &budget, walk).await;
+                outcome(result, "the whole prefix")?;
+                rest.overflowed = false;
+                applied += 1;
+                return Ok(());
+            }
+            if !rest.keys.is_empty() {
+                let keys: Vec<String> = rest.keys.iter().cloned().collect();
+                let result = guard
+                    .call("replay", Bound::Admin, &budget, backend.delete_many(&keys))
+                    .await;
+                outcome(result, "keys")?;
+                applied += keys.len() as u64;
+                rest.keys.clear();
+            }
+            let patterns: Vec<String> = rest.patterns.iter().cloned().collect();
+            for pattern in patterns {
+                let walk = backend.delete_matching(&pattern);
+                let result = guard.call("replay", Bound::Admin, &budget, walk).await;
+                outcome(result, "a pattern")?;
+                applied += 1;
+                rest.patterns.remove(&pattern);
+            }
+            Ok(())
+        }
+        .await;
         inner
-            .deferred
-            .replay(&inner.guard, &everything, &inner.counters, budget)
-            .await
+            .counters
+            .invalidations_replayed
+            .fetch_add(applied, Ordering::Relaxed);
+        match run {
+            Ok(()) => tracing::info!(
+                applied,
+                "cachekit: applied the invalidations that could not reach the backend"
+            ),
+            Err(error) => {
+                tracing::debug!(%error, applied, "cachekit: replay of remembered invalidations stopped; it resumes with the next read")
+            }
+        }
+        deferred.put_back(rest);
+        deferred.finish_replay();
     }
 
     /// The one removal path: the fallback store, then the backend; a removal the backend could
-    /// not receive is remembered.
+    /// not receive is remembered. Every removal also advances the invalidation epoch, which a
+    /// load checks before it writes to the fallback store.
     pub(crate) async fn remove(&self, removal: Removal<'_>) -> Result<u64, CacheError> {
         let inner = &*self.inner;
+        inner.deferred.epoch.fetch_add(1, Ordering::AcqRel);
         let budget = Budget::default();
         let guard = self.guard();
         let backend = guard.backend();
@@ -211,7 +271,7 @@ impl CacheService {
             }
         };
         if let Err(e) = &result
-            && (e.is_transport() || e.is_skipped())
+            && worth_retrying(e)
         {
             inner.deferred.remember(removal, &inner.counters);
         }

@@ -24,10 +24,10 @@ pub(crate) struct Beat {
 }
 
 impl Beat {
-    /// The marker lives 1.5 operation timeouts and is renewed every quarter timeout. A renewal
-    /// sent at `t` lands by `t + timeout` and sets the expiry past `t + 1.5 timeout`, after the
-    /// next renewal has landed (`t + 1.25 timeout`): a live holder's marker never lapses unless
-    /// its renewals fail, and a dead holder's lapses within 1.5 timeouts.
+    /// The marker lives 1.5 operation timeouts and is renewed a quarter timeout after the last
+    /// renewal answered. While renewals answer quickly the marker never lapses; a renewal that
+    /// is slow or fails can let it lapse (then the fill is refused: a cost in hit rate, never in
+    /// correctness). A dead holder's marker lapses within 1.5 timeouts.
     pub(crate) fn for_timeout(timeout: Duration) -> Self {
         let ttl = (timeout * 3 / 2).max(Duration::from_millis(3));
         Self {

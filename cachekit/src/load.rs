@@ -29,6 +29,7 @@ use crate::{CacheError, CacheService, Fetched, codec};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// Where a loader stands with respect to the key's lease.
@@ -140,6 +141,9 @@ impl CacheService {
         if let Some(flight) = flight {
             flight.mark(); // followers so far began before the load
         }
+        // Removals made here from now on would find the fallback store already cleared: a value
+        // loaded across one must not be written there after it.
+        let epoch = self.inner.deferred.epoch.load(Ordering::Acquire);
         let loaded = match &lease {
             LeaseState::Ours(held) => self.load_renewing(held, budget, load).await,
             _ => load.await,
@@ -170,7 +174,7 @@ impl CacheService {
         }
         let proven = match (lease, &bytes) {
             (LeaseState::Ours(mut held), Some(bytes)) if store => {
-                let settled = self.fill(key, &held, bytes, ttl, budget).await;
+                let settled = self.fill(key, &held, bytes, ttl, budget, epoch).await;
                 settle(&mut held, settled)
             }
             (LeaseState::Ours(mut held), _) => {
@@ -189,7 +193,7 @@ impl CacheService {
                 // Only the in-process fallback store, whose staleness is its documented
                 // trade-off, takes a value no lease vouches for.
                 if store {
-                    self.store_fallback(key, bytes, ttl).await;
+                    self.store_fallback_since(epoch, key, bytes, ttl).await;
                 }
                 false
             }
@@ -215,44 +219,43 @@ impl CacheService {
         if budget.is_spent() {
             return Ok(LeaseState::Unavailable);
         }
-        if let Err(error) = self.read_gate(budget).await {
-            self.degraded("lease", key, &error);
-            return Ok(LeaseState::Unavailable);
-        }
-        // Armed before the request is sent: if this call is cancelled, or the request fails
-        // or times out (and may still run on the server), the marker is given back.
-        let mut lease = LeaseGuard::new(self, physical);
         let guard = self.guard();
         let deadline = tokio::time::Instant::now() + inner.lease_ttl;
         let mut pause = Duration::from_millis(1);
         loop {
+            // Each attempt reads the store: none while an invalidation waits to be applied.
+            if let Err(error) = self.read_gate(budget).await {
+                self.degraded("lease", key, &error);
+                return Ok(LeaseState::Unavailable);
+            }
             if let Some(flight) = flight {
                 flight.mark(); // followers so far began before this read of the store
             }
+            // Armed before the request is sent: if this call is cancelled, or the request
+            // fails or times out (and may still run on the server), the marker is given back.
+            let mut lease = LeaseGuard::new(self, physical);
             let attempt = guard
                 .backend()
                 .try_lease(physical, &lease.marker, inner.beat.ttl);
             match guard.call("lease", Bound::Op, budget, attempt).await {
                 Ok(Lease::Acquired) => return Ok(LeaseState::Ours(lease)),
                 Ok(Lease::Value(bytes)) => {
-                    lease.disarm(); // this answer wrote no marker, nor did the ones before
-                    match self
+                    lease.disarm(); // the script wrote no marker
+                    let decoded = self
                         .decode_or_remove::<T>(key, physical, Some(bytes.clone()), budget)
-                        .await
-                    {
-                        Ok(Some(value)) => {
-                            let outcome = Outcome {
-                                bytes: Shared::from(bytes),
-                                proven: false,
-                            };
-                            return Err((Fetched::hit(value), Some(outcome)));
-                        }
-                        // Undecodable, now removed: try again.
-                        _ => lease = LeaseGuard::new(self, physical),
+                        .await;
+                    if let Ok(Some(value)) = decoded {
+                        let outcome = Outcome {
+                            bytes: Shared::from(bytes),
+                            proven: false,
+                        };
+                        return Err((Fetched::hit(value), Some(outcome)));
                     }
+                    // Undecodable, now removed: try again.
                 }
-                Ok(Lease::Held) => {}
+                Ok(Lease::Held) => lease.disarm(),
                 Err(CacheError::TooLarge { .. }) => {
+                    lease.disarm(); // the script wrote no marker
                     self.remove_oversized(key, physical, budget).await;
                 }
                 Err(error) => {
@@ -267,7 +270,6 @@ impl CacheService {
                 return Ok(LeaseState::Unavailable);
             }
             if tokio::time::Instant::now() + pause > deadline {
-                lease.disarm(); // every answer was "held": no marker of ours
                 tracing::debug!(key = %self.log_key(key), "gave up waiting for another loader's lease");
                 return Ok(LeaseState::GaveUp);
             }
@@ -306,6 +308,7 @@ impl CacheService {
         tokio::select! {
             biased;
             loaded = &mut load => loaded,
+            // `renewing` never completes; if it did, the load would simply go on.
             () = renewing => load.await,
         }
     }
@@ -319,6 +322,7 @@ impl CacheService {
         bytes: &[u8],
         ttl: Option<Duration>,
         budget: &Budget,
+        epoch: u64,
     ) -> Settled {
         let inner = &*self.inner;
         let ttl = match self.ttl(ttl) {
@@ -328,6 +332,11 @@ impl CacheService {
                 return self.release(held, budget).await;
             }
         };
+        if self.read_gate(budget).await.is_err() {
+            // An invalidation waits to be applied: it may be this key's. No write; the lease
+            // is given back in the background.
+            return Err(());
+        }
         let guard = self.guard();
         let fill = guard
             .backend()
@@ -347,9 +356,24 @@ impl CacheService {
             }
             Err(error) => {
                 self.degraded("set", key, &error);
-                self.store_fallback(key, bytes, Some(ttl)).await;
+                self.store_fallback_since(epoch, key, bytes, Some(ttl))
+                    .await;
                 Err(())
             }
+        }
+    }
+
+    /// Writes a loaded value to the fallback store, unless this service removed anything since
+    /// the load began (the removal cleared the fallback store before the value existed).
+    async fn store_fallback_since(
+        &self,
+        epoch: u64,
+        key: &str,
+        bytes: &[u8],
+        ttl: Option<Duration>,
+    ) {
+        if self.inner.deferred.epoch.load(Ordering::Acquire) == epoch {
+            self.store_fallback(key, bytes, ttl).await;
         }
     }
 

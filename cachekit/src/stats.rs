@@ -91,7 +91,8 @@ pub struct FaultStats {
     pub read_only: u64,
     /// `BUSY` and `LOADING` replies.
     pub busy: u64,
-    /// Stored values over the maximum value size, not read.
+    /// Values over the maximum value size: found in the store (not read, removed) or about to
+    /// be written (not written).
     pub too_large: u64,
     /// Other error replies.
     pub other_reply: u64,

@@ -779,3 +779,117 @@ async fn run_with_password(returned: &mut Vec<String>) {
         Err(error) => returned.push(format!("{error} {error:?}")),
     }
 }
+
+/// A removal the server refuses for a passing reason (a replica answers `READONLY`) is
+/// remembered like one that could not reach it, and applied once the server takes writes again,
+/// before a read is served from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_refused_by_a_replica_is_applied_once_it_takes_writes() {
+    init_tracing();
+    let server = RedisServer::start();
+    let mut conn = server.connection().await;
+    let cache = CacheService::builder()
+        .redis_url(server.url())
+        .prefix("replica")
+        .build()
+        .await
+        .expect("service builds");
+    assert_eq!(load(&cache, "users:1", "old").await, "old");
+
+    // A replica of a primary that does not exist: it keeps its data and refuses writes.
+    let unused = cachekit_tests::RedisServer::start();
+    let port = unused.port();
+    drop(unused);
+    let () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(port)
+        .query_async(&mut conn)
+        .await
+        .expect("REPLICAOF");
+    let error = within(BOUND, "try_delete", cache.try_delete("users:1"))
+        .await
+        .unwrap_err();
+    assert_eq!(error.fault_kind(), Some(FaultKind::ReadOnly), "{error}");
+    assert_eq!(cache.stats().invalidations_deferred, 1);
+    assert_eq!(
+        raw_get(&mut conn, "replica:users:1").await,
+        Some(json("old"))
+    );
+    // Readable, but not served while the removal waits.
+    assert_eq!(
+        within(BOUND, "get", cache.get::<String>("users:1")).await,
+        None
+    );
+
+    let () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query_async(&mut conn)
+        .await
+        .expect("REPLICAOF NO ONE");
+    let deadline = Instant::now() + BOUND;
+    while cache.stats().invalidations_replayed == 0 {
+        assert_eq!(
+            within(BOUND, "get", cache.get::<String>("users:1")).await,
+            None
+        );
+        assert!(
+            Instant::now() < deadline,
+            "never replayed: {:?}",
+            cache.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(raw_get(&mut conn, "replica:users:1").await, None);
+    assert_eq!(load(&cache, "users:1", "new").await, "new");
+}
+
+/// A load that spans an invalidation made in this process does not write the in-process
+/// fallback store, which that invalidation already cleared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_spanning_an_invalidation_does_not_refill_the_fallback_store() {
+    init_tracing();
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr()).await;
+    let cache = CacheService::builder()
+        .redis_url(proxy.url())
+        .prefix("fallback-race")
+        .timeout(Duration::from_millis(250))
+        .circuit_breaker(100, Duration::from_secs(1))
+        .fallback(cachekit::Fallback::memory())
+        .build()
+        .await
+        .expect("service builds");
+    assert_eq!(load(&cache, "warm-up", "warm").await, "warm");
+
+    proxy.stall();
+    let loading = Arc::new(tokio::sync::Notify::new());
+    let go_on = Arc::new(tokio::sync::Notify::new());
+    let reader = {
+        let (cache, loading, go_on) = (cache.clone(), loading.clone(), go_on.clone());
+        tokio::spawn(async move {
+            cache
+                .get_or_load("users:1", None, || async move {
+                    loading.notify_one();
+                    go_on.notified().await;
+                    Ok::<_, Infallible>("old".to_string()) // read before the write below
+                })
+                .await
+        })
+    };
+    within(BOUND, "the load starting", loading.notified()).await;
+    // The writer's invalidation, in this process: it cannot reach Redis and is remembered.
+    assert!(!within(BOUND, "delete", cache.delete("users:1")).await);
+    go_on.notify_one();
+    let Ok(loaded) = within(BOUND, "the reader", reader)
+        .await
+        .expect("reader task");
+    assert_eq!(loaded, "old", "the caller gets what it loaded");
+
+    // Still stalled: reads go to the fallback store, which must not hold the old value.
+    assert_eq!(
+        within(BOUND, "get", cache.get::<String>("users:1")).await,
+        None
+    );
+    proxy.resume();
+}
