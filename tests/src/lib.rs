@@ -25,6 +25,7 @@
 
 mod binary;
 pub mod checker;
+pub mod logs;
 mod port;
 pub mod proxy;
 pub mod raw;

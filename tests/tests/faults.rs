@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cachekit::{BreakerState, CacheService, FaultKind};
+use cachekit_tests::logs::Captured;
 use cachekit_tests::{FaultProxy, RedisServer, init_tracing, raw, within};
 use redis::aio::MultiplexedConnection;
 
@@ -595,34 +596,6 @@ const PASSWORD_MARK: &str = "7f3a9c";
 const WRONG_PASSWORD: &str = "wrong-5b1e2d";
 const WRONG_MARK: &str = "5b1e2d";
 
-/// Log lines kept in memory, for the test to search.
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        let bytes = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        String::from_utf8_lossy(&bytes).into_owned()
-    }
-}
-
 /// Every `tracing` event at every level, from a service with a password: built from a URL and
 /// from variables, with the wrong password, through a server kill and restart, and from a URL
 /// that does not parse; plus what the services return (`Debug`, health, stats, errors). None
@@ -634,21 +607,13 @@ impl Captured {
 #[test]
 fn no_part_of_a_password_reaches_logs() {
     let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing_subscriber::filter::LevelFilter::TRACE)
-        .with_ansi(false)
-        .with_writer({
-            let captured = captured.clone();
-            move || captured.clone()
-        })
-        .finish();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a runtime");
     let mut returned = Vec::new();
     {
-        let _default = tracing_subscriber::util::SubscriberInitExt::set_default(subscriber);
+        let _default = captured.install();
         runtime.block_on(run_with_password(&mut returned));
     }
     let logs = captured.text();

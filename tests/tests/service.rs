@@ -3,19 +3,16 @@
 //! statistics and health.
 
 use std::collections::HashMap;
-use std::io::{self, Write};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use cachekit::{BackendKind, BreakerState, CacheConfig, CacheService, DEFAULT_PREFIX, DEFAULT_TTL};
+use cachekit_tests::logs::Captured;
 use cachekit_tests::{RedisServer, init_tracing, raw};
 use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tracing_subscriber::filter::LevelFilter;
-use tracing_subscriber::util::SubscriberInitExt;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct User {
@@ -636,31 +633,6 @@ async fn the_database_number_of_the_url_is_used() {
     assert_eq!(cache.get::<String>("k").await.as_deref(), Some("in db 3"));
 }
 
-/// Log lines written while it is the thread's default subscriber.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Captured {
-    fn text(&self) -> String {
-        let bytes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        String::from_utf8_lossy(&bytes).into_owned()
-    }
-}
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 const PASSWORD: &str = "s3cret-Pa55word";
 const WRONG_PASSWORD: &str = "wr0ng-Pa55word";
 const ACL_PASSWORD: &str = "carol-Pa55word";
@@ -670,12 +642,7 @@ const ACL_PASSWORD: &str = "carol-Pa55word";
 #[tokio::test]
 async fn credentials_work_and_never_leak() {
     let logs = Captured::default();
-    let writer = logs.clone();
-    let _subscriber = tracing_subscriber::fmt()
-        .with_max_level(LevelFilter::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .set_default();
+    let _subscriber = logs.install();
 
     let server = RedisServer::start_with_args(&["--requirepass", PASSWORD]);
     let mut raw = server.connection().await;
