@@ -21,28 +21,28 @@ impl CacheService {
         key: &str,
         budget: &Budget,
     ) -> Result<Option<T>, CacheError> {
-        self.read_gate(budget).await?;
+        self.read_gate()?;
         let physical = self.physical_key(key);
         let guard = self.guard();
         let bytes = match guard
             .call("get", Bound::Op, budget, guard.backend().get(&physical))
             .await
         {
-            Err(e @ CacheError::TooLarge { .. }) => {
-                self.remove_oversized(key, &physical, budget).await;
-                return Err(e);
-            }
-            Err(e) if e.fault_kind() == Some(FaultKind::WrongType) => {
-                // A list, hash or set under the prefix: not a value this cache wrote (it writes
-                // strings only), so it is removed like an undecodable one.
-                tracing::warn!(key = %self.log_key(key), "a key of another type than a string is under the prefix; removing it");
-                let remove = guard.backend().delete(&physical);
-                let _ = guard.call("delete", Bound::Op, budget, remove).await;
+            // A value over the size cap, or a list, hash or set under the prefix (this cache
+            // writes strings only): not something to read, so it is removed.
+            Err(e)
+                if matches!(
+                    e.fault_kind(),
+                    Some(FaultKind::TooLarge | FaultKind::WrongType)
+                ) =>
+            {
+                self.remove_unreadable(key, &physical, &e, budget).await;
                 return Err(e);
             }
             other => other?,
         };
-        self.decode_or_remove(key, &physical, bytes, budget).await
+        self.decode_or_remove(key, &physical, bytes.as_deref(), budget)
+            .await
     }
 
     /// Decodes what the backend returned; an undecodable value is removed if it is still there
@@ -51,18 +51,18 @@ impl CacheService {
         &self,
         key: &str,
         physical: &str,
-        bytes: Option<Vec<u8>>,
+        bytes: Option<&[u8]>,
         budget: &Budget,
     ) -> Result<Option<T>, CacheError> {
         let Some(bytes) = bytes else {
             return self.decode(key, None);
         };
-        match self.decode(key, Some(&bytes)) {
+        match self.decode(key, Some(bytes)) {
             Err(error) => {
                 // Best effort: if the removal fails too, the next read finds the same bytes and
                 // misses again, which is still correct.
                 let guard = self.guard();
-                let remove = guard.backend().release(physical, &bytes);
+                let remove = guard.backend().release(physical, bytes);
                 let _ = guard.call("delete", Bound::Op, budget, remove).await;
                 Err(error)
             }
@@ -70,22 +70,20 @@ impl CacheService {
         }
     }
 
-    /// Removes a value too large to read, so it stops costing every reader a round trip.
-    pub(crate) async fn remove_oversized(&self, key: &str, physical: &str, budget: &Budget) {
-        tracing::warn!(
-            key = %self.log_key(key),
-            max = self.inner.max_value_bytes,
-            "cached value is larger than the maximum value size; removing it"
-        );
+    /// Removes a key that cannot be read as a value (too large, or of another type than a
+    /// string), so it stops costing every reader a round trip. Unconditional: its bytes were
+    /// never read, so there is nothing to compare.
+    pub(crate) async fn remove_unreadable(
+        &self,
+        key: &str,
+        physical: &str,
+        why: &CacheError,
+        budget: &Budget,
+    ) {
+        tracing::warn!(key = %self.log_key(key), error = %why.detail(), "cached key cannot be read as a value; removing it");
         let guard = self.guard();
-        let _ = guard
-            .call(
-                "delete",
-                Bound::Op,
-                budget,
-                guard.backend().delete(physical),
-            )
-            .await;
+        let remove = guard.backend().delete(physical);
+        let _ = guard.call("delete", Bound::Op, budget, remove).await;
     }
 
     /// Decodes what a store returned, counting the hit, the miss or the undecodable value.

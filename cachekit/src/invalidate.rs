@@ -157,12 +157,19 @@ impl CacheService {
     /// Lets a read reach the backend only if no invalidation waits to be applied. Otherwise it
     /// starts replaying them in the background (unless a replay runs) and refuses: the read goes
     /// to the loader, and reads reach the backend again once a replay has applied everything.
-    pub(crate) async fn read_gate(&self, budget: &Budget) -> Result<(), CacheError> {
-        let _ = budget;
-        let deferred = &self.inner.deferred;
-        if !deferred.is_pending() {
-            return Ok(());
+    /// On the hit path: one atomic load when nothing waits.
+    #[inline]
+    pub(crate) fn read_gate(&self) -> Result<(), CacheError> {
+        if self.inner.deferred.is_pending() {
+            return Err(self.start_replay());
         }
+        Ok(())
+    }
+
+    /// Starts the background replay unless one runs; returns the refusal for the read.
+    #[cold]
+    fn start_replay(&self) -> CacheError {
+        let deferred = &self.inner.deferred;
         if deferred.claim_replay() {
             match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => {
@@ -171,7 +178,7 @@ impl CacheService {
                 Err(_) => deferred.finish_replay(),
             }
         }
-        Err(CacheError::InvalidationsPending)
+        CacheError::InvalidationsPending
     }
 
     /// One replay run: applies the remembered removals, keeping what it applied even if a later

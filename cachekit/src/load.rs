@@ -224,7 +224,7 @@ impl CacheService {
         let mut pause = Duration::from_millis(1);
         loop {
             // Each attempt reads the store: none while an invalidation waits to be applied.
-            if let Err(error) = self.read_gate(budget).await {
+            if let Err(error) = self.read_gate() {
                 self.degraded("lease", key, &error);
                 return Ok(LeaseState::Unavailable);
             }
@@ -242,7 +242,7 @@ impl CacheService {
                 Ok(Lease::Value(bytes)) => {
                     lease.disarm(); // the script wrote no marker
                     let decoded = self
-                        .decode_or_remove::<T>(key, physical, Some(bytes.clone()), budget)
+                        .decode_or_remove::<T>(key, physical, Some(&bytes), budget)
                         .await;
                     if let Ok(Some(value)) = decoded {
                         let outcome = Outcome {
@@ -254,9 +254,9 @@ impl CacheService {
                     // Undecodable, now removed: try again.
                 }
                 Ok(Lease::Held) => lease.disarm(),
-                Err(CacheError::TooLarge { .. }) => {
+                Err(error @ CacheError::TooLarge { .. }) => {
                     lease.disarm(); // the script wrote no marker
-                    self.remove_oversized(key, physical, budget).await;
+                    self.remove_unreadable(key, physical, &error, budget).await;
                 }
                 Err(error) => {
                     if error.is_skipped() {
@@ -332,7 +332,7 @@ impl CacheService {
                 return self.release(held, budget).await;
             }
         };
-        if self.read_gate(budget).await.is_err() {
+        if self.read_gate().is_err() {
             // An invalidation waits to be applied: it may be this key's. No write; the lease
             // is given back in the background.
             return Err(());
