@@ -59,6 +59,9 @@ pub struct ServerInfo {
     /// Keys in the server's database (`DBSIZE`, constant time), all prefixes included. A health
     /// check never walks the keyspace, so the keys under one prefix are not counted.
     pub db_keys: Option<u64>,
+    /// The server's `maxmemory-policy`. With an `allkeys-*` policy and a memory limit, the
+    /// server may evict the invalidation index, so pattern invalidations walk the keyspace.
+    pub maxmemory_policy: Option<String>,
 }
 
 /// The bytes a lease marker starts with. No JSON text starts with a NUL byte, so a marker can
@@ -180,6 +183,14 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
             removed += u64::from(self.delete(key).await?);
         }
         Ok(removed)
+    }
+
+    /// Files every key under `{head}:` that the store holds in its invalidation index, and
+    /// marks the index complete; returns how many keys were not filed before. Stores without an
+    /// index do nothing. See [`CacheService::rebuild_index`](crate::CacheService::rebuild_index).
+    async fn rebuild_index(&self, head: &str) -> Result<u64, CacheError> {
+        let _ = head;
+        Ok(0)
     }
 
     /// Facts about the server, if the store has one, gathered at a cost that does not grow with

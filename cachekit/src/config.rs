@@ -441,6 +441,8 @@ pub struct CacheConfig {
     pub max_value_bytes: u64,
     /// Diagnostics only: calls skip the guard (no timeout, no breaker, no fault counting).
     pub(crate) unguarded: bool,
+    /// Diagnostics only: Redis writes skip the invalidation index and patterns walk.
+    pub(crate) unindexed: bool,
 }
 
 impl Default for CacheConfig {
@@ -464,6 +466,7 @@ impl Default for CacheConfig {
             redact_keys: false,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             unguarded: false,
+            unindexed: false,
         }
     }
 }
@@ -641,6 +644,13 @@ impl CacheConfig {
         if self.prefix.chars().any(char::is_control) {
             return Err(CacheError::Config(
                 "the key prefix must not contain control characters".into(),
+            ));
+        }
+        if self.prefix.contains('#') {
+            return Err(CacheError::Config(
+                "the key prefix must not contain `#`: the invalidation index keeps its own keys \
+                 under `{prefix}#`"
+                    .into(),
             ));
         }
         for (name, value, least) in [
@@ -923,6 +933,16 @@ impl CacheServiceBuilder {
         self
     }
 
+    /// Diagnostics only, for the benchmarks that measure what the invalidation index costs and
+    /// saves: Redis writes do not file keys in the index, and every pattern walks the keyspace.
+    /// Entries written so are missed by services that use the index; never use it in an
+    /// application.
+    #[doc(hidden)]
+    pub fn __diagnostic_unindexed(mut self) -> Self {
+        self.config.unindexed = true;
+        self
+    }
+
     /// The configuration this builder holds, or the error of an invalid URL given to it.
     /// [`build`](Self::build) starts with this.
     pub fn into_config(self) -> Result<CacheConfig, CacheError> {
@@ -1115,6 +1135,10 @@ mod tests {
             },
             CacheConfig {
                 admin_timeout: Duration::ZERO,
+                ..CacheConfig::default()
+            },
+            CacheConfig {
+                prefix: "app#1".into(),
                 ..CacheConfig::default()
             },
         ] {

@@ -106,6 +106,7 @@ mod entry;
 mod error;
 mod flight;
 mod guard;
+mod index;
 mod invalidate;
 pub mod key;
 mod lease;

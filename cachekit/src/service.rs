@@ -9,7 +9,8 @@ use crate::backend::{
 use crate::breaker::{Breaker, BreakerState};
 use crate::config::{CacheConfig, CacheServiceBuilder, Fallback, StoreConfig};
 use crate::flight::Flights;
-use crate::guard::{Budget, Guard};
+use crate::backend::redis::RedisOptions;
+use crate::guard::{Bound, Budget, Guard};
 use crate::invalidate::{Deferred, Removal};
 use crate::key::{LogKey, escape_glob};
 use crate::lease::Beat;
@@ -209,12 +210,13 @@ impl CacheService {
         let (backend, endpoint): (Arc<dyn Backend>, _) = match &config.store {
             StoreConfig::Redis(redis) => {
                 let endpoint = redis.endpoint();
-                let backend = RedisBackend::connect_lazy(
-                    redis.client()?,
-                    endpoint.clone(),
-                    config.connect_timeout,
-                    config.max_value_bytes,
-                )?;
+                let options = RedisOptions {
+                    connect_timeout: config.connect_timeout,
+                    max_value_bytes: config.max_value_bytes,
+                    indexed: !config.unindexed,
+                    step_timeout: config.admin_timeout,
+                };
+                let backend = RedisBackend::connect_lazy(redis.client()?, endpoint.clone(), &options)?;
                 (Arc::new(backend), Some(endpoint))
             }
             StoreConfig::Memory { max_bytes } => (Arc::new(MemoryBackend::new(*max_bytes)), None),
@@ -682,6 +684,32 @@ impl CacheService {
             error: error.map(|e| e.to_string()),
             server,
         }
+    }
+
+    /// Files every entry under this service's prefix in the invalidation index, walking the
+    /// keyspace once with `SCAN`, and marks the index complete so that pattern invalidations
+    /// use it; returns how many entries were not filed before. Bounded by the admin timeout.
+    ///
+    /// A Redis index answers patterns only once it is complete. The first pattern
+    /// invalidation a process makes starts this in the background by itself when the index is
+    /// not (one process at a time), and invalidations walk the keyspace until it has finished,
+    /// so calling it is never needed for correctness. Call it after upgrading from a version
+    /// without the index, once no instance of that version writes any more: entries an older
+    /// version writes after the rebuild are not in the index. The embedded store's index is
+    /// always complete.
+    ///
+    /// ```
+    /// # cachekit::__doc_block_on(async {
+    /// let cache = cachekit::CacheService::memory();
+    /// assert_eq!(cache.rebuild_index().await.unwrap(), 0);
+    /// # });
+    /// ```
+    pub async fn rebuild_index(&self) -> Result<u64, CacheError> {
+        let guard = self.guard();
+        let rebuild = guard.backend().rebuild_index(self.prefix());
+        guard
+            .call("rebuild_index", Bound::Admin, &Budget::default(), rebuild)
+            .await
     }
 
     /// The key prefix (without the trailing `:`).

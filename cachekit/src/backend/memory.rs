@@ -2,7 +2,10 @@
 
 use super::{Backend, BackendKind, Lease, is_lease_marker};
 use crate::CacheError;
+use crate::index::{self, Scope};
 use crate::key::glob_match;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 use moka::Expiry;
 use moka::future::Cache;
 use moka::ops::compute::{CompResult, Op};
@@ -29,10 +32,33 @@ use std::time::{Duration, Instant};
 /// the one dropped. A burst of keys never read before therefore does not flush the entries in
 /// use, and a write into a full store may not be kept. Evictions are applied in batches by
 /// later operations, so the store can exceed its bound for a moment.
+///
+/// # Patterns
+///
+/// Keys are filed by namespace as Redis files them (the first `:`-separated part after the
+/// prefix), so a pattern that names one namespace (`users:*`) or all of them (`*`) removes its
+/// entries without walking the store, and one filtered within a namespace (`users:1*`) walks
+/// that namespace only. Other patterns walk every entry. The sets of keys are not counted
+/// against the bound: they take about the keys' size again, and keys of entries that expired
+/// or were evicted leave them when a set has doubled since it was last pruned.
 #[derive(Clone)]
 pub struct MemoryBackend {
     cache: Cache<String, Entry>,
+    index: Arc<Mutex<HashMap<String, Filed>>>,
 }
+
+/// The keys filed under one namespace.
+#[derive(Debug, Default)]
+struct Filed {
+    head: String,
+    keys: HashSet<String>,
+    /// Its size after the last pruning.
+    pruned_len: usize,
+}
+
+/// A namespace's set is pruned of absent keys when it reaches twice its size after the last
+/// pruning, and at least this size.
+const PRUNE_AT_LEAST: usize = 1024;
 
 #[derive(Clone)]
 struct Entry {
@@ -90,7 +116,62 @@ impl MemoryBackend {
             .weigher(|key: &String, entry: &Entry| weigh(key.len(), entry.bytes.len()))
             .expire_after(PerEntryTtl)
             .build();
-        Self { cache }
+        Self {
+            cache,
+            index: Arc::default(),
+        }
+    }
+
+    fn filed(&self) -> std::sync::MutexGuard<'_, HashMap<String, Filed>> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Files `key`, which was just written, in its namespace's set. Writers store first and
+    /// file second, and pruning drops a key only if the store lacks it while the lock is held,
+    /// so a stored key is filed by the time its write returns.
+    fn file(&self, key: &str) {
+        let Some(place) = index::place(key) else {
+            return;
+        };
+        let mut filed = self.filed();
+        let set = filed.entry(place.index_key()).or_insert_with(|| Filed {
+            head: place.head.to_owned(),
+            ..Filed::default()
+        });
+        if set.keys.insert(key.to_owned()) && set.keys.len() >= PRUNE_AT_LEAST.max(2 * set.pruned_len) {
+            set.keys.retain(|k| self.cache.contains_key(k));
+            set.pruned_len = set.keys.len();
+        }
+    }
+
+    /// Drops `key` from its set if the store no longer holds it.
+    fn unfile(&self, key: &str) {
+        let Some(place) = index::place(key) else {
+            return;
+        };
+        let mut filed = self.filed();
+        if let Some(set) = filed.get_mut(&place.index_key())
+            && !self.cache.contains_key(key)
+        {
+            set.keys.remove(key);
+        }
+    }
+
+    /// Removes `keys` from the store; returns how many were there.
+    async fn remove_all(&self, keys: impl IntoIterator<Item = String>) -> u64 {
+        let mut removed = 0;
+        for key in keys {
+            if self.cache.remove(&key).await.is_some() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Keys filed (possibly no longer stored), in all namespaces: for tests of the index's size.
+    #[cfg(test)]
+    fn filed_len(&self) -> usize {
+        self.filed().values().map(|set| set.keys.len()).sum()
     }
 
     /// Entries currently held (approximate while evictions are pending).
@@ -100,6 +181,9 @@ impl MemoryBackend {
 
     /// Removes every entry.
     pub fn clear(&self) {
+        // The sets first: a key written meanwhile is stored before it is filed, so it is either
+        // removed below or filed after this.
+        self.filed().clear();
         self.cache.invalidate_all();
     }
 
@@ -175,21 +259,66 @@ impl Backend for MemoryBackend {
             ttl,
         };
         self.cache.insert(key.to_owned(), entry).await;
+        self.file(key);
         Ok(())
     }
 
     async fn delete(&self, key: &str) -> Result<bool, CacheError> {
-        Ok(self.cache.remove(key).await.is_some())
+        let removed = self.cache.remove(key).await.is_some();
+        self.unfile(key);
+        Ok(removed)
     }
 
     async fn delete_matching(&self, pattern: &str) -> Result<u64, CacheError> {
-        let mut removed = 0;
-        for key in self.matching_keys(pattern) {
-            if self.cache.remove(key.as_str()).await.is_some() {
-                removed += 1;
+        let keys: Vec<String> = match index::scope(pattern) {
+            Scope::Exact(key) => return self.delete(&key).await.map(u64::from),
+            Scope::Namespace { head, ns } => self
+                .filed()
+                .remove(&index::index_key(head, Some(&ns)))
+                .map(|set| set.keys.into_iter().collect())
+                .unwrap_or_default(),
+            Scope::Within {
+                head,
+                ns,
+                member_pattern,
+            } => {
+                let keys: Vec<String> = self
+                    .filed()
+                    .get(&index::index_key(head, Some(&ns)))
+                    .map(|set| {
+                        set.keys
+                            .iter()
+                            .filter(|k| index::place(k).is_some_and(|p| glob_match(member_pattern, p.member)))
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let removed = self.remove_all(keys.iter().cloned()).await;
+                for key in &keys {
+                    self.unfile(key);
+                }
+                return Ok(removed);
             }
-        }
-        Ok(removed)
+            Scope::Everything { head } => {
+                let mut filed = self.filed();
+                let mut keys = Vec::new();
+                filed.retain(|_, set| {
+                    if set.head == head {
+                        keys.extend(set.keys.drain());
+                        false
+                    } else {
+                        true
+                    }
+                });
+                keys
+            }
+            Scope::Walk => self
+                .matching_keys(pattern)
+                .into_iter()
+                .map(|key| key.as_str().to_owned())
+                .collect(),
+        };
+        Ok(self.remove_all(keys).await)
     }
 
     async fn try_lease(
@@ -213,7 +342,10 @@ impl Backend for MemoryBackend {
             })
             .await;
         Ok(match result {
-            CompResult::Inserted(_) => Lease::Acquired,
+            CompResult::Inserted(_) => {
+                self.file(key);
+                Lease::Acquired
+            }
             CompResult::Unchanged(entry) if is_lease_marker(&entry.value().bytes) => Lease::Held,
             CompResult::Unchanged(entry) => Lease::Value(entry.value().bytes.to_vec()),
             // Not produced by the operations above; read as "someone else is working on it".
@@ -233,11 +365,16 @@ impl Backend for MemoryBackend {
             ttl,
         };
         let result = self.if_holds(key, marker, Op::Put(entry)).await;
-        Ok(matches!(result, CompResult::ReplacedWith(_)))
+        let stored = matches!(result, CompResult::ReplacedWith(_));
+        if stored {
+            self.file(key);
+        }
+        Ok(stored)
     }
 
     async fn release(&self, key: &str, expected: &[u8]) -> Result<bool, CacheError> {
         let result = self.if_holds(key, expected, Op::Remove).await;
+        self.unfile(key);
         Ok(matches!(result, CompResult::Removed(_)))
     }
 
@@ -318,6 +455,50 @@ mod tests {
         );
         m.release("k", marker).await.unwrap();
         assert_eq!(m.get("k").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn patterns_remove_what_a_walk_would_through_the_index() {
+        let ttl = Duration::from_secs(60);
+        let keys = [
+            "p:users:1", "p:users:12", "p:users:2:roles", "p:users", "p:users2:1", "p:roles:1",
+            "p::1", "q:users:1", "p#x:users:1", "p:users:*",
+        ];
+        let patterns = [
+            "p:users:*", "p:users:1*", "p:*", "p:users:*:roles", "p:u*", "p:users", "p:users:\\*",
+            "p::*", "q:*", "*",
+        ];
+        for pattern in patterns {
+            let indexed = MemoryBackend::default();
+            for key in keys {
+                indexed.set(key, b"1", ttl).await.unwrap();
+            }
+            let removed = indexed.delete_matching(pattern).await.unwrap();
+            let expected: Vec<&str> = keys.iter().copied().filter(|k| glob_match(pattern, k)).collect();
+            assert_eq!(removed, expected.len() as u64, "{pattern}");
+            for key in keys {
+                let present = indexed.get(key).await.unwrap().is_some();
+                assert_eq!(present, !expected.contains(&key), "{key} after {pattern}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn keys_of_entries_that_are_gone_leave_the_index() {
+        let m = MemoryBackend::default();
+        for i in 0..10_000 {
+            m.set(&format!("p:users:{i}"), b"1", Duration::from_millis(1))
+                .await
+                .unwrap();
+            if i % 1000 == 999 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        assert!(m.filed_len() <= 2 * PRUNE_AT_LEAST + 1000, "{}", m.filed_len());
+        m.set("p:users:x", b"1", Duration::from_secs(60)).await.unwrap();
+        assert!(m.delete("p:users:x").await.unwrap());
+        m.delete_matching("p:users:*").await.unwrap();
+        assert_eq!(m.filed_len(), 0);
     }
 
     #[tokio::test]

@@ -2,10 +2,14 @@
 
 use super::{Backend, BackendKind, LEASE_MARKER_PREFIX, Lease, ServerInfo, is_lease_marker};
 use crate::CacheError;
+use crate::index::{self, Scope};
+use crate::key::escape_glob;
 use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use std::sync::LazyLock;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 /// Whether `KEYS[1]` holds exactly the string `v`, without copying a large or foreign value
 /// into the script.
@@ -16,16 +20,54 @@ const HOLDS: &str = r"local function holds(k, v)
 end
 ";
 
-/// Take the lease: if the key is empty, store the marker with the lease TTL and return nil;
-/// else return what is there (a value, or another loader's marker). A marker without a TTL is
-/// garbage (no live holder sets one), and a key of another type than a string is foreign data
-/// that reads as a miss: both are replaced. Returns 1 for a value larger than the maximum (not
-/// sent).
+/// Files `KEYS[1]` in the invalidation index `KEYS[2]` (registered in `KEYS[3]`) as `member`,
+/// scored with its expiry in server milliseconds, and drops up to 16 members whose expiry has
+/// passed. Does nothing when the script was given only the key. Called after the write, so the
+/// score is never before the key's own expiry.
+const INDEX: &str = r"local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function index(member, ttl)
+  if #KEYS < 3 then return end
+  local now = now_ms()
+  redis.call('ZADD', KEYS[2], string.format('%.0f', now + tonumber(ttl)), member)
+  redis.call('SADD', KEYS[3], KEYS[2])
+  local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', string.format('(%.0f', now), 'LIMIT', 0, 16)
+  if #old > 0 then redis.call('ZREM', KEYS[2], unpack(old)) end
+end
+";
+
+/// Store a value, and file it in the index.
 ///
-/// `ARGV`: marker, lease TTL in ms, marker prefix, maximum value size in bytes.
-static LEASE: LazyLock<Script> = LazyLock::new(|| {
+/// `ARGV`: value, TTL in ms, index member.
+static SET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{INDEX}redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+index(ARGV[3], ARGV[2])
+return 1"
+    ))
+});
+
+/// Remove a key, and its index member.
+static DELETE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r"local t = redis.call('TYPE', KEYS[1])['ok']
+        r"local n = redis.call('UNLINK', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return n",
+    )
+});
+
+/// Take the lease: if the key is empty, store the marker with the lease TTL (filed in the
+/// index) and return nil; else return what is there (a value, or another loader's marker). A
+/// marker without a TTL is garbage (no live holder sets one), and a key of another type than a
+/// string is foreign data that reads as a miss: both are replaced. Returns 1 for a value larger
+/// than the maximum (not sent).
+///
+/// `ARGV`: marker, lease TTL in ms, marker prefix, maximum value size in bytes, index member.
+static LEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{INDEX}local t = redis.call('TYPE', KEYS[1])['ok']
 if t == 'string' then
   if redis.call('STRLEN', KEYS[1]) > tonumber(ARGV[4]) then return 1 end
   local v = redis.call('GET', KEYS[1])
@@ -36,39 +78,132 @@ elseif t ~= 'none' then
   redis.call('DEL', KEYS[1])
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return false",
-    )
+index(ARGV[5], ARGV[2])
+return false"
+    ))
 });
 
 /// Fill under the lease: store the value only if the key still holds our marker.
+///
+/// `ARGV`: marker, value, TTL in ms, index member.
 static FILL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        r"{HOLDS}if holds(KEYS[1], ARGV[1]) then
+        r"{HOLDS}{INDEX}if holds(KEYS[1], ARGV[1]) then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  index(ARGV[4], ARGV[3])
   return 1
 end
 return 0"
     ))
 });
 
-/// Compare-and-delete: remove the key only if it holds exactly `ARGV[1]`.
+/// Compare-and-delete: remove the key only if it holds exactly `ARGV[1]`, and its index member
+/// (`ARGV[2]`) with it.
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{HOLDS}if holds(KEYS[1], ARGV[1]) then
-  return redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[1])
+  if #KEYS == 3 then redis.call('ZREM', KEYS[2], ARGV[2]) end
+  return 1
 end
 return 0"
     ))
 });
 
-/// Renew the lease: extend the marker's TTL only if the key still holds it.
+/// Renew the lease: extend the marker's TTL (and its index score) only if the key still holds
+/// it.
+///
+/// `ARGV`: marker, TTL in ms, index member.
 static RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        r"{HOLDS}if holds(KEYS[1], ARGV[1]) then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+        r"{HOLDS}{INDEX}if holds(KEYS[1], ARGV[1]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  index(ARGV[3], ARGV[2])
+  return 1
 end
 return 0"
     ))
+});
+
+/// Start invalidating a namespace: move its index `KEYS[1]` into its drain set `KEYS[2]`, so
+/// that writes from now on start a new index and the drain set holds every entry written before.
+/// A drain set left by an invalidation that stopped half-way absorbs the index member by member
+/// (in place, so a concurrent `ZSCAN` of it still sees every member it held).
+static SWAP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"if redis.call('EXISTS', KEYS[1]) == 1 then
+  if redis.call('EXISTS', KEYS[2]) == 0 then
+    redis.call('RENAME', KEYS[1], KEYS[2])
+  else
+    local m = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+    for i = 1, #m, 1000 do
+      local args = {}
+      for j = i, math.min(i + 998, #m - 1), 2 do
+        args[#args + 1] = m[j + 1]
+        args[#args + 1] = m[j]
+      end
+      redis.call('ZADD', KEYS[2], unpack(args))
+    end
+    redis.call('DEL', KEYS[1])
+  end
+end
+return redis.call('ZCARD', KEYS[2])",
+    )
+});
+
+/// One step of draining the set `KEYS[1]`: remove up to `ARGV[2]` of its entries (the keys
+/// `ARGV[1] .. member`) and their members, atomically. When the set and the namespace's index
+/// `KEYS[2]` are both gone, the index leaves the registry `KEYS[3]`. Returns {members taken,
+/// keys that existed}.
+static DRAIN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"local m = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+local removed = 0
+if #m > 0 then
+  local keys = {}
+  for i, v in ipairs(m) do keys[i] = ARGV[1] .. v end
+  removed = redis.call('UNLINK', unpack(keys))
+  redis.call('ZREM', KEYS[1], unpack(m))
+end
+if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('SREM', KEYS[3], KEYS[2])
+end
+return {#m, removed}",
+    )
+});
+
+/// Remove the entries `ARGV[1] .. member` for the members `ARGV[2..]` of the set `KEYS[1]`,
+/// and those members, atomically. Returns how many keys existed.
+static REMOVE_MEMBERS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"local keys = {}
+for i = 2, #ARGV do keys[i - 1] = ARGV[1] .. ARGV[i] end
+local removed = redis.call('UNLINK', unpack(keys))
+redis.call('ZREM', KEYS[1], unpack(ARGV, 2))
+return removed",
+    )
+});
+
+/// File existing keys (`ARGV[1] .. member` for the members `ARGV[2..]`) in the index
+/// `KEYS[1]`, registered in `KEYS[2]`: what rebuilding the index runs on each batch of a walk.
+/// A key without a TTL is scored `+inf`; scores carry a second of margin, as the key's TTL is
+/// read after the clock. Returns how many members were new.
+static FILE_EXISTING: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local added = 0
+for i = 2, #ARGV do
+  local ttl = redis.call('PTTL', ARGV[1] .. ARGV[i])
+  if ttl ~= -2 then
+    local score = '+inf'
+    if ttl >= 0 then score = string.format('%.0f', now + ttl + 1000) end
+    added = added + redis.call('ZADD', KEYS[1], 'GT', score, ARGV[i])
+  end
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('SADD', KEYS[2], KEYS[1]) end
+return added",
+    )
 });
 
 /// One `SCAN` step: the next cursor (0 when the walk is done) and the matching keys.
@@ -96,12 +231,100 @@ const SCAN_COUNT: u64 = 1000;
 /// How many keys one `UNLINK` removes at most.
 const UNLINK_BATCH: usize = 1000;
 
+/// How many entries one step of a namespace invalidation removes.
+const DRAIN_CHUNK: usize = 1000;
+
+/// How long a check that the index can answer patterns holds before it is made again: a
+/// server whose eviction policy changes to one that can evict the index is noticed this late.
+const TRUST_FOR: Duration = Duration::from_secs(1);
+
+/// How long one process holds the right to rebuild an index, if it stops without giving it back.
+const REBUILD_LOCK: Duration = Duration::from_secs(600);
+
+/// The drain set of the index `index_key` under `head`: `{head}#drain:{ns}` (or `{head}#drain`).
+fn drain_key(head: &str, index_key: &str) -> String {
+    let rest = index_key
+        .strip_prefix(head)
+        .and_then(|k| k.strip_prefix("#ix"))
+        .unwrap_or_default();
+    format!("{head}#drain{rest}")
+}
+
+/// The set of every index under `head`.
+fn registry_key(head: &str) -> String {
+    format!("{head}#ns")
+}
+
+/// Exists once the index under `head` holds every entry: written by a rebuild.
+fn ready_key(head: &str) -> String {
+    format!("{head}#ix-ready")
+}
+
+/// Held by the process rebuilding the index under `head`.
+fn rebuild_lock_key(head: &str) -> String {
+    format!("{head}#ix-rebuild")
+}
+
+/// Whether the server's memory policy (from `INFO memory`) may evict keys without a TTL, such
+/// as the index: a `maxmemory` limit with an `allkeys-*` policy.
+fn evicts_persistent_keys(info_memory: &str) -> bool {
+    let field = |name: &str| {
+        info_memory.lines().find_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            (k == name).then(|| v.trim())
+        })
+    };
+    let limited = field("maxmemory").and_then(|v| v.parse::<u64>().ok()) != Some(0);
+    limited && field("maxmemory_policy").is_some_and(|p| p.starts_with("allkeys"))
+}
+
+/// Runs one step of background work on the server, bounded by `limit`.
+async fn bounded<T>(
+    limit: Duration,
+    step: impl Future<Output = Result<T, CacheError>>,
+) -> Result<T, CacheError> {
+    tokio::time::timeout(limit, step)
+        .await
+        .unwrap_or(Err(CacheError::Timeout {
+            op: "rebuild_index",
+            timeout: limit,
+        }))
+}
+
+/// Where a key is filed in the index: its index key, the registry, and its member.
+struct Filing<'a> {
+    index: String,
+    registry: String,
+    member: &'a str,
+}
+
+/// What this process knows about the indexes of the heads it has invalidated under.
+#[derive(Debug, Default)]
+struct IndexState {
+    /// Heads whose index was last found able to answer patterns, and when.
+    trusted: Mutex<HashMap<String, Instant>>,
+    /// Heads whose index this process is rebuilding in the background.
+    rebuilding: Mutex<HashSet<String>>,
+    /// Whether the eviction policy warning was logged.
+    warned: AtomicBool,
+}
+
 /// A Redis server reached through one multiplexed connection that reconnects by itself
 /// (redis-rs's `ConnectionManager`): all clones of the service share it, and commands from
 /// concurrent tasks are pipelined on it.
 ///
-/// Pattern removal walks the keyspace with `SCAN ... MATCH` and removes each batch with
-/// `UNLINK`; `KEYS`, `FLUSHDB` and `FLUSHALL` are never sent.
+/// # The invalidation index
+///
+/// Every write also files its key, in the same script, in a sorted set per namespace (the first
+/// `:`-separated part after the prefix), scored by the key's expiry. A pattern that names one
+/// namespace (`users:*`), or all of them (`*`), is answered from those sets at a cost that
+/// follows what it removes; a pattern filtered within one namespace (`users:1*`) scans that
+/// namespace's set only; any other pattern walks the keyspace with `SCAN ... MATCH` and removes
+/// each batch with `UNLINK`. `KEYS`, `FLUSHDB` and `FLUSHALL` are never sent.
+///
+/// The index answers only once it has been rebuilt from the keys already in Redis (entries
+/// written by a version without it), and only on a server that cannot evict it; until then,
+/// patterns walk. See `docs/design/0004-invalidation-index.md`.
 ///
 /// Reads fetch at most `max_value_bytes + 1` bytes (`GETRANGE`), so one huge value cannot hold
 /// the connection for every other key: it reads as [`CacheError::TooLarge`].
@@ -110,6 +333,20 @@ pub struct RedisBackend {
     conn: ConnectionManager,
     endpoint: String,
     max_value_bytes: u64,
+    /// Whether writes file keys in the index and patterns use it (off only for benchmarks).
+    indexed: bool,
+    /// The bound on each step of a background rebuild of the index.
+    step_timeout: Duration,
+    index: Arc<IndexState>,
+}
+
+/// How a [`RedisBackend`] is set up.
+#[derive(Debug, Clone)]
+pub(crate) struct RedisOptions {
+    pub(crate) connect_timeout: Duration,
+    pub(crate) max_value_bytes: u64,
+    pub(crate) indexed: bool,
+    pub(crate) step_timeout: Duration,
 }
 
 impl RedisBackend {
@@ -118,14 +355,13 @@ impl RedisBackend {
     pub(crate) fn connect_lazy(
         client: redis::Client,
         endpoint: String,
-        connect_timeout: Duration,
-        max_value_bytes: u64,
+        options: &RedisOptions,
     ) -> Result<Self, CacheError> {
         let config = ConnectionManagerConfig::new()
             // No response timeout here: the service's guard bounds every call, once. (A
             // timed-out command never makes redis-rs reconnect either way.)
             .set_response_timeout(None)
-            .set_connection_timeout(Some(connect_timeout))
+            .set_connection_timeout(Some(options.connect_timeout))
             // One quick retry: the service's circuit breaker, not the connection, decides how
             // long to wait before trying an unreachable server again.
             .set_number_of_retries(1)
@@ -137,13 +373,301 @@ impl RedisBackend {
         Ok(Self {
             conn,
             endpoint,
-            max_value_bytes: max_value_bytes.max(1),
+            max_value_bytes: options.max_value_bytes.max(1),
+            indexed: options.indexed,
+            step_timeout: options.step_timeout,
+            index: Arc::default(),
         })
     }
 
     /// The server's address as `host:port/db` (never with credentials).
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// Where `key` is filed in the index, if it is indexed.
+    fn filing<'a>(&self, key: &'a str) -> Option<Filing<'a>> {
+        if !self.indexed {
+            return None;
+        }
+        let place = index::place(key)?;
+        Some(Filing {
+            index: place.index_key(),
+            registry: registry_key(place.head),
+            member: place.member,
+        })
+    }
+
+    /// Removes the matches of `pattern` by walking the keyspace: `SCAN ... MATCH`, `UNLINK`.
+    async fn walk_delete(&self, pattern: &str) -> Result<u64, CacheError> {
+        let mut conn = self.conn.clone();
+        let mut cursor = 0;
+        let mut removed = 0;
+        loop {
+            let (next, keys) = scan_step(&mut conn, cursor, pattern).await?;
+            if !keys.is_empty() {
+                let n: u64 = redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async(&mut conn)
+                    .await?;
+                removed += n;
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Whether the index under `head` can answer patterns: rebuilt, and on a server that cannot
+    /// evict it. An index not yet rebuilt starts rebuilding in the background.
+    async fn index_trusted(&self, head: &str) -> Result<bool, CacheError> {
+        {
+            let trusted = self.index.trusted.lock().unwrap_or_else(|e| e.into_inner());
+            if trusted.get(head).is_some_and(|at| at.elapsed() < TRUST_FOR) {
+                return Ok(true);
+            }
+        }
+        let mut conn = self.conn.clone();
+        let (ready, memory): (bool, String) = redis::pipe()
+            .exists(ready_key(head))
+            .cmd("INFO")
+            .arg("memory")
+            .query_async(&mut conn)
+            .await?;
+        let mut trusted = self.index.trusted.lock().unwrap_or_else(|e| e.into_inner());
+        if evicts_persistent_keys(&memory) {
+            trusted.remove(head);
+            if !self.index.warned.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "cachekit: the Redis server may evict keys without a TTL (an allkeys-* \
+                     maxmemory-policy), and with them the invalidation index, so pattern \
+                     invalidations walk the keyspace with SCAN; every cachekit entry has a TTL, \
+                     so a volatile-* policy evicts the same entries and keeps the index"
+                );
+            }
+            return Ok(false);
+        }
+        if ready {
+            trusted.insert(head.to_owned(), Instant::now());
+            return Ok(true);
+        }
+        trusted.remove(head);
+        drop(trusted);
+        self.rebuild_in_background(head);
+        Ok(false)
+    }
+
+    /// Starts rebuilding the index under `head` in the background, unless this process already
+    /// is; another process holding the rebuild lock makes it a no-op.
+    fn rebuild_in_background(&self, head: &str) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if !self
+            .index
+            .rebuilding
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(head.to_owned())
+        {
+            return;
+        }
+        let this = self.clone();
+        let head = head.to_owned();
+        runtime.spawn(async move {
+            match this.rebuild_locked(&head).await {
+                Ok(Some(filed)) => tracing::info!(
+                    filed,
+                    "cachekit: rebuilt the invalidation index from the keys in Redis; pattern \
+                     invalidations now use it"
+                ),
+                Ok(None) => {}
+                Err(error) => tracing::warn!(
+                    %error,
+                    "cachekit: rebuilding the invalidation index stopped; pattern invalidations \
+                     walk the keyspace until a later one completes"
+                ),
+            }
+            this.index
+                .rebuilding
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&head);
+        });
+    }
+
+    /// Rebuilds the index under `head` if no other process is: `None` if one is.
+    async fn rebuild_locked(&self, head: &str) -> Result<Option<u64>, CacheError> {
+        let mut conn = self.conn.clone();
+        let lock = rebuild_lock_key(head);
+        let taken: Option<String> = bounded(
+            self.step_timeout,
+            async {
+                Ok(redis::cmd("SET")
+                    .arg(&lock)
+                    .arg(std::process::id())
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(millis(REBUILD_LOCK))
+                    .query_async(&mut conn)
+                    .await?)
+            },
+        )
+        .await?;
+        if taken.is_none() {
+            return Ok(None);
+        }
+        let outcome = self.rebuild(head, Some(self.step_timeout)).await;
+        let _: Result<(), CacheError> = bounded(self.step_timeout, async {
+            redis::cmd("DEL").arg(&lock).exec_async(&mut conn).await?;
+            Ok(())
+        })
+        .await;
+        outcome.map(Some)
+    }
+
+    /// Files every key under `{head}:` in its index, walking the keyspace once, then marks the
+    /// index ready. Each step is bounded by `step_timeout` when given. Returns how many keys were
+    /// not filed before.
+    async fn rebuild(&self, head: &str, step_timeout: Option<Duration>) -> Result<u64, CacheError> {
+        let mut conn = self.conn.clone();
+        let pattern = format!("{}:*", escape_glob(head));
+        let key_head = format!("{head}:");
+        let registry = registry_key(head);
+        let limit = step_timeout.unwrap_or(Duration::MAX);
+        let mut cursor = 0;
+        let mut filed = 0;
+        loop {
+            let (next, keys) = bounded(limit, scan_step(&mut conn, cursor, &pattern)).await?;
+            let mut groups: HashMap<String, Vec<&str>> = HashMap::new();
+            let keys: Vec<&str> = keys
+                .iter()
+                .filter_map(|k| std::str::from_utf8(k).ok())
+                .collect();
+            for key in &keys {
+                if let Some(place) = index::place(key)
+                    && place.head == head
+                {
+                    groups.entry(place.index_key()).or_default().push(place.member);
+                }
+            }
+            for (index, members) in groups {
+                let mut invocation = FILE_EXISTING.key(&index);
+                invocation.key(&registry).arg(&key_head).arg(&members);
+                let added: u64 =
+                    bounded(limit, async { Ok(invocation.invoke_async(&mut conn).await?) })
+                        .await?;
+                filed += added;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        bounded(limit, async {
+            redis::cmd("SET")
+                .arg(ready_key(head))
+                .arg("rebuilt")
+                .exec_async(&mut conn)
+                .await?;
+            Ok(())
+        })
+        .await?;
+        self.index
+            .trusted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(head);
+        Ok(filed)
+    }
+
+    /// Removes every entry of the index `index` under `head`: moves the index to its drain set,
+    /// then drains that set a chunk at a time. Returns how many keys existed.
+    async fn drain(&self, head: &str, index: &str) -> Result<u64, CacheError> {
+        let mut conn = self.conn.clone();
+        let drain = drain_key(head, index);
+        let registry = registry_key(head);
+        let key_head = format!("{head}:");
+        let _: u64 = SWAP
+            .key(index)
+            .key(&drain)
+            .invoke_async(&mut conn)
+            .await?;
+        let mut removed = 0;
+        loop {
+            let (taken, existed): (usize, u64) = DRAIN
+                .key(&drain)
+                .key(index)
+                .key(&registry)
+                .arg(&key_head)
+                .arg(DRAIN_CHUNK)
+                .invoke_async(&mut conn)
+                .await?;
+            removed += existed;
+            if taken < DRAIN_CHUNK {
+                return Ok(removed);
+            }
+        }
+    }
+
+    /// Removes the entries of namespace `ns` under `head` whose member matches
+    /// `member_pattern`: scans the namespace's index, then its drain set (in that order, so an
+    /// entry that a concurrent invalidation moves from one to the other is still seen).
+    async fn remove_within(
+        &self,
+        head: &str,
+        ns: &str,
+        member_pattern: &str,
+    ) -> Result<u64, CacheError> {
+        let mut conn = self.conn.clone();
+        let index = index::index_key(head, Some(ns));
+        let drain = drain_key(head, &index);
+        let key_head = format!("{head}:");
+        let mut removed = 0;
+        for set in [&index, &drain] {
+            let mut cursor = 0u64;
+            loop {
+                let (next, found): (u64, Vec<(Vec<u8>, String)>) = redis::cmd("ZSCAN")
+                    .arg(set)
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(member_pattern)
+                    .arg("COUNT")
+                    .arg(SCAN_COUNT)
+                    .query_async(&mut conn)
+                    .await?;
+                if !found.is_empty() {
+                    let members: Vec<&[u8]> = found.iter().map(|(m, _)| m.as_slice()).collect();
+                    let existed: u64 = REMOVE_MEMBERS
+                        .key(set)
+                        .arg(&key_head)
+                        .arg(&members)
+                        .invoke_async(&mut conn)
+                        .await?;
+                    removed += existed;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Removes every entry under `head`: drains every index in the registry.
+    async fn drain_everything(&self, head: &str) -> Result<u64, CacheError> {
+        let mut conn = self.conn.clone();
+        let indexes: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(registry_key(head))
+            .query_async(&mut conn)
+            .await?;
+        let mut removed = 0;
+        for index in indexes {
+            removed += self.drain(head, &index).await?;
+        }
+        Ok(removed)
     }
 }
 
@@ -184,23 +708,49 @@ impl Backend for RedisBackend {
 
     async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), CacheError> {
         let mut conn = self.conn.clone();
-        redis::cmd("SET")
-            .arg(key)
-            .arg(value)
-            .arg("PX")
-            .arg(millis(ttl))
-            .exec_async(&mut conn)
-            .await?;
+        match self.filing(key) {
+            Some(filing) => {
+                let _: u8 = SET
+                    .key(key)
+                    .key(&filing.index)
+                    .key(&filing.registry)
+                    .arg(value)
+                    .arg(millis(ttl))
+                    .arg(filing.member)
+                    .invoke_async(&mut conn)
+                    .await?;
+            }
+            None => {
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .arg("PX")
+                    .arg(millis(ttl))
+                    .exec_async(&mut conn)
+                    .await?;
+            }
+        }
         Ok(())
     }
 
     async fn delete(&self, key: &str) -> Result<bool, CacheError> {
         let mut conn = self.conn.clone();
-        let removed: u64 = redis::cmd("UNLINK").arg(key).query_async(&mut conn).await?;
+        let removed: u64 = match self.filing(key) {
+            Some(filing) => {
+                DELETE
+                    .key(key)
+                    .key(&filing.index)
+                    .arg(filing.member)
+                    .invoke_async(&mut conn)
+                    .await?
+            }
+            None => redis::cmd("UNLINK").arg(key).query_async(&mut conn).await?,
+        };
         Ok(removed > 0)
     }
 
     async fn delete_many(&self, keys: &[String]) -> Result<u64, CacheError> {
+        // Their index members stay until they expire or their namespace is invalidated.
         let mut conn = self.conn.clone();
         let mut removed = 0;
         for batch in keys.chunks(UNLINK_BATCH) {
@@ -214,23 +764,35 @@ impl Backend for RedisBackend {
     }
 
     async fn delete_matching(&self, pattern: &str) -> Result<u64, CacheError> {
-        let mut conn = self.conn.clone();
-        let mut cursor = 0;
-        let mut removed = 0;
-        loop {
-            let (next, keys) = scan_step(&mut conn, cursor, pattern).await?;
-            if !keys.is_empty() {
-                let n: u64 = redis::cmd("UNLINK")
-                    .arg(&keys)
-                    .query_async(&mut conn)
-                    .await?;
-                removed += n;
-            }
-            if next == 0 {
-                return Ok(removed);
-            }
-            cursor = next;
+        let head = match index::scope(pattern) {
+            Scope::Exact(key) => return Ok(u64::from(self.delete(&key).await?)),
+            Scope::Walk => return self.walk_delete(pattern).await,
+            Scope::Namespace { head, .. }
+            | Scope::Within { head, .. }
+            | Scope::Everything { head } => head,
+        };
+        if !self.indexed || !self.index_trusted(head).await? {
+            return self.walk_delete(pattern).await;
         }
+        match index::scope(pattern) {
+            Scope::Namespace { head, ns } => {
+                self.drain(head, &index::index_key(head, Some(&ns))).await
+            }
+            Scope::Within {
+                head,
+                ns,
+                member_pattern,
+            } => self.remove_within(head, &ns, member_pattern).await,
+            Scope::Everything { head } => self.drain_everything(head).await,
+            Scope::Exact(_) | Scope::Walk => unreachable!("answered above"),
+        }
+    }
+
+    async fn rebuild_index(&self, head: &str) -> Result<u64, CacheError> {
+        if !self.indexed {
+            return Ok(0);
+        }
+        self.rebuild(head, None).await
     }
 
     async fn try_lease(
@@ -240,12 +802,17 @@ impl Backend for RedisBackend {
         ttl: Duration,
     ) -> Result<Lease, CacheError> {
         let mut conn = self.conn.clone();
-        let found: redis::Value = LEASE
-            .key(key)
+        let filing = self.filing(key);
+        let mut invocation = LEASE.key(key);
+        if let Some(filing) = &filing {
+            invocation.key(&filing.index).key(&filing.registry);
+        }
+        let found: redis::Value = invocation
             .arg(marker)
             .arg(millis(ttl))
             .arg(LEASE_MARKER_PREFIX)
             .arg(self.max_value_bytes)
+            .arg(filing.as_ref().map_or("", |f| f.member))
             .invoke_async(&mut conn)
             .await?;
         match found {
@@ -271,11 +838,16 @@ impl Backend for RedisBackend {
         ttl: Duration,
     ) -> Result<bool, CacheError> {
         let mut conn = self.conn.clone();
-        let stored: u8 = FILL
-            .key(key)
+        let filing = self.filing(key);
+        let mut invocation = FILL.key(key);
+        if let Some(filing) = &filing {
+            invocation.key(&filing.index).key(&filing.registry);
+        }
+        let stored: u8 = invocation
             .arg(marker)
             .arg(value)
             .arg(millis(ttl))
+            .arg(filing.as_ref().map_or("", |f| f.member))
             .invoke_async(&mut conn)
             .await?;
         Ok(stored == 1)
@@ -283,9 +855,14 @@ impl Backend for RedisBackend {
 
     async fn release(&self, key: &str, expected: &[u8]) -> Result<bool, CacheError> {
         let mut conn = self.conn.clone();
-        let removed: u8 = RELEASE
-            .key(key)
+        let filing = self.filing(key);
+        let mut invocation = RELEASE.key(key);
+        if let Some(filing) = &filing {
+            invocation.key(&filing.index).key(&filing.registry);
+        }
+        let removed: u8 = invocation
             .arg(expected)
+            .arg(filing.as_ref().map_or("", |f| f.member))
             .invoke_async(&mut conn)
             .await?;
         Ok(removed == 1)
@@ -293,10 +870,15 @@ impl Backend for RedisBackend {
 
     async fn renew(&self, key: &str, marker: &[u8], ttl: Duration) -> Result<bool, CacheError> {
         let mut conn = self.conn.clone();
-        let renewed: u8 = RENEW
-            .key(key)
+        let filing = self.filing(key);
+        let mut invocation = RENEW.key(key);
+        if let Some(filing) = &filing {
+            invocation.key(&filing.index).key(&filing.registry);
+        }
+        let renewed: u8 = invocation
             .arg(marker)
             .arg(millis(ttl))
+            .arg(filing.as_ref().map_or("", |f| f.member))
             .invoke_async(&mut conn)
             .await?;
         Ok(renewed == 1)
@@ -328,6 +910,34 @@ impl Backend for RedisBackend {
             used_memory_bytes: number("used_memory"),
             connected_clients: number("connected_clients"),
             db_keys: Some(db_keys),
+            maxmemory_policy: field("maxmemory_policy"),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_limited_allkeys_policy_can_evict_the_index() {
+        let info = |max: u64, policy: &str| {
+            format!("# Memory\r\nused_memory:1\r\nmaxmemory:{max}\r\nmaxmemory_policy:{policy}\r\n")
+        };
+        assert!(evicts_persistent_keys(&info(1 << 30, "allkeys-lru")));
+        assert!(evicts_persistent_keys(&info(1 << 30, "allkeys-random")));
+        assert!(!evicts_persistent_keys(&info(1 << 30, "volatile-lru")));
+        assert!(!evicts_persistent_keys(&info(1 << 30, "noeviction")));
+        assert!(!evicts_persistent_keys(&info(0, "allkeys-lru")));
+    }
+
+    #[test]
+    fn drain_sets_are_named_apart_from_indexes() {
+        assert_eq!(drain_key("app", "app#ix:users"), "app#drain:users");
+        assert_eq!(drain_key("app", "app#ix"), "app#drain");
+        assert_ne!(
+            drain_key("app", "app#ix:a#drain"),
+            index::index_key("app", Some("a#drain"))
+        );
     }
 }
