@@ -5,13 +5,13 @@
 //! separated by free gaps of 300-700 ms), read a few keys of a versioned in-memory "database"
 //! through `get_or_load`, with a 250 ms operation timeout and a circuit breaker that opens for
 //! 200 ms. Writers on a third service, connected without a proxy, update a row and then
-//! `try_delete` its key. A stalled connection is the hard case for cache-aside: a request that
+//! `try_delete` its key, or invalidate its namespace (`row3:*`) through the invalidation index. A stalled connection is the hard case for cache-aside: a request that
 //! timed out on the client is still delivered, late, and runs on the server after whatever
 //! happened meanwhile.
 //!
 //! The property checked (by `cachekit_tests::checker`): a read that began after an invalidation
 //! returned `Ok` sees the written version or a newer one. A write counts as an invalidation
-//! (at the time `try_delete` returned) only if `try_delete` succeeded; failures are counted and
+//! (at the time the call returned) only if it succeeded; failures are counted and
 //! printed. With leases off the checker must find violations, which proves it can fail.
 //!
 //! ```bash
@@ -46,7 +46,7 @@ const GAP: RangeInclusive<Duration> = Duration::from_millis(300)..=Duration::fro
 const SEED: u64 = 0x5EED_F417;
 
 fn key(id: u32) -> String {
-    format!("row:{id}")
+    format!("row{id}:v")
 }
 
 struct Outcome {
@@ -85,6 +85,7 @@ async fn run(leases: bool) -> Outcome {
         .build()
         .await
         .expect("writer service builds");
+    writer.rebuild_index().await.expect("the index is complete");
 
     let reads = Arc::new(Mutex::new(Vec::with_capacity(TARGET_READS)));
     let writes = Arc::new(Mutex::new(Vec::new()));
@@ -141,7 +142,13 @@ async fn run(leases: bool) -> Outcome {
             while !done.load(Ordering::Relaxed) {
                 id = (id + 1) % KEYS;
                 let version = db.write(id).await;
-                match writer.try_delete(&key(id)).await {
+                // Every other write invalidates the row's namespace through the index.
+                let invalidated = if version % 2 == 0 {
+                    writer.try_delete(&key(id)).await.map(u64::from)
+                } else {
+                    writer.try_invalidate_pattern(&format!("row{id}:*")).await
+                };
+                match invalidated {
                     Ok(_) => writes.lock().unwrap().push(Write {
                         id,
                         end: Instant::now(),

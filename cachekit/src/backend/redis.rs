@@ -20,18 +20,30 @@ const HOLDS: &str = r"local function holds(k, v)
 end
 ";
 
-/// Files `KEYS[1]` in the invalidation index `KEYS[2]` (registered in `KEYS[3]`) as `member`,
-/// scored with its expiry in server milliseconds, and drops up to 16 members whose expiry has
-/// passed. Does nothing when the script was given only the key. Called after the write, so the
-/// score is never before the key's own expiry.
-const INDEX: &str = r"local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+/// The invalidation index, for scripts that write `KEYS[1]`. `prepare()` runs before the write:
+/// an index `KEYS[2]` or registry `KEYS[3]` of a foreign type is replaced, and the index's ready
+/// marker `KEYS[4]` removed with it (the entries it held are no longer found, so patterns walk
+/// until a rebuild). `index(member, ttl)` runs after the write: it files the key as `member`,
+/// scored with its expiry in server milliseconds (read after the write, so never before the
+/// key's own expiry), registers the index, and drops up to 16 members whose score has passed.
+/// Both do nothing when the script was given only the key.
+const INDEX: &str = r"local function claim(k, want)
+  local t = redis.call('TYPE', k)['ok']
+  if t ~= want and t ~= 'none' then
+    redis.call('DEL', k)
+    redis.call('DEL', KEYS[4])
+  end
+end
+local function prepare()
+  if #KEYS < 4 then return end
+  claim(KEYS[2], 'zset')
+  claim(KEYS[3], 'set')
 end
 local function index(member, ttl)
-  if #KEYS < 3 then return end
-  local now = now_ms()
-  redis.call('ZADD', KEYS[2], string.format('%.0f', now + tonumber(ttl)), member)
+  if #KEYS < 4 then return end
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('ZADD', KEYS[2], string.format('%.0f', now + tonumber(ttl) + 1), member)
   redis.call('SADD', KEYS[3], KEYS[2])
   local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', string.format('(%.0f', now), 'LIMIT', 0, 16)
   if #old > 0 then redis.call('ZREM', KEYS[2], unpack(old)) end
@@ -43,7 +55,8 @@ end
 /// `ARGV`: value, TTL in ms, index member.
 static SET: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        r"{INDEX}redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+        r"{INDEX}prepare()
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 index(ARGV[3], ARGV[2])
 return 1"
     ))
@@ -53,7 +66,7 @@ return 1"
 static DELETE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"local n = redis.call('UNLINK', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
+if redis.call('TYPE', KEYS[2])['ok'] == 'zset' then redis.call('ZREM', KEYS[2], ARGV[1]) end
 return n",
     )
 });
@@ -77,6 +90,7 @@ if t == 'string' then
 elseif t ~= 'none' then
   redis.call('DEL', KEYS[1])
 end
+prepare()
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 index(ARGV[5], ARGV[2])
 return false"
@@ -89,6 +103,7 @@ return false"
 static FILL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{HOLDS}{INDEX}if holds(KEYS[1], ARGV[1]) then
+  prepare()
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   index(ARGV[4], ARGV[3])
   return 1
@@ -103,7 +118,9 @@ static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{HOLDS}if holds(KEYS[1], ARGV[1]) then
   redis.call('DEL', KEYS[1])
-  if #KEYS == 3 then redis.call('ZREM', KEYS[2], ARGV[2]) end
+  if #KEYS == 4 and redis.call('TYPE', KEYS[2])['ok'] == 'zset' then
+    redis.call('ZREM', KEYS[2], ARGV[2])
+  end
   return 1
 end
 return 0"
@@ -117,6 +134,7 @@ return 0"
 static RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{HOLDS}{INDEX}if holds(KEYS[1], ARGV[1]) then
+  prepare()
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   index(ARGV[3], ARGV[2])
   return 1
@@ -128,10 +146,19 @@ return 0"
 /// Start invalidating a namespace: move its index `KEYS[1]` into its drain set `KEYS[2]`, so
 /// that writes from now on start a new index and the drain set holds every entry written before.
 /// A drain set left by an invalidation that stopped half-way absorbs the index member by member
-/// (in place, so a concurrent `ZSCAN` of it still sees every member it held).
+/// (in place, so a concurrent `ZSCAN` of it still sees every member it held). Either of a
+/// foreign type is removed with the ready marker `KEYS[3]`, and -1 returned: walk instead.
 static SWAP: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r"if redis.call('EXISTS', KEYS[1]) == 1 then
+        r"local function foreign(k)
+  local t = redis.call('TYPE', k)['ok']
+  return t ~= 'zset' and t ~= 'none'
+end
+if foreign(KEYS[1]) or foreign(KEYS[2]) then
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+  return -1
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then
   if redis.call('EXISTS', KEYS[2]) == 0 then
     redis.call('RENAME', KEYS[1], KEYS[2])
   else
@@ -148,6 +175,19 @@ static SWAP: LazyLock<Script> = LazyLock::new(|| {
   end
 end
 return redis.call('ZCARD', KEYS[2])",
+    )
+});
+
+/// The indexes registered in `KEYS[1]`; a registry of a foreign type is removed with the ready
+/// marker `KEYS[2]`, and false returned: walk instead.
+static REGISTERED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"local t = redis.call('TYPE', KEYS[1])['ok']
+if t ~= 'set' and t ~= 'none' then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  return false
+end
+return redis.call('SMEMBERS', KEYS[1])",
     )
 });
 
@@ -185,12 +225,17 @@ return removed",
 });
 
 /// File existing keys (`ARGV[1] .. member` for the members `ARGV[2..]`) in the index
-/// `KEYS[1]`, registered in `KEYS[2]`: what rebuilding the index runs on each batch of a walk.
+/// `KEYS[1]`, registered in `KEYS[2]` (either replaced if of a foreign type): what rebuilding the
+/// index runs on each batch of a walk.
 /// A key without a TTL is scored `+inf`; scores carry a second of margin, as the key's TTL is
 /// read after the clock. Returns how many members were new.
 static FILE_EXISTING: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r"local t = redis.call('TIME')
+        r"for _, k in ipairs({KEYS[1], KEYS[2]}) do
+  local t = redis.call('TYPE', k)['ok']
+  if t ~= 'none' and t ~= (k == KEYS[1] and 'zset' or 'set') then redis.call('DEL', k) end
+end
+local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local added = 0
 for i = 2, #ARGV do
@@ -295,6 +340,7 @@ async fn bounded<T>(
 struct Filing<'a> {
     index: String,
     registry: String,
+    ready: String,
     member: &'a str,
 }
 
@@ -394,6 +440,7 @@ impl RedisBackend {
         Some(Filing {
             index: place.index_key(),
             registry: registry_key(place.head),
+            ready: ready_key(place.head),
             member: place.member,
         })
     }
@@ -583,17 +630,22 @@ impl RedisBackend {
     }
 
     /// Removes every entry of the index `index` under `head`: moves the index to its drain set,
-    /// then drains that set a chunk at a time. Returns how many keys existed.
-    async fn drain(&self, head: &str, index: &str) -> Result<u64, CacheError> {
+    /// then drains that set a chunk at a time. Returns how many keys existed, or `None` if the
+    /// index was unusable (of a foreign type) and the caller must walk.
+    async fn drain(&self, head: &str, index: &str) -> Result<Option<u64>, CacheError> {
         let mut conn = self.conn.clone();
         let drain = drain_key(head, index);
         let registry = registry_key(head);
         let key_head = format!("{head}:");
-        let _: u64 = SWAP
+        let held: i64 = SWAP
             .key(index)
             .key(&drain)
+            .key(ready_key(head))
             .invoke_async(&mut conn)
             .await?;
+        if held < 0 {
+            return Ok(None);
+        }
         let mut removed = 0;
         loop {
             let (taken, existed): (usize, u64) = DRAIN
@@ -606,7 +658,7 @@ impl RedisBackend {
                 .await?;
             removed += existed;
             if taken < DRAIN_CHUNK {
-                return Ok(removed);
+                return Ok(Some(removed));
             }
         }
     }
@@ -656,18 +708,27 @@ impl RedisBackend {
         Ok(removed)
     }
 
-    /// Removes every entry under `head`: drains every index in the registry.
-    async fn drain_everything(&self, head: &str) -> Result<u64, CacheError> {
+    /// Removes every entry under `head`: drains every index in the registry. `None` if the
+    /// registry or an index was unusable (of a foreign type) and the caller must walk.
+    async fn drain_everything(&self, head: &str) -> Result<Option<u64>, CacheError> {
         let mut conn = self.conn.clone();
-        let indexes: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(registry_key(head))
-            .query_async(&mut conn)
+        let indexes: Option<Vec<Vec<u8>>> = REGISTERED
+            .key(registry_key(head))
+            .key(ready_key(head))
+            .invoke_async(&mut conn)
             .await?;
+        let Some(indexes) = indexes else {
+            return Ok(None);
+        };
         let mut removed = 0;
-        for index in indexes {
-            removed += self.drain(head, &index).await?;
+        // A registry member that is not text was not written by this library.
+        for index in indexes.iter().filter_map(|i| std::str::from_utf8(i).ok()) {
+            match self.drain(head, index).await? {
+                Some(n) => removed += n,
+                None => return Ok(None),
+            }
         }
-        Ok(removed)
+        Ok(Some(removed))
     }
 }
 
@@ -714,6 +775,7 @@ impl Backend for RedisBackend {
                     .key(key)
                     .key(&filing.index)
                     .key(&filing.registry)
+                    .key(&filing.ready)
                     .arg(value)
                     .arg(millis(ttl))
                     .arg(filing.member)
@@ -774,17 +836,28 @@ impl Backend for RedisBackend {
         if !self.indexed || !self.index_trusted(head).await? {
             return self.walk_delete(pattern).await;
         }
-        match index::scope(pattern) {
+        let answered = match index::scope(pattern) {
             Scope::Namespace { head, ns } => {
-                self.drain(head, &index::index_key(head, Some(&ns))).await
+                self.drain(head, &index::index_key(head, Some(&ns))).await?
             }
             Scope::Within {
                 head,
                 ns,
                 member_pattern,
-            } => self.remove_within(head, &ns, member_pattern).await,
-            Scope::Everything { head } => self.drain_everything(head).await,
-            Scope::Exact(_) | Scope::Walk => unreachable!("answered above"),
+            } => Some(self.remove_within(head, &ns, member_pattern).await?),
+            Scope::Everything { head } => self.drain_everything(head).await?,
+            Scope::Exact(_) | Scope::Walk => None,
+        };
+        match answered {
+            Some(removed) => Ok(removed),
+            None => {
+                self.index
+                    .trusted
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(head);
+                self.walk_delete(pattern).await
+            }
         }
     }
 
@@ -805,7 +878,10 @@ impl Backend for RedisBackend {
         let filing = self.filing(key);
         let mut invocation = LEASE.key(key);
         if let Some(filing) = &filing {
-            invocation.key(&filing.index).key(&filing.registry);
+            invocation
+                .key(&filing.index)
+                .key(&filing.registry)
+                .key(&filing.ready);
         }
         let found: redis::Value = invocation
             .arg(marker)
@@ -841,7 +917,10 @@ impl Backend for RedisBackend {
         let filing = self.filing(key);
         let mut invocation = FILL.key(key);
         if let Some(filing) = &filing {
-            invocation.key(&filing.index).key(&filing.registry);
+            invocation
+                .key(&filing.index)
+                .key(&filing.registry)
+                .key(&filing.ready);
         }
         let stored: u8 = invocation
             .arg(marker)
@@ -858,7 +937,10 @@ impl Backend for RedisBackend {
         let filing = self.filing(key);
         let mut invocation = RELEASE.key(key);
         if let Some(filing) = &filing {
-            invocation.key(&filing.index).key(&filing.registry);
+            invocation
+                .key(&filing.index)
+                .key(&filing.registry)
+                .key(&filing.ready);
         }
         let removed: u8 = invocation
             .arg(expected)
@@ -873,7 +955,10 @@ impl Backend for RedisBackend {
         let filing = self.filing(key);
         let mut invocation = RENEW.key(key);
         if let Some(filing) = &filing {
-            invocation.key(&filing.index).key(&filing.registry);
+            invocation
+                .key(&filing.index)
+                .key(&filing.registry)
+                .key(&filing.ready);
         }
         let renewed: u8 = invocation
             .arg(marker)

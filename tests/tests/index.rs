@@ -1,0 +1,360 @@
+//! The invalidation index on a real Redis: patterns it answers remove exactly what a walk of the
+//! keyspace would, without `SCAN`; lease markers are found; entries written before the index
+//! existed are still removed; the index stays bounded under churn; a server that may evict it
+//! makes patterns walk; and concurrent writers never leave an entry an invalidation should have
+//! removed.
+
+use cachekit::CacheService;
+use cachekit::key::glob_match;
+use cachekit_tests::{RedisServer, raw, within};
+use redis::aio::MultiplexedConnection;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const MINUTE: Option<Duration> = Some(Duration::from_secs(60));
+
+async fn service(server: &RedisServer, prefix: &str) -> CacheService {
+    CacheService::builder()
+        .redis_url(server.url())
+        .prefix(prefix)
+        .build()
+        .await
+        .expect("service builds")
+}
+
+/// A service whose index is complete, so that patterns use it.
+async fn indexed(server: &RedisServer, prefix: &str) -> CacheService {
+    let cache = service(server, prefix).await;
+    cache.rebuild_index().await.expect("rebuild the index");
+    cache
+}
+
+/// How many `SCAN` commands the server has run.
+async fn scans(conn: &mut MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("INFO commandstats");
+    info.lines()
+        .find_map(|line| line.strip_prefix("cmdstat_scan:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().expect("a call count"))
+}
+
+async fn zcard(conn: &mut MultiplexedConnection, key: &str) -> u64 {
+    redis::cmd("ZCARD")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .expect("ZCARD")
+}
+
+/// Keys of every kind the index files differently, and patterns of every kind it answers.
+const KEYS: &[&str] = &[
+    "users:1", "users:12", "users:2:roles", "users", "users2:1", "roles:1", ":1", "users:*",
+    "users:[1]", "a:b:c",
+];
+const PATTERNS: &[&str] = &[
+    "users:*", "users:1*", "users:*:roles", "users:\\*", "users:\\[1\\]", "*", "u*", "users",
+    ":*", "*:1", "users:?", "a:b:*", "nothing:*",
+];
+
+#[tokio::test]
+async fn every_pattern_removes_what_a_walk_would_and_the_index_answers_without_scan() {
+    let server = RedisServer::start();
+    let mut conn = server.connection().await;
+    for pattern in PATTERNS {
+        let cache = indexed(&server, "app").await;
+        let other = service(&server, "other").await;
+        for key in KEYS {
+            assert!(cache.set(key, &key, MINUTE).await);
+            assert!(other.set(key, &key, MINUTE).await);
+        }
+        let scans_before = scans(&mut conn).await;
+        let removed = cache.try_invalidate_pattern(pattern).await.expect("invalidate");
+        let walked = scans(&mut conn).await > scans_before;
+        let expected: Vec<&str> = KEYS
+            .iter()
+            .copied()
+            .filter(|k| glob_match(pattern, k))
+            .collect();
+        assert_eq!(removed, expected.len() as u64, "{pattern}: {expected:?}");
+        for key in KEYS {
+            let present = raw::exists(&mut conn, &format!("app:{key}")).await;
+            assert_eq!(present, !expected.contains(key), "app:{key} after {pattern}");
+            assert!(raw::exists(&mut conn, &format!("other:{key}")).await, "other:{key}");
+        }
+        let answerable = pattern.starts_with("users:") || *pattern == "*" || *pattern == "a:b:*"
+            || *pattern == ":*" || *pattern == "users" || *pattern == "nothing:*";
+        assert_eq!(walked, !answerable, "{pattern}: walked the keyspace");
+        cache.clear_all().await;
+        other.clear_all().await;
+    }
+    assert_eq!(raw::keys(&mut conn, "app:*").await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn clear_all_through_the_index_removes_every_namespace_and_only_this_prefix() {
+    let server = RedisServer::start();
+    let mut conn = server.connection().await;
+    let cache = indexed(&server, "app").await;
+    let other = indexed(&server, "app2").await;
+    for i in 0..2500 {
+        assert!(cache.set(&format!("ns{}:{i}", i % 7), &i, MINUTE).await);
+    }
+    assert!(cache.set("plain", &1, MINUTE).await);
+    assert!(other.set("ns1:1", &1, MINUTE).await);
+    let scans_before = scans(&mut conn).await;
+    assert_eq!(cache.try_clear_all().await.expect("clear_all"), 2501);
+    assert_eq!(scans(&mut conn).await, scans_before, "clear_all walked the keyspace");
+    assert!(raw::exists(&mut conn, "app2:ns1:1").await);
+    assert_eq!(raw::keys(&mut conn, "app:*").await, Vec::<String>::new());
+    // Drained namespaces leave nothing behind but the registry and the ready marker.
+    let mut left = raw::keys(&mut conn, "app#*").await;
+    left.sort();
+    assert_eq!(left, ["app#ix-ready"]);
+}
+
+#[tokio::test]
+async fn a_lease_taken_before_an_invalidation_is_found_by_it_and_its_fill_refused() {
+    let server = RedisServer::start();
+    let mut conn = server.connection().await;
+    let cache = indexed(&server, "app").await;
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let (finish_tx, finish_rx) = tokio::sync::oneshot::channel::<()>();
+    let loader = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            cache
+                .get_or_load("users:7", MINUTE, || async move {
+                    started_tx.send(()).expect("test waits");
+                    finish_rx.await.expect("test finishes the load");
+                    Ok::<_, std::io::Error>("loaded before the invalidation".to_string())
+                })
+                .await
+        })
+    };
+    started_rx.await.expect("the loader starts");
+    assert!(raw::exists(&mut conn, "app:users:7").await, "the lease marker is in Redis");
+    let scans_before = scans(&mut conn).await;
+    assert_eq!(cache.try_invalidate_pattern("users:*").await.expect("invalidate"), 1);
+    assert_eq!(scans(&mut conn).await, scans_before, "the index answered");
+    assert!(!raw::exists(&mut conn, "app:users:7").await, "the marker is gone");
+    finish_tx.send(()).expect("loader waits");
+    let value = loader.await.expect("task").expect("the loader succeeds");
+    assert_eq!(value, "loaded before the invalidation");
+    assert!(
+        !raw::exists(&mut conn, "app:users:7").await,
+        "a value loaded before the invalidation was written after it"
+    );
+}
+
+#[tokio::test]
+async fn entries_written_before_the_index_are_removed_by_a_walk_then_by_the_rebuilt_index() {
+    let server = RedisServer::start();
+    let mut conn = server.connection().await;
+    // Entries as a version without the index wrote them: plain SET with a TTL.
+    for i in 0..300 {
+        raw::set_px(&mut conn, &format!("app:users:{i}"), "{}", Duration::from_secs(60)).await;
+    }
+    let cache = service(&server, "app").await;
+    // The index is not complete: the first invalidation walks, and starts a rebuild.
+    let scans_before = scans(&mut conn).await;
+    assert_eq!(cache.try_invalidate_pattern("users:1*").await.expect("invalidate"), 111);
+    assert!(scans(&mut conn).await > scans_before, "an incomplete index is not used");
+    within(Duration::from_secs(30), "the background rebuild", async {
+        while !raw::exists(&mut conn, "app#ix-ready").await {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(zcard(&mut conn, "app#ix:users").await, 189, "the rebuild filed the rest");
+    // The in-process trust check is renewed within a second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let scans_before = scans(&mut conn).await;
+    assert_eq!(cache.try_invalidate_pattern("users:*").await.expect("invalidate"), 189);
+    assert_eq!(scans(&mut conn).await, scans_before, "the rebuilt index answered");
+    assert_eq!(raw::keys(&mut conn, "app:users:*").await, Vec::<String>::new());
+
+    // An explicit rebuild files what an older version wrote since.
+    raw::set_px(&mut conn, "app:users:late", "{}", Duration::from_secs(60)).await;
+    assert_eq!(cache.rebuild_index().await.expect("rebuild"), 1);
+    assert_eq!(cache.try_invalidate_pattern("users:*").await.expect("invalidate"), 1);
+}
+
+#[tokio::test]
+async fn expired_and_removed_entries_leave_the_index() {
+    let server = RedisServer::start();
+    let mut conn = server.connection().await;
+    let cache = indexed(&server, "app").await;
+    let ttl = Some(Duration::from_millis(20));
+    const WRITES: u64 = 20_000;
+    for i in 0..WRITES {
+        assert!(cache.set(&format!("churn:{i}"), &i, ttl).await);
+    }
+    let after_churn = zcard(&mut conn, "app#ix:churn").await;
+    // Each write drops up to 16 members whose entry expired: a few more writes, after the
+    // last entries expired, empty the index of the churned ones.
+    let mut size = after_churn;
+    for i in 0..40 {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        assert!(cache.set(&format!("churn:tail{i}"), &i, ttl).await);
+        size = zcard(&mut conn, "app#ix:churn").await;
+    }
+    eprintln!(
+        "index size after {WRITES} writes with a 20 ms TTL: {after_churn} members right after, \
+         {size} after 40 more writes over 1 s"
+    );
+    assert!(after_churn < WRITES / 10, "{after_churn} of {WRITES} members left right after");
+    assert!(size <= 16, "{size} members left for at most 2 live entries");
+
+    // A removed entry leaves it at once.
+    assert!(cache.set("gone:1", &1, MINUTE).await);
+    assert_eq!(zcard(&mut conn, "app#ix:gone").await, 1);
+    assert!(cache.delete("gone:1").await);
+    assert_eq!(zcard(&mut conn, "app#ix:gone").await, 0);
+}
+
+#[tokio::test]
+async fn a_server_that_may_evict_the_index_makes_patterns_walk() {
+    let server = RedisServer::start_with_args(&[
+        "--maxmemory",
+        "512mb",
+        "--maxmemory-policy",
+        "allkeys-lru",
+    ]);
+    let mut conn = server.connection().await;
+    let cache = indexed(&server, "app").await;
+    assert!(cache.set("users:1", &1, MINUTE).await);
+    let scans_before = scans(&mut conn).await;
+    assert_eq!(cache.try_invalidate_pattern("users:*").await.expect("invalidate"), 1);
+    assert!(scans(&mut conn).await > scans_before, "the index was trusted on allkeys-lru");
+    let health = cache.health().await;
+    let policy = health.server.and_then(|s| s.maxmemory_policy);
+    assert_eq!(policy.as_deref(), Some("allkeys-lru"));
+
+    // With a volatile policy the index cannot be evicted (it has no TTL), and is used.
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("volatile-lru")
+        .query_async(&mut conn)
+        .await
+        .expect("CONFIG SET");
+    assert!(cache.set("users:1", &1, MINUTE).await);
+    let scans_before = scans(&mut conn).await;
+    assert_eq!(cache.try_invalidate_pattern("users:*").await.expect("invalidate"), 1);
+    assert_eq!(scans(&mut conn).await, scans_before, "the index was not used on volatile-lru");
+}
+
+#[tokio::test]
+async fn an_index_key_of_a_foreign_type_is_replaced_and_patterns_walk_until_a_rebuild() {
+    let server = RedisServer::start();
+    let mut conn = server.connection().await;
+    let cache = indexed(&server, "app").await;
+    assert!(cache.set("users:1", &1, MINUTE).await);
+    // Something else overwrites the index: the entry it filed is no longer findable there.
+    raw::set(&mut conn, "app#ix:users", "not an index").await;
+    assert!(cache.set("users:2", &2, MINUTE).await, "the write replaces the foreign key");
+    assert!(!raw::exists(&mut conn, "app#ix-ready").await, "the index is marked incomplete");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(cache.try_invalidate_pattern("users:*").await.expect("invalidate"), 2);
+    assert_eq!(raw::keys(&mut conn, "app:users:*").await, Vec::<String>::new());
+}
+
+/// Concurrent sets, fills, lease takers whose loads fail, and invalidations (of a whole
+/// namespace and of part of it) from two services: after each invalidation returns, no entry it
+/// matches may hold a value that was written, or whose load began, before it started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_never_outlive_an_invalidation_that_began_after_them() {
+    const KEY_COUNT: u64 = 64;
+    const INVALIDATIONS: usize = 300;
+    let server = RedisServer::start();
+    let fleet = [indexed(&server, "app").await, indexed(&server, "app").await];
+    // Every value is a unique version; `marks` holds, per version, the clock reading after
+    // which an invalidation must remove it: when its `set` returned, or when its load began
+    // (its lease was taken before that).
+    let clock = Arc::new(AtomicU64::new(1));
+    let marks: Arc<Mutex<HashMap<u64, u64>>> = Arc::default();
+    let done = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..6u64 {
+        let (cache, clock, marks, done) =
+            (fleet[w as usize % 2].clone(), clock.clone(), marks.clone(), done.clone());
+        writers.push(tokio::spawn(async move {
+            let mut n = w;
+            while !done.load(Ordering::Relaxed) {
+                n = n.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                let key = format!("c:{}", (n >> 33) % KEY_COUNT);
+                let version = clock.fetch_add(1, Ordering::SeqCst);
+                match (n >> 20) % 3 {
+                    0 => {
+                        if cache.set(&key, &version, MINUTE).await {
+                            let at = clock.fetch_add(1, Ordering::SeqCst);
+                            marks.lock().unwrap().insert(version, at);
+                        }
+                    }
+                    kind => {
+                        let (clock, marks) = (clock.clone(), marks.clone());
+                        let _ = cache
+                            .get_or_load(&key, MINUTE, || async move {
+                                let at = clock.fetch_add(1, Ordering::SeqCst);
+                                marks.lock().unwrap().insert(version, at);
+                                tokio::time::sleep(Duration::from_micros(200)).await;
+                                if kind == 1 {
+                                    Ok(version)
+                                } else {
+                                    Err("the load fails and gives the lease back")
+                                }
+                            })
+                            .await;
+                    }
+                }
+            }
+        }));
+    }
+    let mut conn = server.connection().await;
+    let keys: Vec<String> = (0..KEY_COUNT).map(|i| format!("app:c:{i}")).collect();
+    let mut violations = Vec::new();
+    let mut removed = 0;
+    for i in 0..INVALIDATIONS {
+        let pattern = if i % 2 == 0 { "c:*" } else { "c:1*" };
+        let began = clock.fetch_add(1, Ordering::SeqCst);
+        removed += fleet[i % 2]
+            .try_invalidate_pattern(pattern)
+            .await
+            .expect("invalidate");
+        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .expect("MGET");
+        let marks = marks.lock().unwrap();
+        for (key, value) in keys.iter().zip(values) {
+            let Some(version) = value.and_then(|v| serde_json::from_slice::<u64>(&v).ok()) else {
+                continue;
+            };
+            if glob_match(&format!("app:{pattern}"), key)
+                && marks.get(&version).is_some_and(|&at| at < began)
+            {
+                violations.push((key.clone(), version, pattern));
+            }
+        }
+        drop(marks);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    done.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.await.expect("writer task");
+    }
+    eprintln!(
+        "{INVALIDATIONS} invalidations removed {removed} entries amid {} writes; violations: {}",
+        clock.load(Ordering::SeqCst) / 2,
+        violations.len()
+    );
+    assert!(removed > 0, "the invalidations raced no writes");
+    assert_eq!(violations, [], "entries outlived an invalidation that began after them");
+}
