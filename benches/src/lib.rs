@@ -45,6 +45,14 @@ pub mod names {
     pub const STAMPEDE: &str = "stampede";
     /// Removing `users:*` among many other keys.
     pub const INVALIDATION: &str = "invalidate users:*";
+    /// One task writing the user record again and again, each call timed: what filing each
+    /// entry in the invalidation index costs a write.
+    pub const SEQUENTIAL_WRITE: &str = "sequential write";
+    /// One task missing on a new key each call (read, lease, load, fill), each call timed: what
+    /// the index costs a fill.
+    pub const SEQUENTIAL_FILL: &str = "sequential fill";
+    /// The invalidation index's memory in Redis.
+    pub const INDEX_MEMORY: &str = "index memory";
 
     /// `Instant::now()` then `elapsed()`.
     pub const CLOCK: &str = "Instant::now + elapsed";
@@ -80,8 +88,26 @@ pub mod names {
     pub const RAW_CACHE_ASIDE: &str = "redis-rs hand-written cache-aside";
     /// `SCAN MATCH` + `UNLINK` written by hand on redis-rs: the invalidation's baseline.
     pub const RAW_SCAN: &str = "redis-rs SCAN + UNLINK";
-    /// `CacheService::invalidate_pattern`.
+    /// `CacheService::invalidate_pattern`, answered by the invalidation index.
     pub const SERVICE_INVALIDATE: &str = "cachekit invalidate_pattern";
+    /// Diagnostic: `CacheService::invalidate_pattern` with the index off: a `SCAN` walk.
+    pub const SERVICE_INVALIDATE_UNINDEXED: &str = "cachekit invalidate_pattern, index off";
+    /// `UNLINK` of the matching keys' names, known in advance, pipelined in batches of 1,000:
+    /// the floor of any removal.
+    pub const RAW_UNLINK_KNOWN: &str = "redis-rs UNLINK of the known names";
+    /// `CacheService::set` with the index off: the write scenario's baseline.
+    pub const SERVICE_SET_UNINDEXED: &str = "cachekit CacheService::set, index off";
+    /// `CacheService::set`, filing the entry in the index.
+    pub const SERVICE_SET: &str = "cachekit CacheService::set";
+    /// redis-rs `SET ... PX` of `serde_json::to_vec` of the record.
+    pub const RAW_SET: &str = "redis-rs serde_json + SET PX (multiplexed)";
+    /// `CacheService::get_or_load` missing, with the index off: the fill scenario's baseline.
+    pub const SERVICE_FILL_UNINDEXED: &str = "cachekit get_or_load miss, index off";
+    /// `CacheService::get_or_load` missing: the lease and the fill file the key in the index.
+    pub const SERVICE_FILL: &str = "cachekit get_or_load miss";
+    /// The sorted set of the `users` namespace holding the matching entries: `MEMORY USAGE`
+    /// divided by its members.
+    pub const INDEX_PER_ENTRY: &str = "users index (MEMORY USAGE / members)";
 }
 
 /// How to run the comparison.

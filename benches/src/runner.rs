@@ -244,11 +244,16 @@ impl Runner {
 
     /// A cachekit service on the benchmark's Redis, with the default settings.
     async fn service(&self) -> Result<CacheService, Error> {
-        let cache = CacheService::builder()
-            .redis_url(&self.url)
-            .prefix(PREFIX)
-            .build()
-            .await?;
+        self.service_with(true).await
+    }
+
+    /// A cachekit service on the benchmark's Redis, with the invalidation index on or off.
+    async fn service_with(&self, indexed: bool) -> Result<CacheService, Error> {
+        let mut builder = CacheService::builder().redis_url(&self.url).prefix(PREFIX);
+        if !indexed {
+            builder = builder.__diagnostic_unindexed();
+        }
+        let cache = builder.build().await?;
         let health = cache.health().await;
         if !health.connected {
             return Err(Error::new(format!(
@@ -276,6 +281,7 @@ impl Runner {
         self.embedded(&embedded, baseline).await?;
         self.concurrent(&redis).await?;
         self.stampede().await?;
+        self.writes().await?;
         self.invalidation().await?;
         self.check_no_misses(redis.iter().chain(&embedded))?;
         machine.load_after = load_average();
@@ -608,8 +614,96 @@ impl Runner {
         Ok(())
     }
 
+    /// Sequential writes and fills, the contenders taking turns call by call: what filing an
+    /// entry in the invalidation index adds to a write, against the same service with the
+    /// index off.
+    async fn writes(&mut self) -> Result<(), Error> {
+        let user = User::sample(HIT_ID);
+        let (indexed, unindexed) = (
+            self.service_with(true).await?,
+            self.service_with(false).await?,
+        );
+        let mut sets = [
+            Write::Set(unindexed.clone(), "writes_off"),
+            Write::Set(indexed.clone(), "writes"),
+            Write::Raw(self.raw_connection().await?),
+        ];
+        let latencies = self.write_turns(SEQUENTIAL_WRITE, &mut sets, &user).await?;
+        self.latency_rows(SEQUENTIAL_WRITE, &sets, &latencies);
+        let mut fills = [
+            Write::Fill(unindexed, "fills_off"),
+            Write::Fill(indexed, "fills"),
+        ];
+        let latencies = self.write_turns(SEQUENTIAL_FILL, &mut fills, &user).await?;
+        self.latency_rows(SEQUENTIAL_FILL, &fills, &latencies);
+        Ok(())
+    }
+
+    /// Rows of mean, p50 and p99 for each contender, with per-round ratios to the first.
+    fn latency_rows(&mut self, scenario: &str, contenders: &[Write], latencies: &Latencies) {
+        for (i, contender) in contenders.iter().enumerate() {
+            for (figure, summary) in FIGURES {
+                let pooled: Vec<f64> = latencies[i].concat();
+                let mut row = Row::new(scenario, contender.name(), figure, "µs");
+                row.value = summary(&pooled);
+                row.round_ratios = (0..latencies[i].len())
+                    .map(|r| summary(&latencies[i][r]) / summary(&latencies[0][r]))
+                    .collect();
+                row.ratio = Some(median(&row.round_ratios));
+                self.rows.push(row);
+            }
+        }
+    }
+
+    /// [`take_turns`](Self::take_turns) for writes: each call writes a new key or version.
+    async fn write_turns(
+        &self,
+        scenario: &str,
+        contenders: &mut [Write],
+        user: &User,
+    ) -> Result<Latencies, Error> {
+        let plan = &self.plan;
+        let mut n = 0u64;
+        for contender in contenders.iter_mut() {
+            for _ in 0..plan.warmup_calls {
+                n += 1;
+                contender.call(n, user).await?;
+            }
+        }
+        let count = contenders.len();
+        let mut order: Vec<usize> = (0..count).collect();
+        let mut rng = XorShift::new(0x5EED_3217_E417);
+        let mut latencies: Latencies = vec![Vec::new(); count];
+        for round in 0..plan.sequential_rounds {
+            if round % 10 == 0 {
+                self.say(&format!(
+                    "{scenario}: round {}/{}",
+                    round + 1,
+                    plan.sequential_rounds
+                ));
+            }
+            let mut samples = vec![Vec::with_capacity(plan.sequential_calls); count];
+            for _ in 0..plan.sequential_calls {
+                rng.shuffle(&mut order);
+                n += 1;
+                for &i in &order {
+                    let started = Instant::now();
+                    contenders[i].call(black_box(n), user).await?;
+                    samples[i].push(started.elapsed().as_nanos() as f64 / 1000.0);
+                }
+            }
+            for (i, samples) in samples.into_iter().enumerate() {
+                latencies[i].push(samples);
+            }
+        }
+        Ok(latencies)
+    }
+
     /// `invalidate_pattern("users:*")` with the matching keys among many others, against the
-    /// same `SCAN` + `UNLINK` walk written by hand.
+    /// same `SCAN` + `UNLINK` walk written by hand, the service with its index off (which
+    /// walks too), and `UNLINK` of the names known in advance. The matching entries are written
+    /// through the service, so the index holds them; the others are written directly, so the
+    /// index is rebuilt once (timed) before the rounds.
     async fn invalidation(&mut self) -> Result<(), Error> {
         let plan = self.plan.clone();
         self.say(&format!(
@@ -623,24 +717,41 @@ impl Runner {
             loading.elapsed().as_secs_f64()
         ));
         let service = self.service().await?;
+        let unindexed = self.service_with(false).await?;
+        let rebuilding = Instant::now();
+        let filed = service.rebuild_index().await?;
+        self.say(&format!(
+            "invalidation: rebuilt the index ({filed} keys filed) in {:.1} s",
+            rebuilding.elapsed().as_secs_f64()
+        ));
         let mut raw = self.raw_connection().await?;
-        let names = [RAW_SCAN, SERVICE_INVALIDATE];
-        let (mut time, mut removed) = (vec![Vec::new(); 2], vec![Vec::new(); 2]);
+        let names = [
+            RAW_SCAN,
+            SERVICE_INVALIDATE,
+            SERVICE_INVALIDATE_UNINDEXED,
+            RAW_UNLINK_KNOWN,
+        ];
+        let n = names.len();
+        let (mut time, mut removed) = (vec![Vec::new(); n], vec![Vec::new(); n]);
+        let mut per_entry = Vec::new();
         for round in 0..plan.invalidation_rounds {
             self.say(&format!(
                 "invalidation: round {}/{}",
                 round + 1,
                 plan.invalidation_rounds
             ));
-            for k in 0..2 {
-                let i = (round + k) % 2;
-                populate_matching(&mut self.admin, plan.invalidation_matching).await?;
+            for k in 0..n {
+                let i = (round + k) % n;
+                populate_matching(&service, plan.invalidation_matching).await?;
+                if per_entry.len() <= round {
+                    per_entry.push(index_bytes_per_entry(&mut self.admin).await?);
+                }
                 let started = Instant::now();
-                let count = if i == 0 {
-                    let pattern = format!("{PREFIX}:users:*");
-                    scan_unlink(&mut raw, &pattern).await?
-                } else {
-                    service.try_invalidate_pattern("users:*").await?
+                let count = match i {
+                    0 => scan_unlink(&mut raw, &format!("{PREFIX}:users:*")).await?,
+                    1 => service.try_invalidate_pattern("users:*").await?,
+                    2 => unindexed.try_invalidate_pattern("users:*").await?,
+                    _ => unlink_known(&mut raw, plan.invalidation_matching).await?,
                 };
                 time[i].push(started.elapsed().as_secs_f64() * 1000.0);
                 if count != plan.invalidation_matching as u64 {
@@ -660,6 +771,9 @@ impl Runner {
                 self.rows.push(by_round(row, &values[i], &values[0]));
             }
         }
+        let mut row = Row::new(INDEX_MEMORY, INDEX_PER_ENTRY, "per entry", "bytes");
+        row.value = median(&per_entry);
+        self.rows.push(row);
         Ok(())
     }
 
@@ -827,27 +941,58 @@ async fn populate_others(conn: &mut MultiplexedConnection, count: usize) -> Resu
     Ok(())
 }
 
-/// Writes the matching keys `{PREFIX}:users:{i}`, each holding a user record, with pipelined
-/// `SET ... PX`.
-async fn populate_matching(conn: &mut MultiplexedConnection, count: usize) -> Result<(), Error> {
-    const PER_PIPELINE: usize = 1000;
-    let json = User::sample_json(HIT_ID);
+/// Writes the matching entries `users:{i}`, each holding the user record, through the
+/// service (so that its index files them), 256 at a time.
+async fn populate_matching(service: &CacheService, count: usize) -> Result<(), Error> {
+    const AT_ONCE: usize = 256;
+    let user = User::sample(HIT_ID);
+    let ttl = Some(Duration::from_millis(TTL_MS));
     let mut next = 0;
     while next < count {
-        let mut pipe = redis::pipe();
-        let end = (next + PER_PIPELINE).min(count);
+        let end = (next + AT_ONCE).min(count);
+        let mut writes = tokio::task::JoinSet::new();
         for i in next..end {
-            pipe.cmd("SET")
-                .arg(format!("{PREFIX}:users:{i}"))
-                .arg(&json)
-                .arg("PX")
-                .arg(TTL_MS)
-                .ignore();
+            let (service, user) = (service.clone(), user.clone());
+            writes.spawn(async move { service.try_set(&format!("users:{i}"), &user, ttl).await });
         }
-        pipe.exec_async(conn).await?;
+        while let Some(written) = writes.join_next().await {
+            written.map_err(|e| Error::new(e.to_string()))??;
+        }
         next = end;
     }
     Ok(())
+}
+
+/// `UNLINK` of `{PREFIX}:users:{i}` for `i` below `count`, 1,000 names a command, pipelined.
+async fn unlink_known(conn: &mut MultiplexedConnection, count: usize) -> Result<u64, Error> {
+    let mut pipe = redis::pipe();
+    for start in (0..count).step_by(1000) {
+        let names: Vec<String> = (start..(start + 1000).min(count))
+            .map(|i| format!("{PREFIX}:users:{i}"))
+            .collect();
+        pipe.cmd("UNLINK").arg(names);
+    }
+    let counts: Vec<u64> = pipe.query_async(conn).await?;
+    Ok(counts.iter().sum())
+}
+
+/// The `users` index's memory per member: `MEMORY USAGE` (all of it sampled) over `ZCARD`.
+async fn index_bytes_per_entry(conn: &mut MultiplexedConnection) -> Result<f64, Error> {
+    let index = format!("{PREFIX}#ix:users");
+    let (bytes, members): (Option<u64>, u64) = redis::pipe()
+        .cmd("MEMORY")
+        .arg("USAGE")
+        .arg(&index)
+        .arg("SAMPLES")
+        .arg(0)
+        .cmd("ZCARD")
+        .arg(&index)
+        .query_async(conn)
+        .await?;
+    match bytes {
+        Some(bytes) if members > 0 => Ok(bytes as f64 / members as f64),
+        _ => Err(Error::new(format!("the index {index} is empty"))),
+    }
 }
 
 /// The hand-written pattern removal: `SCAN ... MATCH ... COUNT 1000`, `UNLINK` each batch.
@@ -871,6 +1016,62 @@ async fn scan_unlink(conn: &mut MultiplexedConnection, pattern: &str) -> Result<
             return Ok(removed);
         }
         cursor = next;
+    }
+}
+
+/// One way of writing the user record: a contender of the write scenarios.
+enum Write {
+    /// redis-rs `SET ... PX` of the record's JSON, over 1,000 keys.
+    Raw(MultiplexedConnection),
+    /// `CacheService::set` over 1,000 keys of a namespace.
+    Set(CacheService, &'static str),
+    /// `CacheService::get_or_load` of a new key of a namespace: a miss, a lease, the loader
+    /// (returning the record at once), the fill.
+    Fill(CacheService, &'static str),
+}
+
+impl Write {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Raw(_) => RAW_SET,
+            // The contenders with the index off write namespaces named `*_off`.
+            Self::Set(_, ns) if ns.ends_with("_off") => SERVICE_SET_UNINDEXED,
+            Self::Set(..) => SERVICE_SET,
+            Self::Fill(_, ns) if ns.ends_with("_off") => SERVICE_FILL_UNINDEXED,
+            Self::Fill(..) => SERVICE_FILL,
+        }
+    }
+
+    async fn call(&mut self, n: u64, user: &User) -> Result<(), Error> {
+        let ttl = Some(Duration::from_millis(TTL_MS));
+        match self {
+            Self::Raw(conn) => {
+                let json = serde_json::to_vec(user)?;
+                redis::cmd("SET")
+                    .arg(format!("{PREFIX}:writes_raw:{}", n % 1000))
+                    .arg(json)
+                    .arg("PX")
+                    .arg(TTL_MS)
+                    .exec_async(conn)
+                    .await?;
+            }
+            Self::Set(cache, ns) => {
+                cache
+                    .try_set(&format!("{ns}:{}", n % 1000), user, ttl)
+                    .await?;
+            }
+            Self::Fill(cache, ns) => {
+                let fetched = cache
+                    .get_or_load_with_status(&format!("{ns}:{n}"), ttl, || async {
+                        Ok::<_, Error>(user.clone())
+                    })
+                    .await?;
+                if fetched.from_cache || fetched.value.id != user.id {
+                    return Err(Error::new(format!("{ns}:{n} was not a miss")));
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -78,13 +78,34 @@ fn quick_mode_reports_every_figure() {
     }
 
     let matching = report.settings.invalidation_matching as f64;
-    for contender in [RAW_SCAN, SERVICE_INVALIDATE] {
+    for contender in [
+        RAW_SCAN,
+        SERVICE_INVALIDATE,
+        SERVICE_INVALIDATE_UNINDEXED,
+        RAW_UNLINK_KNOWN,
+    ] {
         ratio(INVALIDATION, contender, "time");
         assert_eq!(
             expect(INVALIDATION, contender, "keys removed").value,
             matching
         );
     }
+
+    for contender in [SERVICE_SET_UNINDEXED, SERVICE_SET, RAW_SET] {
+        for figure in ["mean", "p50", "p99"] {
+            ratio(SEQUENTIAL_WRITE, contender, figure);
+        }
+    }
+    for contender in [SERVICE_FILL_UNINDEXED, SERVICE_FILL] {
+        for figure in ["mean", "p50", "p99"] {
+            ratio(SEQUENTIAL_FILL, contender, figure);
+        }
+    }
+    let per_entry = expect(INDEX_MEMORY, INDEX_PER_ENTRY, "per entry").value;
+    assert!(
+        (10.0..1000.0).contains(&per_entry),
+        "{per_entry} bytes per entry"
+    );
 
     // The table has a line per row; the JSON round-trips.
     let table = report.to_markdown();

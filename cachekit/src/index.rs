@@ -143,7 +143,10 @@ mod tests {
     #[test]
     fn keys_are_filed_by_their_first_part_after_the_prefix() {
         let p = place("cachekit:users:7").unwrap();
-        assert_eq!((p.head, p.ns, p.member), ("cachekit", Some("users"), "users:7"));
+        assert_eq!(
+            (p.head, p.ns, p.member),
+            ("cachekit", Some("users"), "users:7")
+        );
         assert_eq!(p.index_key(), "cachekit#ix:users");
         let p = place("cachekit:config").unwrap();
         assert_eq!((p.ns, p.member), (None, "config"));
@@ -179,8 +182,14 @@ mod tests {
                 member_pattern: "users:*:roles"
             }
         );
-        assert_eq!(scope("cachekit:users:7"), Scope::Exact("cachekit:users:7".into()));
-        assert_eq!(scope("cachekit:users:\\*"), Scope::Exact("cachekit:users:*".into()));
+        assert_eq!(
+            scope("cachekit:users:7"),
+            Scope::Exact("cachekit:users:7".into())
+        );
+        assert_eq!(
+            scope("cachekit:users:\\*"),
+            Scope::Exact("cachekit:users:*".into())
+        );
         assert_eq!(scope("cachekit:u*"), Scope::Walk);
         assert_eq!(scope("cachekit:*:7"), Scope::Walk);
         assert_eq!(scope("cache*"), Scope::Walk);
@@ -196,7 +205,9 @@ mod tests {
     /// index's correctness rests on, checked over generated keys and patterns.
     #[test]
     fn a_pattern_only_matches_keys_filed_where_it_looks() {
-        let parts = ["", "a", "b", "ab", "*", "?", "[a]", "\\*", ":", "#", "\\", "a:b"];
+        let parts = [
+            "", "a", "b", "ab", "*", "?", "[a]", "\\*", ":", "#", "\\", "a:b",
+        ];
         let mut keys = Vec::new();
         for x in ["c", "a", "c#"] {
             for y in parts {
@@ -249,6 +260,9 @@ mod tests {
                 }
             }
         }
-        assert!(checked > 1000, "too few matches to mean anything: {checked}");
+        assert!(
+            checked > 1000,
+            "too few matches to mean anything: {checked}"
+        );
     }
 }

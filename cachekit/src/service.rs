@@ -3,13 +3,13 @@
 //! `invalidate`, the timeout and breaker in `guard`.
 
 use crate::CacheError;
+use crate::backend::redis::RedisOptions;
 use crate::backend::{
     Backend, BackendKind, DisabledBackend, MemoryBackend, RedisBackend, ServerInfo,
 };
 use crate::breaker::{Breaker, BreakerState};
 use crate::config::{CacheConfig, CacheServiceBuilder, Fallback, StoreConfig};
 use crate::flight::Flights;
-use crate::backend::redis::RedisOptions;
 use crate::guard::{Bound, Budget, Guard};
 use crate::invalidate::{Deferred, Removal};
 use crate::key::{LogKey, escape_glob};
@@ -216,7 +216,8 @@ impl CacheService {
                     indexed: !config.unindexed,
                     step_timeout: config.admin_timeout,
                 };
-                let backend = RedisBackend::connect_lazy(redis.client()?, endpoint.clone(), &options)?;
+                let backend =
+                    RedisBackend::connect_lazy(redis.client()?, endpoint.clone(), &options)?;
                 (Arc::new(backend), Some(endpoint))
             }
             StoreConfig::Memory { max_bytes } => (Arc::new(MemoryBackend::new(*max_bytes)), None),

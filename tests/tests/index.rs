@@ -54,12 +54,31 @@ async fn zcard(conn: &mut MultiplexedConnection, key: &str) -> u64 {
 
 /// Keys of every kind the index files differently, and patterns of every kind it answers.
 const KEYS: &[&str] = &[
-    "users:1", "users:12", "users:2:roles", "users", "users2:1", "roles:1", ":1", "users:*",
-    "users:[1]", "a:b:c",
+    "users:1",
+    "users:12",
+    "users:2:roles",
+    "users",
+    "users2:1",
+    "roles:1",
+    ":1",
+    "users:*",
+    "users:[1]",
+    "a:b:c",
 ];
 const PATTERNS: &[&str] = &[
-    "users:*", "users:1*", "users:*:roles", "users:\\*", "users:\\[1\\]", "*", "u*", "users",
-    ":*", "*:1", "users:?", "a:b:*", "nothing:*",
+    "users:*",
+    "users:1*",
+    "users:*:roles",
+    "users:\\*",
+    "users:\\[1\\]",
+    "*",
+    "u*",
+    "users",
+    ":*",
+    "*:1",
+    "users:?",
+    "a:b:*",
+    "nothing:*",
 ];
 
 #[tokio::test]
@@ -74,7 +93,10 @@ async fn every_pattern_removes_what_a_walk_would_and_the_index_answers_without_s
             assert!(other.set(key, &key, MINUTE).await);
         }
         let scans_before = scans(&mut conn).await;
-        let removed = cache.try_invalidate_pattern(pattern).await.expect("invalidate");
+        let removed = cache
+            .try_invalidate_pattern(pattern)
+            .await
+            .expect("invalidate");
         let walked = scans(&mut conn).await > scans_before;
         let expected: Vec<&str> = KEYS
             .iter()
@@ -84,11 +106,22 @@ async fn every_pattern_removes_what_a_walk_would_and_the_index_answers_without_s
         assert_eq!(removed, expected.len() as u64, "{pattern}: {expected:?}");
         for key in KEYS {
             let present = raw::exists(&mut conn, &format!("app:{key}")).await;
-            assert_eq!(present, !expected.contains(key), "app:{key} after {pattern}");
-            assert!(raw::exists(&mut conn, &format!("other:{key}")).await, "other:{key}");
+            assert_eq!(
+                present,
+                !expected.contains(key),
+                "app:{key} after {pattern}"
+            );
+            assert!(
+                raw::exists(&mut conn, &format!("other:{key}")).await,
+                "other:{key}"
+            );
         }
-        let answerable = pattern.starts_with("users:") || *pattern == "*" || *pattern == "a:b:*"
-            || *pattern == ":*" || *pattern == "users" || *pattern == "nothing:*";
+        let answerable = pattern.starts_with("users:")
+            || *pattern == "*"
+            || *pattern == "a:b:*"
+            || *pattern == ":*"
+            || *pattern == "users"
+            || *pattern == "nothing:*";
         assert_eq!(walked, !answerable, "{pattern}: walked the keyspace");
         cache.clear_all().await;
         other.clear_all().await;
@@ -109,7 +142,11 @@ async fn clear_all_through_the_index_removes_every_namespace_and_only_this_prefi
     assert!(other.set("ns1:1", &1, MINUTE).await);
     let scans_before = scans(&mut conn).await;
     assert_eq!(cache.try_clear_all().await.expect("clear_all"), 2501);
-    assert_eq!(scans(&mut conn).await, scans_before, "clear_all walked the keyspace");
+    assert_eq!(
+        scans(&mut conn).await,
+        scans_before,
+        "clear_all walked the keyspace"
+    );
     assert!(raw::exists(&mut conn, "app2:ns1:1").await);
     assert_eq!(raw::keys(&mut conn, "app:*").await, Vec::<String>::new());
     // Drained namespaces leave nothing behind but the registry and the ready marker.
@@ -138,11 +175,23 @@ async fn a_lease_taken_before_an_invalidation_is_found_by_it_and_its_fill_refuse
         })
     };
     started_rx.await.expect("the loader starts");
-    assert!(raw::exists(&mut conn, "app:users:7").await, "the lease marker is in Redis");
+    assert!(
+        raw::exists(&mut conn, "app:users:7").await,
+        "the lease marker is in Redis"
+    );
     let scans_before = scans(&mut conn).await;
-    assert_eq!(cache.try_invalidate_pattern("users:*").await.expect("invalidate"), 1);
+    assert_eq!(
+        cache
+            .try_invalidate_pattern("users:*")
+            .await
+            .expect("invalidate"),
+        1
+    );
     assert_eq!(scans(&mut conn).await, scans_before, "the index answered");
-    assert!(!raw::exists(&mut conn, "app:users:7").await, "the marker is gone");
+    assert!(
+        !raw::exists(&mut conn, "app:users:7").await,
+        "the marker is gone"
+    );
     finish_tx.send(()).expect("loader waits");
     let value = loader.await.expect("task").expect("the loader succeeds");
     assert_eq!(value, "loaded before the invalidation");
@@ -158,31 +207,69 @@ async fn entries_written_before_the_index_are_removed_by_a_walk_then_by_the_rebu
     let mut conn = server.connection().await;
     // Entries as a version without the index wrote them: plain SET with a TTL.
     for i in 0..300 {
-        raw::set_px(&mut conn, &format!("app:users:{i}"), "{}", Duration::from_secs(60)).await;
+        raw::set_px(
+            &mut conn,
+            &format!("app:users:{i}"),
+            "{}",
+            Duration::from_secs(60),
+        )
+        .await;
     }
     let cache = service(&server, "app").await;
     // The index is not complete: the first invalidation walks, and starts a rebuild.
     let scans_before = scans(&mut conn).await;
-    assert_eq!(cache.try_invalidate_pattern("users:1*").await.expect("invalidate"), 111);
-    assert!(scans(&mut conn).await > scans_before, "an incomplete index is not used");
+    assert_eq!(
+        cache
+            .try_invalidate_pattern("users:1*")
+            .await
+            .expect("invalidate"),
+        111
+    );
+    assert!(
+        scans(&mut conn).await > scans_before,
+        "an incomplete index is not used"
+    );
     within(Duration::from_secs(30), "the background rebuild", async {
         while !raw::exists(&mut conn, "app#ix-ready").await {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await;
-    assert_eq!(zcard(&mut conn, "app#ix:users").await, 189, "the rebuild filed the rest");
+    assert_eq!(
+        zcard(&mut conn, "app#ix:users").await,
+        189,
+        "the rebuild filed the rest"
+    );
     // The in-process trust check is renewed within a second.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let scans_before = scans(&mut conn).await;
-    assert_eq!(cache.try_invalidate_pattern("users:*").await.expect("invalidate"), 189);
-    assert_eq!(scans(&mut conn).await, scans_before, "the rebuilt index answered");
-    assert_eq!(raw::keys(&mut conn, "app:users:*").await, Vec::<String>::new());
+    assert_eq!(
+        cache
+            .try_invalidate_pattern("users:*")
+            .await
+            .expect("invalidate"),
+        189
+    );
+    assert_eq!(
+        scans(&mut conn).await,
+        scans_before,
+        "the rebuilt index answered"
+    );
+    assert_eq!(
+        raw::keys(&mut conn, "app:users:*").await,
+        Vec::<String>::new()
+    );
 
     // An explicit rebuild files what an older version wrote since.
     raw::set_px(&mut conn, "app:users:late", "{}", Duration::from_secs(60)).await;
     assert_eq!(cache.rebuild_index().await.expect("rebuild"), 1);
-    assert_eq!(cache.try_invalidate_pattern("users:*").await.expect("invalidate"), 1);
+    assert_eq!(
+        cache
+            .try_invalidate_pattern("users:*")
+            .await
+            .expect("invalidate"),
+        1
+    );
 }
 
 #[tokio::test]
@@ -208,7 +295,10 @@ async fn expired_and_removed_entries_leave_the_index() {
         "index size after {WRITES} writes with a 20 ms TTL: {after_churn} members right after, \
          {size} after 40 more writes over 1 s"
     );
-    assert!(after_churn < WRITES / 10, "{after_churn} of {WRITES} members left right after");
+    assert!(
+        after_churn < WRITES / 10,
+        "{after_churn} of {WRITES} members left right after"
+    );
     assert!(size <= 16, "{size} members left for at most 2 live entries");
 
     // A removed entry leaves it at once.
@@ -230,8 +320,17 @@ async fn a_server_that_may_evict_the_index_makes_patterns_walk() {
     let cache = indexed(&server, "app").await;
     assert!(cache.set("users:1", &1, MINUTE).await);
     let scans_before = scans(&mut conn).await;
-    assert_eq!(cache.try_invalidate_pattern("users:*").await.expect("invalidate"), 1);
-    assert!(scans(&mut conn).await > scans_before, "the index was trusted on allkeys-lru");
+    assert_eq!(
+        cache
+            .try_invalidate_pattern("users:*")
+            .await
+            .expect("invalidate"),
+        1
+    );
+    assert!(
+        scans(&mut conn).await > scans_before,
+        "the index was trusted on allkeys-lru"
+    );
     let health = cache.health().await;
     let policy = health.server.and_then(|s| s.maxmemory_policy);
     assert_eq!(policy.as_deref(), Some("allkeys-lru"));
@@ -246,8 +345,18 @@ async fn a_server_that_may_evict_the_index_makes_patterns_walk() {
         .expect("CONFIG SET");
     assert!(cache.set("users:1", &1, MINUTE).await);
     let scans_before = scans(&mut conn).await;
-    assert_eq!(cache.try_invalidate_pattern("users:*").await.expect("invalidate"), 1);
-    assert_eq!(scans(&mut conn).await, scans_before, "the index was not used on volatile-lru");
+    assert_eq!(
+        cache
+            .try_invalidate_pattern("users:*")
+            .await
+            .expect("invalidate"),
+        1
+    );
+    assert_eq!(
+        scans(&mut conn).await,
+        scans_before,
+        "the index was not used on volatile-lru"
+    );
 }
 
 #[tokio::test]
@@ -258,11 +367,26 @@ async fn an_index_key_of_a_foreign_type_is_replaced_and_patterns_walk_until_a_re
     assert!(cache.set("users:1", &1, MINUTE).await);
     // Something else overwrites the index: the entry it filed is no longer findable there.
     raw::set(&mut conn, "app#ix:users", "not an index").await;
-    assert!(cache.set("users:2", &2, MINUTE).await, "the write replaces the foreign key");
-    assert!(!raw::exists(&mut conn, "app#ix-ready").await, "the index is marked incomplete");
+    assert!(
+        cache.set("users:2", &2, MINUTE).await,
+        "the write replaces the foreign key"
+    );
+    assert!(
+        !raw::exists(&mut conn, "app#ix-ready").await,
+        "the index is marked incomplete"
+    );
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(cache.try_invalidate_pattern("users:*").await.expect("invalidate"), 2);
-    assert_eq!(raw::keys(&mut conn, "app:users:*").await, Vec::<String>::new());
+    assert_eq!(
+        cache
+            .try_invalidate_pattern("users:*")
+            .await
+            .expect("invalidate"),
+        2
+    );
+    assert_eq!(
+        raw::keys(&mut conn, "app:users:*").await,
+        Vec::<String>::new()
+    );
 }
 
 /// Concurrent sets, fills, lease takers whose loads fail, and invalidations (of a whole
@@ -282,12 +406,18 @@ async fn concurrent_writers_never_outlive_an_invalidation_that_began_after_them(
     let done = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();
     for w in 0..6u64 {
-        let (cache, clock, marks, done) =
-            (fleet[w as usize % 2].clone(), clock.clone(), marks.clone(), done.clone());
+        let (cache, clock, marks, done) = (
+            fleet[w as usize % 2].clone(),
+            clock.clone(),
+            marks.clone(),
+            done.clone(),
+        );
         writers.push(tokio::spawn(async move {
             let mut n = w;
             while !done.load(Ordering::Relaxed) {
-                n = n.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                n = n
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
                 let key = format!("c:{}", (n >> 33) % KEY_COUNT);
                 let version = clock.fetch_add(1, Ordering::SeqCst);
                 match (n >> 20) % 3 {
@@ -356,5 +486,9 @@ async fn concurrent_writers_never_outlive_an_invalidation_that_began_after_them(
         violations.len()
     );
     assert!(removed > 0, "the invalidations raced no writes");
-    assert_eq!(violations, [], "entries outlived an invalidation that began after them");
+    assert_eq!(
+        violations,
+        [],
+        "entries outlived an invalidation that began after them"
+    );
 }

@@ -4,12 +4,12 @@ use super::{Backend, BackendKind, Lease, is_lease_marker};
 use crate::CacheError;
 use crate::index::{self, Scope};
 use crate::key::glob_match;
-use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
 use moka::Expiry;
 use moka::future::Cache;
 use moka::ops::compute::{CompResult, Op};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// An in-process store on moka: each entry with its own TTL, glob removal with Redis's
@@ -138,7 +138,9 @@ impl MemoryBackend {
             head: place.head.to_owned(),
             ..Filed::default()
         });
-        if set.keys.insert(key.to_owned()) && set.keys.len() >= PRUNE_AT_LEAST.max(2 * set.pruned_len) {
+        if set.keys.insert(key.to_owned())
+            && set.keys.len() >= PRUNE_AT_LEAST.max(2 * set.pruned_len)
+        {
             set.keys.retain(|k| self.cache.contains_key(k));
             set.pruned_len = set.keys.len();
         }
@@ -288,7 +290,10 @@ impl Backend for MemoryBackend {
                     .map(|set| {
                         set.keys
                             .iter()
-                            .filter(|k| index::place(k).is_some_and(|p| glob_match(member_pattern, p.member)))
+                            .filter(|k| {
+                                index::place(k)
+                                    .is_some_and(|p| glob_match(member_pattern, p.member))
+                            })
                             .cloned()
                             .collect()
                     })
@@ -461,12 +466,28 @@ mod tests {
     async fn patterns_remove_what_a_walk_would_through_the_index() {
         let ttl = Duration::from_secs(60);
         let keys = [
-            "p:users:1", "p:users:12", "p:users:2:roles", "p:users", "p:users2:1", "p:roles:1",
-            "p::1", "q:users:1", "p#x:users:1", "p:users:*",
+            "p:users:1",
+            "p:users:12",
+            "p:users:2:roles",
+            "p:users",
+            "p:users2:1",
+            "p:roles:1",
+            "p::1",
+            "q:users:1",
+            "p#x:users:1",
+            "p:users:*",
         ];
         let patterns = [
-            "p:users:*", "p:users:1*", "p:*", "p:users:*:roles", "p:u*", "p:users", "p:users:\\*",
-            "p::*", "q:*", "*",
+            "p:users:*",
+            "p:users:1*",
+            "p:*",
+            "p:users:*:roles",
+            "p:u*",
+            "p:users",
+            "p:users:\\*",
+            "p::*",
+            "q:*",
+            "*",
         ];
         for pattern in patterns {
             let indexed = MemoryBackend::default();
@@ -474,7 +495,11 @@ mod tests {
                 indexed.set(key, b"1", ttl).await.unwrap();
             }
             let removed = indexed.delete_matching(pattern).await.unwrap();
-            let expected: Vec<&str> = keys.iter().copied().filter(|k| glob_match(pattern, k)).collect();
+            let expected: Vec<&str> = keys
+                .iter()
+                .copied()
+                .filter(|k| glob_match(pattern, k))
+                .collect();
             assert_eq!(removed, expected.len() as u64, "{pattern}");
             for key in keys {
                 let present = indexed.get(key).await.unwrap().is_some();
@@ -494,8 +519,14 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
-        assert!(m.filed_len() <= 2 * PRUNE_AT_LEAST + 1000, "{}", m.filed_len());
-        m.set("p:users:x", b"1", Duration::from_secs(60)).await.unwrap();
+        assert!(
+            m.filed_len() <= 2 * PRUNE_AT_LEAST + 1000,
+            "{}",
+            m.filed_len()
+        );
+        m.set("p:users:x", b"1", Duration::from_secs(60))
+            .await
+            .unwrap();
         assert!(m.delete("p:users:x").await.unwrap());
         m.delete_matching("p:users:*").await.unwrap();
         assert_eq!(m.filed_len(), 0);

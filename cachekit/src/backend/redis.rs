@@ -548,19 +548,16 @@ impl RedisBackend {
     async fn rebuild_locked(&self, head: &str) -> Result<Option<u64>, CacheError> {
         let mut conn = self.conn.clone();
         let lock = rebuild_lock_key(head);
-        let taken: Option<String> = bounded(
-            self.step_timeout,
-            async {
-                Ok(redis::cmd("SET")
-                    .arg(&lock)
-                    .arg(std::process::id())
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(millis(REBUILD_LOCK))
-                    .query_async(&mut conn)
-                    .await?)
-            },
-        )
+        let taken: Option<String> = bounded(self.step_timeout, async {
+            Ok(redis::cmd("SET")
+                .arg(&lock)
+                .arg(std::process::id())
+                .arg("NX")
+                .arg("PX")
+                .arg(millis(REBUILD_LOCK))
+                .query_async(&mut conn)
+                .await?)
+        })
         .await?;
         if taken.is_none() {
             return Ok(None);
@@ -596,15 +593,19 @@ impl RedisBackend {
                 if let Some(place) = index::place(key)
                     && place.head == head
                 {
-                    groups.entry(place.index_key()).or_default().push(place.member);
+                    groups
+                        .entry(place.index_key())
+                        .or_default()
+                        .push(place.member);
                 }
             }
             for (index, members) in groups {
                 let mut invocation = FILE_EXISTING.key(&index);
                 invocation.key(&registry).arg(&key_head).arg(&members);
-                let added: u64 =
-                    bounded(limit, async { Ok(invocation.invoke_async(&mut conn).await?) })
-                        .await?;
+                let added: u64 = bounded(limit, async {
+                    Ok(invocation.invoke_async(&mut conn).await?)
+                })
+                .await?;
                 filed += added;
             }
             if next == 0 {
