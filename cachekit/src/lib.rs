@@ -80,6 +80,26 @@
 //! Redis's glob syntax and apply inside the prefix only: `clear_all` removes the service's
 //! keys and no others.
 //!
+//! ## Pattern invalidation
+//!
+//! Every write files its key, in the same atomic step, in a set per *namespace* (the first
+//! `:`-separated part of the key), on Redis and in the embedded store alike. So the patterns
+//! the macros use cost what they remove, not the size of Redis:
+//!
+//! - `users:*` (a whole namespace) and `*` ([`CacheService::clear_all`]): the namespace's set,
+//!   drained 1,000 entries at a time;
+//! - `users:1*`, `users:*:roles` (a namespace, then globs): a scan of that namespace's set;
+//! - `users:7` (no glob): one key;
+//! - anything else (`*:7`, `u*`): a walk of the whole keyspace with `SCAN`, as correct and as
+//!   slow as before.
+//!
+//! On Redis the index answers once it holds every entry: a prefix written by a version without
+//! it is rebuilt in the background by the first pattern invalidation (which walks meanwhile), or
+//! by [`CacheService::rebuild_index`]. On a server with an `allkeys-*` eviction policy, which
+//! could evict the index, patterns walk. The index costs Redis memory per entry and adds a few
+//! commands to each write's script; the README has the figures and the keys it adds
+//! (`{prefix}#...`, never under `{prefix}:`).
+//!
 //! ## Failure handling
 //!
 //! - Every Redis call is bounded by a timeout; repeated failures open a circuit breaker that

@@ -503,9 +503,14 @@ impl CacheService {
 
     /// Removes every key matching the Redis glob `pattern` (`*`, `?`, `[...]`, `\` escapes)
     /// inside this service's prefix; returns how many were removed. Keys outside the prefix are
-    /// never touched. On Redis this walks the keyspace with `SCAN`, bounded by the admin
-    /// timeout. A failure is logged and counted, and reads as `0`; if the backend could not be
-    /// reached, the removal is remembered and applied before it serves another read.
+    /// never touched. Bounded by the admin timeout. A failure is logged and counted, and reads
+    /// as `0`; if the backend could not be reached, the removal is remembered and applied
+    /// before it serves another read.
+    ///
+    /// A pattern that starts with a namespace (`users:*`, `users:1*`), and `*`, are answered by
+    /// the invalidation index, at a cost that follows the entries of that namespace rather than
+    /// the size of Redis; a pattern without a glob removes one key; any other pattern (`*:7`)
+    /// walks the keyspace with `SCAN`. See the crate docs, "Pattern invalidation".
     ///
     /// ```
     /// # cachekit::__doc_block_on(async {

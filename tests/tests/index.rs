@@ -283,8 +283,8 @@ async fn expired_and_removed_entries_leave_the_index() {
         assert!(cache.set(&format!("churn:{i}"), &i, ttl).await);
     }
     let after_churn = zcard(&mut conn, "app#ix:churn").await;
-    // Each write drops up to 16 members whose entry expired: a few more writes, after the
-    // last entries expired, empty the index of the churned ones.
+    // Each write of a new key drops up to 16 members whose entry expired: a few more writes,
+    // after the last entries expired, empty the index of the churned ones.
     let mut size = after_churn;
     for i in 0..40 {
         tokio::time::sleep(Duration::from_millis(25)).await;

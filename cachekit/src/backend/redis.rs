@@ -20,31 +20,29 @@ const HOLDS: &str = r"local function holds(k, v)
 end
 ";
 
-/// The invalidation index, for scripts that write `KEYS[1]`. `prepare()` runs before the write:
-/// an index `KEYS[2]` or registry `KEYS[3]` of a foreign type is replaced, and the index's ready
-/// marker `KEYS[4]` removed with it (the entries it held are no longer found, so patterns walk
-/// until a rebuild). `index(member, ttl)` runs after the write: it files the key as `member`,
-/// scored with its expiry in server milliseconds (read after the write, so never before the
-/// key's own expiry), registers the index, and drops up to 16 members whose score has passed.
-/// Both do nothing when the script was given only the key.
-const INDEX: &str = r"local function claim(k, want)
-  local t = redis.call('TYPE', k)['ok']
-  if t ~= want and t ~= 'none' then
-    redis.call('DEL', k)
-    redis.call('DEL', KEYS[4])
-  end
-end
-local function prepare()
-  if #KEYS < 4 then return end
-  claim(KEYS[2], 'zset')
-  claim(KEYS[3], 'set')
-end
-local function index(member, ttl)
+/// The invalidation index, for scripts that write `KEYS[1]`: `index(member, ttl)`, run after
+/// the write, files the key in the index `KEYS[2]` as `member`, scored with its expiry in server
+/// milliseconds (the clock is read after the write, so a score is never before the key's own
+/// expiry). An index that did not exist is registered in `KEYS[3]`; a write that adds a member
+/// also drops up to 16 members whose score has passed, so expired members leave as fast as new
+/// ones come. An index or registry of a foreign type is replaced, and the index's ready marker
+/// `KEYS[4]` deleted with it (the entries it named are no longer found, so patterns walk until a
+/// rebuild). Does nothing when the script was given only the key.
+const INDEX: &str = r"local function index(member, ttl)
   if #KEYS < 4 then return end
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  redis.call('ZADD', KEYS[2], string.format('%.0f', now + tonumber(ttl) + 1), member)
-  redis.call('SADD', KEYS[3], KEYS[2])
+  local score = string.format('%.0f', now + tonumber(ttl) + 1)
+  local added = redis.pcall('ZADD', KEYS[2], score, member)
+  if type(added) == 'table' then
+    redis.call('DEL', KEYS[2], KEYS[4])
+    added = redis.call('ZADD', KEYS[2], score, member)
+  end
+  if added == 0 then return end
+  if redis.call('ZCARD', KEYS[2]) == 1 and type(redis.pcall('SADD', KEYS[3], KEYS[2])) == 'table' then
+    redis.call('DEL', KEYS[3], KEYS[4])
+    redis.call('SADD', KEYS[3], KEYS[2])
+  end
   local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', string.format('(%.0f', now), 'LIMIT', 0, 16)
   if #old > 0 then redis.call('ZREM', KEYS[2], unpack(old)) end
 end
@@ -55,8 +53,7 @@ end
 /// `ARGV`: value, TTL in ms, index member.
 static SET: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        r"{INDEX}prepare()
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+        r"{INDEX}redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 index(ARGV[3], ARGV[2])
 return 1"
     ))
@@ -90,7 +87,6 @@ if t == 'string' then
 elseif t ~= 'none' then
   redis.call('DEL', KEYS[1])
 end
-prepare()
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 index(ARGV[5], ARGV[2])
 return false"
@@ -103,7 +99,6 @@ return false"
 static FILL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{HOLDS}{INDEX}if holds(KEYS[1], ARGV[1]) then
-  prepare()
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   index(ARGV[4], ARGV[3])
   return 1
@@ -134,7 +129,6 @@ return 0"
 static RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{HOLDS}{INDEX}if holds(KEYS[1], ARGV[1]) then
-  prepare()
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   index(ARGV[3], ARGV[2])
   return 1
@@ -203,7 +197,7 @@ if #m > 0 then
   local keys = {}
   for i, v in ipairs(m) do keys[i] = ARGV[1] .. v end
   removed = redis.call('UNLINK', unpack(keys))
-  redis.call('ZREM', KEYS[1], unpack(m))
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, #m - 1)
 end
 if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('SREM', KEYS[3], KEYS[2])
