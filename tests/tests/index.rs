@@ -301,6 +301,29 @@ async fn expired_and_removed_entries_leave_the_index() {
     );
     assert!(size <= 16, "{size} members left for at most 2 live entries");
 
+    // A score is the writer's clock: one that is behind makes a live entry look expired, and
+    // trimming checks the key before it drops the member.
+    assert!(cache.set("skewed:1", &1, MINUTE).await);
+    let () = redis::cmd("ZADD")
+        .arg("app#ix:skewed")
+        .arg(1)
+        .arg("skewed:1")
+        .query_async(&mut conn)
+        .await
+        .expect("ZADD");
+    for i in 0..100 {
+        assert!(cache.set(&format!("skewed:new{i}"), &i, ttl).await);
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        cache
+            .try_invalidate_pattern("skewed:*")
+            .await
+            .expect("invalidate"),
+        1
+    );
+    assert!(!raw::exists(&mut conn, "app:skewed:1").await);
+
     // A removed entry leaves it at once.
     assert!(cache.set("gone:1", &1, MINUTE).await);
     assert_eq!(zcard(&mut conn, "app#ix:gone").await, 1);
@@ -387,6 +410,22 @@ async fn an_index_key_of_a_foreign_type_is_replaced_and_patterns_walk_until_a_re
         raw::keys(&mut conn, "app:users:*").await,
         Vec::<String>::new()
     );
+
+    // The same for the registry of namespaces that `clear_all` drains.
+    cache.rebuild_index().await.expect("rebuild");
+    assert!(cache.set("roles:1", &1, MINUTE).await);
+    raw::set(&mut conn, "app#ns", "not a registry").await;
+    assert!(
+        cache.set("groups:1", &1, MINUTE).await,
+        "the write replaces the foreign key"
+    );
+    assert!(
+        !raw::exists(&mut conn, "app#ix-ready").await,
+        "the index is marked incomplete"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(cache.try_clear_all().await.expect("clear_all"), 2);
+    assert_eq!(raw::keys(&mut conn, "app:*").await, Vec::<String>::new());
 }
 
 /// Concurrent sets, fills, lease takers whose loads fail, and invalidations (of a whole

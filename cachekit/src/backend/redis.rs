@@ -7,7 +7,7 @@ use crate::key::escape_glob;
 use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,42 +20,72 @@ const HOLDS: &str = r"local function holds(k, v)
 end
 ";
 
-/// The invalidation index, for scripts that write `KEYS[1]`: `index(member, ttl)`, run after
-/// the write, files the key in the index `KEYS[2]` as `member`, scored with its expiry in server
-/// milliseconds (the clock is read after the write, so a score is never before the key's own
-/// expiry). An index that did not exist is registered in `KEYS[3]`; a write that adds a member
-/// also drops up to 16 members whose score has passed, so expired members leave as fast as new
-/// ones come. An index or registry of a foreign type is replaced, and the index's ready marker
+/// Drops up to `limit` members of the index `ix` scored before `now` whose key (`head ..
+/// member`) no longer exists, and scores the others again from their remaining TTL. Scores are
+/// expiry times from the writers' clocks, so they only order the candidates: a member leaves
+/// only once its key is gone. Returns how many left.
+const TRIM_FN: &str = r"local function trim(ix, head, now, limit)
+  local old = redis.call('ZRANGEBYSCORE', ix, '-inf', '(' .. now, 'LIMIT', 0, limit)
+  local gone = {}
+  for _, m in ipairs(old) do
+    local ttl = redis.call('PTTL', head .. m)
+    if ttl == -2 then
+      gone[#gone + 1] = m
+    elseif ttl == -1 then
+      redis.call('ZADD', ix, 'inf', m)
+    else
+      redis.call('ZADD', ix, now + ttl, m)
+    end
+  end
+  if #gone > 0 then redis.call('ZREM', ix, unpack(gone)) end
+  return #gone
+end
+";
+
+/// The invalidation index, for scripts that write `KEYS[1]`: `index(member, ttl, now)`, run
+/// after the write, files the key in the index `KEYS[2]` as `member`, scored `now + ttl` (the
+/// writer's clock). An index that did not exist is registered in `KEYS[3]`; a write that adds a
+/// member also trims up to 16 (see `TRIM_FN`), so expired members leave as fast as new ones
+/// come. An index or registry of a foreign type is replaced, and the index's ready marker
 /// `KEYS[4]` deleted with it (the entries it named are no longer found, so patterns walk until a
 /// rebuild). Does nothing when the script was given only the key.
-const INDEX: &str = r"local function index(member, ttl)
+const INDEX: &str = r"local function register()
+  if type(redis.pcall('SADD', KEYS[3], KEYS[2])) == 'table' then
+    redis.call('DEL', KEYS[3], KEYS[4])
+    redis.call('SADD', KEYS[3], KEYS[2])
+  end
+end
+local function index(member, ttl, now)
   if #KEYS < 4 then return end
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local score = string.format('%.0f', now + tonumber(ttl) + 1)
+  local score = now + ttl
   local added = redis.pcall('ZADD', KEYS[2], score, member)
   if type(added) == 'table' then
     redis.call('DEL', KEYS[2], KEYS[4])
     added = redis.call('ZADD', KEYS[2], score, member)
   end
   if added == 0 then return end
-  if redis.call('ZCARD', KEYS[2]) == 1 and type(redis.pcall('SADD', KEYS[3], KEYS[2])) == 'table' then
-    redis.call('DEL', KEYS[3], KEYS[4])
-    redis.call('SADD', KEYS[3], KEYS[2])
-  end
-  local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', string.format('(%.0f', now), 'LIMIT', 0, 16)
-  if #old > 0 then redis.call('ZREM', KEYS[2], unpack(old)) end
+  if redis.call('ZCARD', KEYS[2]) == 1 then register() end
+  trim(KEYS[2], string.sub(KEYS[1], 1, #KEYS[1] - #member), now, 16)
 end
 ";
 
-/// Store a value, and file it in the index.
+/// Store a value and file it in the index, repairing an index or registry of a foreign type:
+/// what `set` falls back to when its transaction meets one.
 ///
-/// `ARGV`: value, TTL in ms, index member.
+/// `ARGV`: value, TTL in ms, index member, now in ms.
 static SET: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        r"{INDEX}redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-index(ARGV[3], ARGV[2])
+        r"{TRIM_FN}{INDEX}redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+index(ARGV[3], ARGV[2], ARGV[4])
+register()
 return 1"
+    ))
+});
+
+/// Trim the index `KEYS[1]`: `ARGV`: `{head}:`, now in ms, how many members at most.
+static TRIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{TRIM_FN}return trim(KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]))"
     ))
 });
 
@@ -74,10 +104,11 @@ return n",
 /// string is foreign data that reads as a miss: both are replaced. Returns 1 for a value larger
 /// than the maximum (not sent).
 ///
-/// `ARGV`: marker, lease TTL in ms, marker prefix, maximum value size in bytes, index member.
+/// `ARGV`: marker, lease TTL in ms, marker prefix, maximum value size in bytes, index member,
+/// now in ms.
 static LEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        r"{INDEX}local t = redis.call('TYPE', KEYS[1])['ok']
+        r"{TRIM_FN}{INDEX}local t = redis.call('TYPE', KEYS[1])['ok']
 if t == 'string' then
   if redis.call('STRLEN', KEYS[1]) > tonumber(ARGV[4]) then return 1 end
   local v = redis.call('GET', KEYS[1])
@@ -88,19 +119,19 @@ elseif t ~= 'none' then
   redis.call('DEL', KEYS[1])
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-index(ARGV[5], ARGV[2])
+index(ARGV[5], ARGV[2], ARGV[6])
 return false"
     ))
 });
 
 /// Fill under the lease: store the value only if the key still holds our marker.
 ///
-/// `ARGV`: marker, value, TTL in ms, index member.
+/// `ARGV`: marker, value, TTL in ms, index member, now in ms.
 static FILL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        r"{HOLDS}{INDEX}if holds(KEYS[1], ARGV[1]) then
+        r"{HOLDS}{TRIM_FN}{INDEX}if holds(KEYS[1], ARGV[1]) then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  index(ARGV[4], ARGV[3])
+  index(ARGV[4], ARGV[3], ARGV[5])
   return 1
 end
 return 0"
@@ -125,12 +156,12 @@ return 0"
 /// Renew the lease: extend the marker's TTL (and its index score) only if the key still holds
 /// it.
 ///
-/// `ARGV`: marker, TTL in ms, index member.
+/// `ARGV`: marker, TTL in ms, index member, now in ms.
 static RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        r"{HOLDS}{INDEX}if holds(KEYS[1], ARGV[1]) then
+        r"{HOLDS}{TRIM_FN}{INDEX}if holds(KEYS[1], ARGV[1]) then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  index(ARGV[3], ARGV[2])
+  index(ARGV[3], ARGV[2], ARGV[4])
   return 1
 end
 return 0"
@@ -218,25 +249,22 @@ return removed",
     )
 });
 
-/// File existing keys (`ARGV[1] .. member` for the members `ARGV[2..]`) in the index
-/// `KEYS[1]`, registered in `KEYS[2]` (either replaced if of a foreign type): what rebuilding the
-/// index runs on each batch of a walk.
-/// A key without a TTL is scored `+inf`; scores carry a second of margin, as the key's TTL is
-/// read after the clock. Returns how many members were new.
+/// File existing keys (`ARGV[1] .. member` for the members `ARGV[3..]`) in the index
+/// `KEYS[1]`, registered in `KEYS[2]` (either replaced if of a foreign type), scored `ARGV[2]`
+/// (now in ms) plus their remaining TTL: what rebuilding the index runs on each batch of a
+/// walk. A key without a TTL is scored `+inf`. Returns how many members were new.
 static FILE_EXISTING: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"for _, k in ipairs({KEYS[1], KEYS[2]}) do
   local t = redis.call('TYPE', k)['ok']
   if t ~= 'none' and t ~= (k == KEYS[1] and 'zset' or 'set') then redis.call('DEL', k) end
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local added = 0
-for i = 2, #ARGV do
+for i = 3, #ARGV do
   local ttl = redis.call('PTTL', ARGV[1] .. ARGV[i])
   if ttl ~= -2 then
-    local score = '+inf'
-    if ttl >= 0 then score = string.format('%.0f', now + ttl + 1000) end
+    local score = 'inf'
+    if ttl >= 0 then score = ARGV[2] + ttl end
     added = added + redis.call('ZADD', KEYS[1], 'GT', score, ARGV[i])
   end
 end
@@ -261,6 +289,15 @@ async fn scan_step(
         .await?)
 }
 
+/// This machine's clock in ms since the Unix epoch: the base of index scores, which only order
+/// the candidates for trimming (a member leaves only once its key is gone), so clocks need not
+/// agree.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 fn millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
@@ -269,6 +306,11 @@ fn millis(ttl: Duration) -> u64 {
 const SCAN_COUNT: u64 = 1000;
 /// How many keys one `UNLINK` removes at most.
 const UNLINK_BATCH: usize = 1000;
+
+/// Every how many `set`s one trims the index it files in, by up to [`TRIM_LIMIT`] members.
+const TRIM_EVERY: u32 = 8;
+/// How many members a trim run by `set` drops at most.
+const TRIM_LIMIT: u32 = 128;
 
 /// How many entries one step of a namespace invalidation removes.
 const DRAIN_CHUNK: usize = 1000;
@@ -378,6 +420,8 @@ pub struct RedisBackend {
     /// The bound on each step of a background rebuild of the index.
     step_timeout: Duration,
     index: Arc<IndexState>,
+    /// `set`s so far, to trim the index on every [`TRIM_EVERY`]th.
+    writes: Arc<AtomicU32>,
 }
 
 /// How a [`RedisBackend`] is set up.
@@ -417,6 +461,7 @@ impl RedisBackend {
             indexed: options.indexed,
             step_timeout: options.step_timeout,
             index: Arc::default(),
+            writes: Arc::default(),
         })
     }
 
@@ -595,7 +640,11 @@ impl RedisBackend {
             }
             for (index, members) in groups {
                 let mut invocation = FILE_EXISTING.key(&index);
-                invocation.key(&registry).arg(&key_head).arg(&members);
+                invocation
+                    .key(&registry)
+                    .arg(&key_head)
+                    .arg(now_ms())
+                    .arg(&members);
                 let added: u64 = bounded(limit, async {
                     Ok(invocation.invoke_async(&mut conn).await?)
                 })
@@ -764,29 +813,74 @@ impl Backend for RedisBackend {
 
     async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), CacheError> {
         let mut conn = self.conn.clone();
-        match self.filing(key) {
-            Some(filing) => {
-                let _: u8 = SET
-                    .key(key)
-                    .key(&filing.index)
-                    .key(&filing.registry)
-                    .key(&filing.ready)
-                    .arg(value)
-                    .arg(millis(ttl))
-                    .arg(filing.member)
-                    .invoke_async(&mut conn)
-                    .await?;
-            }
-            None => {
-                redis::cmd("SET")
-                    .arg(key)
-                    .arg(value)
-                    .arg("PX")
-                    .arg(millis(ttl))
-                    .exec_async(&mut conn)
-                    .await?;
-            }
+        let Some(filing) = self.filing(key) else {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("PX")
+                .arg(millis(ttl))
+                .exec_async(&mut conn)
+                .await?;
+            return Ok(());
+        };
+        // One transaction, cheaper than a script: the write, its filing, the registration, and
+        // on every `TRIM_EVERY`th write a trim of the index. A command the server refuses
+        // inside it (an index or registry of a foreign type, the trim script not loaded) does
+        // not undo the others, so it is redone by the script, which repairs.
+        let (now, ttl_ms) = (now_ms(), millis(ttl));
+        let mut transaction = redis::pipe();
+        transaction
+            .atomic()
+            .ignore_errors()
+            .cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("PX")
+            .arg(ttl_ms)
+            .cmd("ZADD")
+            .arg(&filing.index)
+            .arg(now.saturating_add(ttl_ms))
+            .arg(filing.member)
+            .cmd("SADD")
+            .arg(&filing.registry)
+            .arg(&filing.index);
+        let trims = self
+            .writes
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(TRIM_EVERY);
+        if trims {
+            transaction
+                .cmd("EVALSHA")
+                .arg(TRIM.get_hash())
+                .arg(1)
+                .arg(&filing.index)
+                .arg(&key[..key.len() - filing.member.len()])
+                .arg(now)
+                .arg(TRIM_LIMIT);
         }
+        let replies: Vec<redis::Value> = transaction.query_async(&mut conn).await?;
+        if replies
+            .iter()
+            .take(3)
+            .all(|r| !matches!(r, redis::Value::ServerError(_)))
+        {
+            if trims && matches!(replies.get(3), Some(redis::Value::ServerError(_))) {
+                // Most likely not loaded yet: load it for the next time.
+                let _: Result<String, _> = TRIM.prepare_invoke().load_async(&mut conn).await;
+            }
+            return Ok(());
+        }
+        let _: u8 = SET
+            .key(key)
+            .key(&filing.index)
+            .key(&filing.registry)
+            .key(&filing.ready)
+            .arg(value)
+            .arg(ttl_ms)
+            .arg(filing.member)
+            .arg(now)
+            .invoke_async(&mut conn)
+            .await?;
         Ok(())
     }
 
@@ -884,6 +978,7 @@ impl Backend for RedisBackend {
             .arg(LEASE_MARKER_PREFIX)
             .arg(self.max_value_bytes)
             .arg(filing.as_ref().map_or("", |f| f.member))
+            .arg(now_ms())
             .invoke_async(&mut conn)
             .await?;
         match found {
@@ -922,6 +1017,7 @@ impl Backend for RedisBackend {
             .arg(value)
             .arg(millis(ttl))
             .arg(filing.as_ref().map_or("", |f| f.member))
+            .arg(now_ms())
             .invoke_async(&mut conn)
             .await?;
         Ok(stored == 1)
@@ -959,6 +1055,7 @@ impl Backend for RedisBackend {
             .arg(marker)
             .arg(millis(ttl))
             .arg(filing.as_ref().map_or("", |f| f.member))
+            .arg(now_ms())
             .invoke_async(&mut conn)
             .await?;
         Ok(renewed == 1)
