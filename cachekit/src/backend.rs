@@ -185,11 +185,11 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         Ok(removed)
     }
 
-    /// Files every key under `{head}:` that the store holds in its invalidation index, and
+    /// Files every key under `{prefix}:` that the store holds in its invalidation index, and
     /// marks the index complete; returns how many keys were not filed before. Stores without an
     /// index do nothing. See [`CacheService::rebuild_index`](crate::CacheService::rebuild_index).
-    async fn rebuild_index(&self, head: &str) -> Result<u64, CacheError> {
-        let _ = head;
+    async fn rebuild_index(&self, prefix: &str) -> Result<u64, CacheError> {
+        let _ = prefix;
         Ok(0)
     }
 

@@ -273,6 +273,26 @@ async fn entries_written_before_the_index_are_removed_by_a_walk_then_by_the_rebu
 }
 
 #[tokio::test]
+async fn a_prefix_with_a_colon_is_rebuilt_under_its_first_part() {
+    let server = RedisServer::start();
+    let mut conn = server.connection().await;
+    raw::set_px(&mut conn, "app:v2:users:1", "{}", Duration::from_secs(60)).await;
+    let cache = service(&server, "app:v2").await;
+    assert_eq!(cache.rebuild_index().await.expect("rebuild"), 1);
+    assert!(raw::exists(&mut conn, "app#ix-ready").await);
+    let scans_before = scans(&mut conn).await;
+    assert_eq!(
+        cache
+            .try_invalidate_pattern("users:*")
+            .await
+            .expect("invalidate"),
+        1
+    );
+    assert_eq!(scans(&mut conn).await, scans_before, "the index answered");
+    assert!(!raw::exists(&mut conn, "app:v2:users:1").await);
+}
+
+#[tokio::test]
 async fn expired_and_removed_entries_leave_the_index() {
     let server = RedisServer::start();
     let mut conn = server.connection().await;
@@ -323,6 +343,30 @@ async fn expired_and_removed_entries_leave_the_index() {
         1
     );
     assert!(!raw::exists(&mut conn, "app:skewed:1").await);
+
+    // A namespace no longer written is emptied by other namespaces' writes, and forgotten.
+    for i in 0..50 {
+        assert!(cache.set(&format!("dead{i}:1"), &i, ttl).await);
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for i in 0..8000 {
+        assert!(cache.set(&format!("live:{}", i % 10), &i, MINUTE).await);
+    }
+    let registered: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("app#ns")
+        .query_async(&mut conn)
+        .await
+        .expect("SMEMBERS");
+    let dead: Vec<&String> = registered.iter().filter(|n| n.contains("dead")).collect();
+    assert_eq!(
+        dead,
+        Vec::<&String>::new(),
+        "namespaces no longer written stay registered"
+    );
+    assert_eq!(
+        raw::keys(&mut conn, "app#ix:dead*").await,
+        Vec::<String>::new()
+    );
 
     // A removed entry leaves it at once.
     assert!(cache.set("gone:1", &1, MINUTE).await);
@@ -426,6 +470,59 @@ async fn an_index_key_of_a_foreign_type_is_replaced_and_patterns_walk_until_a_re
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(cache.try_clear_all().await.expect("clear_all"), 2);
     assert_eq!(raw::keys(&mut conn, "app:*").await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn what_others_put_in_the_index_never_reaches_keys_outside_the_pattern() {
+    let server = RedisServer::start();
+    let mut conn = server.connection().await;
+    let cache = indexed(&server, "app").await;
+    assert!(cache.set("users:1", &1, MINUTE).await);
+    assert!(cache.set("config", &1, MINUTE).await);
+    raw::set(&mut conn, "session:abc", "another program's").await;
+    let zadd = |key: &'static str, member: &'static str| {
+        redis::cmd("ZADD").arg(key).arg(1).arg(member).to_owned()
+    };
+    // A member of another namespace in the users index, a registry entry naming a key outside
+    // the prefix, and a drain set left by an invalidation that stopped half-way.
+    let () = zadd("app#ix:users", "config")
+        .exec_async(&mut conn)
+        .await
+        .expect("ZADD");
+    let () = redis::cmd("SADD")
+        .arg("app#ns")
+        .arg("session:abc")
+        .exec_async(&mut conn)
+        .await
+        .expect("SADD");
+    raw::set_px(&mut conn, "app:users:old", "{}", Duration::from_secs(60)).await;
+    let () = zadd("app#drain:users", "users:old")
+        .exec_async(&mut conn)
+        .await
+        .expect("ZADD");
+
+    assert_eq!(
+        cache
+            .try_invalidate_pattern("users:*")
+            .await
+            .expect("invalidate"),
+        2
+    );
+    assert!(!raw::exists(&mut conn, "app:users:1").await);
+    assert!(
+        !raw::exists(&mut conn, "app:users:old").await,
+        "the stopped drain was finished"
+    );
+    assert!(
+        raw::exists(&mut conn, "app:config").await,
+        "a foreign member removed a key"
+    );
+    assert!(!raw::exists(&mut conn, "app#drain:users").await);
+    assert_eq!(cache.try_clear_all().await.expect("clear_all"), 1);
+    assert!(
+        raw::exists(&mut conn, "session:abc").await,
+        "clear_all left the prefix"
+    );
 }
 
 /// Concurrent sets, fills, lease takers whose loads fail, and invalidations (of a whole

@@ -45,6 +45,11 @@ use std::time::{Duration, Instant};
 pub struct MemoryBackend {
     cache: Cache<String, Entry>,
     index: Arc<Mutex<HashMap<String, Filed>>>,
+    /// Held by a pattern removal from taking keys out of a set until it has removed them all:
+    /// one that began later, finding the set gone, waits for them instead of returning early.
+    removing: Arc<tokio::sync::Mutex<()>>,
+    /// Keys filed so far, to prune another namespace's set now and then.
+    filings: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The keys filed under one namespace.
@@ -59,6 +64,9 @@ struct Filed {
 /// A namespace's set is pruned of absent keys when it reaches twice its size after the last
 /// pruning, and at least this size.
 const PRUNE_AT_LEAST: usize = 1024;
+
+/// Every how many filings one namespace's set, taken in turn, is pruned.
+const PRUNE_OTHER_EVERY: u64 = 64;
 
 #[derive(Clone)]
 struct Entry {
@@ -119,6 +127,8 @@ impl MemoryBackend {
         Self {
             cache,
             index: Arc::default(),
+            removing: Arc::default(),
+            filings: Arc::default(),
         }
     }
 
@@ -143,6 +153,24 @@ impl MemoryBackend {
         {
             set.keys.retain(|k| self.cache.contains_key(k));
             set.pruned_len = set.keys.len();
+        }
+        // Now and then, prune another namespace's set, in turn, and forget it once empty: a
+        // namespace no longer written would otherwise keep its keys.
+        let n = self
+            .filings
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n.is_multiple_of(PRUNE_OTHER_EVERY) && !filed.is_empty() {
+            let turn = usize::try_from(n / PRUNE_OTHER_EVERY).unwrap_or(0) % filed.len();
+            if let Some(name) = filed.keys().nth(turn).cloned() {
+                let empty = filed.get_mut(&name).is_some_and(|set| {
+                    set.keys.retain(|k| self.cache.contains_key(k));
+                    set.pruned_len = set.keys.len();
+                    set.keys.is_empty()
+                });
+                if empty {
+                    filed.remove(&name);
+                }
+            }
         }
     }
 
@@ -272,7 +300,12 @@ impl Backend for MemoryBackend {
     }
 
     async fn delete_matching(&self, pattern: &str) -> Result<u64, CacheError> {
-        let keys: Vec<String> = match index::scope(pattern) {
+        let scope = index::scope(pattern);
+        let _removing = match scope {
+            Scope::Exact(_) | Scope::Walk => None,
+            _ => Some(self.removing.lock().await),
+        };
+        let keys: Vec<String> = match scope {
             Scope::Exact(key) => return self.delete(&key).await.map(u64::from),
             Scope::Namespace { head, ns } => self
                 .filed()
@@ -530,6 +563,29 @@ mod tests {
         assert!(m.delete("p:users:x").await.unwrap());
         m.delete_matching("p:users:*").await.unwrap();
         assert_eq!(m.filed_len(), 0);
+    }
+
+    #[tokio::test]
+    async fn namespaces_no_longer_written_are_forgotten() {
+        let m = MemoryBackend::default();
+        for i in 0..100 {
+            m.set(&format!("p:ns{i}:1"), b"1", Duration::from_millis(1))
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        for i in 0..(PRUNE_OTHER_EVERY * 150) {
+            m.set(&format!("p:live:{}", i % 10), b"1", Duration::from_secs(60))
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            m.filed().len(),
+            1,
+            "{:?}",
+            m.filed().keys().collect::<Vec<_>>()
+        );
+        assert_eq!(m.filed_len(), 10);
     }
 
     #[tokio::test]

@@ -82,10 +82,28 @@ return 1"
     ))
 });
 
-/// Trim the index `KEYS[1]`: `ARGV`: `{head}:`, now in ms, how many members at most.
+/// Trim the index `KEYS[1]`, then one index drawn at random from the registry `KEYS[2]`, so
+/// that a namespace no longer written is emptied too, and leaves the registry once it and its
+/// drain set are gone. `ARGV`: `{head}:`, now in ms, how many members at most, `{head}`.
 static TRIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        r"{TRIM_FN}return trim(KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]))"
+        r"{TRIM_FN}local n = trim(KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]))
+local other = redis.call('SRANDMEMBER', KEYS[2])
+if not other then return n end
+local rest = string.sub(other, #ARGV[4] + 4)
+if string.sub(other, 1, #ARGV[4] + 3) ~= ARGV[4] .. '#ix' or (rest ~= '' and string.sub(rest, 1, 1) ~= ':') then
+  return n
+end
+local t = redis.call('TYPE', other)['ok']
+if t == 'zset' then
+  n = n + trim(other, ARGV[1], ARGV[2], tonumber(ARGV[3]))
+elseif t ~= 'none' then
+  return n
+end
+if redis.call('EXISTS', other) == 0 and redis.call('EXISTS', ARGV[4] .. '#drain' .. rest) == 0 then
+  redis.call('SREM', KEYS[2], other)
+end
+return n"
     ))
 });
 
@@ -168,11 +186,12 @@ return 0"
     ))
 });
 
-/// Start invalidating a namespace: move its index `KEYS[1]` into its drain set `KEYS[2]`, so
-/// that writes from now on start a new index and the drain set holds every entry written before.
-/// A drain set left by an invalidation that stopped half-way absorbs the index member by member
-/// (in place, so a concurrent `ZSCAN` of it still sees every member it held). Either of a
-/// foreign type is removed with the ready marker `KEYS[3]`, and -1 returned: walk instead.
+/// Start invalidating a namespace: rename its index `KEYS[1]` to its drain set `KEYS[2]`, so
+/// that writes from now on start a new index and the drain set holds every entry written
+/// before. Returns the drain set's size, -2 if a drain set is still there (an invalidation in
+/// progress, or one stopped half-way by a fault: drain it first, then swap again), or -1 if
+/// either key is of a foreign type: both are removed with the ready marker `KEYS[3]`, and the
+/// caller walks instead.
 static SWAP: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"local function foreign(k)
@@ -183,22 +202,8 @@ if foreign(KEYS[1]) or foreign(KEYS[2]) then
   redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
   return -1
 end
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  if redis.call('EXISTS', KEYS[2]) == 0 then
-    redis.call('RENAME', KEYS[1], KEYS[2])
-  else
-    local m = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
-    for i = 1, #m, 1000 do
-      local args = {}
-      for j = i, math.min(i + 998, #m - 1), 2 do
-        args[#args + 1] = m[j + 1]
-        args[#args + 1] = m[j]
-      end
-      redis.call('ZADD', KEYS[2], unpack(args))
-    end
-    redis.call('DEL', KEYS[1])
-  end
-end
+if redis.call('EXISTS', KEYS[2]) == 1 then return -2 end
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RENAME', KEYS[1], KEYS[2]) end
 return redis.call('ZCARD', KEYS[2])",
     )
 });
@@ -217,17 +222,27 @@ return redis.call('SMEMBERS', KEYS[1])",
 });
 
 /// One step of draining the set `KEYS[1]`: remove up to `ARGV[2]` of its entries (the keys
-/// `ARGV[1] .. member`) and their members, atomically. When the set and the namespace's index
-/// `KEYS[2]` are both gone, the index leaves the registry `KEYS[3]`. Returns {members taken,
-/// keys that existed}.
+/// `ARGV[1] .. member`) and their members, atomically. Only members that belong where the set
+/// says (starting with `ARGV[3]`, the namespace and its `:`; with no `:` at all when `ARGV[3]`
+/// is empty) have their key removed: a member put there by something else cannot reach a key
+/// outside the namespace. When the set and the namespace's index `KEYS[2]` are both gone, the
+/// index leaves the registry `KEYS[3]`. Returns {members taken, keys that existed}.
 static DRAIN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"local m = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
 local removed = 0
 if #m > 0 then
   local keys = {}
-  for i, v in ipairs(m) do keys[i] = ARGV[1] .. v end
-  removed = redis.call('UNLINK', unpack(keys))
+  for _, v in ipairs(m) do
+    local belongs
+    if ARGV[3] == '' then
+      belongs = string.find(v, ':', 1, true) == nil
+    else
+      belongs = string.sub(v, 1, #ARGV[3]) == ARGV[3]
+    end
+    if belongs then keys[#keys + 1] = ARGV[1] .. v end
+  end
+  if #keys > 0 then removed = redis.call('UNLINK', unpack(keys)) end
   redis.call('ZREMRANGEBYRANK', KEYS[1], 0, #m - 1)
 end
 if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[2]) == 0 then
@@ -397,7 +412,7 @@ struct IndexState {
 ///
 /// # The invalidation index
 ///
-/// Every write also files its key, in the same script, in a sorted set per namespace (the first
+/// Every write also files its key, atomically with it, in a sorted set per namespace (the first
 /// `:`-separated part after the prefix), scored by the key's expiry. A pattern that names one
 /// namespace (`users:*`), or all of them (`*`), is answered from those sets at a cost that
 /// follows what it removes; a pattern filtered within one namespace (`users:1*`) scans that
@@ -515,12 +530,26 @@ impl RedisBackend {
             }
         }
         let mut conn = self.conn.clone();
-        let (ready, memory): (bool, String) = redis::pipe()
+        let checked: Result<(bool, String), redis::RedisError> = redis::pipe()
             .exists(ready_key(head))
             .cmd("INFO")
             .arg("memory")
             .query_async(&mut conn)
-            .await?;
+            .await;
+        let (ready, memory) = match checked {
+            // Without `INFO`, whether the server may evict the index is unknown: walk.
+            Err(e) if e.code() == Some("NOPERM") => {
+                if !self.index.warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "cachekit: the Redis user may not run INFO, so whether the server can \
+                         evict the invalidation index is unknown and pattern invalidations walk \
+                         the keyspace with SCAN; allow INFO to let them use the index"
+                    );
+                }
+                return Ok(false);
+            }
+            other => other?,
+        };
         let mut trusted = self.index.trusted.lock().unwrap_or_else(|e| e.into_inner());
         if evicts_persistent_keys(&memory) {
             trusted.remove(head);
@@ -587,24 +616,39 @@ impl RedisBackend {
     async fn rebuild_locked(&self, head: &str) -> Result<Option<u64>, CacheError> {
         let mut conn = self.conn.clone();
         let lock = rebuild_lock_key(head);
+        let token = format!("{}:{}", std::process::id(), now_ms());
         let taken: Option<String> = bounded(self.step_timeout, async {
-            Ok(redis::cmd("SET")
+            let taken: Option<String> = redis::cmd("SET")
                 .arg(&lock)
-                .arg(std::process::id())
+                .arg(&token)
                 .arg("NX")
                 .arg("PX")
                 .arg(millis(REBUILD_LOCK))
                 .query_async(&mut conn)
-                .await?)
+                .await?;
+            if taken.is_none() {
+                // A lock without a TTL was not taken by this library, and would block every
+                // rebuild: remove it, and leave this rebuild to the next invalidation.
+                let ttl: i64 = redis::cmd("PTTL").arg(&lock).query_async(&mut conn).await?;
+                if ttl == -1 {
+                    redis::cmd("DEL").arg(&lock).exec_async(&mut conn).await?;
+                }
+            }
+            Ok(taken)
         })
         .await?;
         if taken.is_none() {
             return Ok(None);
         }
         let outcome = self.rebuild(head, Some(self.step_timeout)).await;
-        let _: Result<(), CacheError> = bounded(self.step_timeout, async {
-            redis::cmd("DEL").arg(&lock).exec_async(&mut conn).await?;
-            Ok(())
+        // Give the lock back only if it is still this process's.
+        let _: Result<u8, CacheError> = bounded(self.step_timeout, async {
+            Ok(RELEASE
+                .key(&lock)
+                .arg(&token)
+                .arg("")
+                .invoke_async(&mut conn)
+                .await?)
         })
         .await;
         outcome.map(Some)
@@ -681,27 +725,40 @@ impl RedisBackend {
         let drain = drain_key(head, index);
         let registry = registry_key(head);
         let key_head = format!("{head}:");
-        let held: i64 = SWAP
-            .key(index)
-            .key(&drain)
-            .key(ready_key(head))
-            .invoke_async(&mut conn)
-            .await?;
-        if held < 0 {
-            return Ok(None);
-        }
+        // What the set's members must start with: `{ns}:`, or nothing for keys in no namespace.
+        let belongs = index
+            .strip_prefix(head)
+            .and_then(|k| k.strip_prefix("#ix:"))
+            .map(|ns| format!("{ns}:"))
+            .unwrap_or_default();
         let mut removed = 0;
         loop {
-            let (taken, existed): (usize, u64) = DRAIN
-                .key(&drain)
+            let held: i64 = SWAP
                 .key(index)
-                .key(&registry)
-                .arg(&key_head)
-                .arg(DRAIN_CHUNK)
+                .key(&drain)
+                .key(ready_key(head))
                 .invoke_async(&mut conn)
                 .await?;
-            removed += existed;
-            if taken < DRAIN_CHUNK {
+            if held == -1 {
+                return Ok(None);
+            }
+            loop {
+                let (taken, existed): (usize, u64) = DRAIN
+                    .key(&drain)
+                    .key(index)
+                    .key(&registry)
+                    .arg(&key_head)
+                    .arg(DRAIN_CHUNK)
+                    .arg(&belongs)
+                    .invoke_async(&mut conn)
+                    .await?;
+                removed += existed;
+                if taken < DRAIN_CHUNK {
+                    break;
+                }
+            }
+            // A drain set found in place was drained first; now move the index itself.
+            if held >= 0 {
                 return Ok(Some(removed));
             }
         }
@@ -715,7 +772,7 @@ impl RedisBackend {
         head: &str,
         ns: &str,
         member_pattern: &str,
-    ) -> Result<u64, CacheError> {
+    ) -> Result<Option<u64>, CacheError> {
         let mut conn = self.conn.clone();
         let index = index::index_key(head, Some(ns));
         let drain = drain_key(head, &index);
@@ -724,17 +781,25 @@ impl RedisBackend {
         for set in [&index, &drain] {
             let mut cursor = 0u64;
             loop {
-                let (next, found): (u64, Vec<(Vec<u8>, String)>) = redis::cmd("ZSCAN")
-                    .arg(set)
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(member_pattern)
-                    .arg("COUNT")
-                    .arg(SCAN_COUNT)
-                    .query_async(&mut conn)
-                    .await?;
-                if !found.is_empty() {
-                    let members: Vec<&[u8]> = found.iter().map(|(m, _)| m.as_slice()).collect();
+                let scanned: Result<(u64, Vec<(Vec<u8>, String)>), redis::RedisError> =
+                    redis::cmd("ZSCAN")
+                        .arg(set)
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(member_pattern)
+                        .arg("COUNT")
+                        .arg(SCAN_COUNT)
+                        .query_async(&mut conn)
+                        .await;
+                let (next, found) = match scanned {
+                    // A key of another type there: the index cannot answer (the next write to
+                    // the namespace replaces it and marks the index incomplete).
+                    Err(e) if e.code() == Some("WRONGTYPE") => return Ok(None),
+                    other => other?,
+                };
+                // A small set answers a scan whole, whatever COUNT says: bound each removal.
+                for batch in found.chunks(UNLINK_BATCH) {
+                    let members: Vec<&[u8]> = batch.iter().map(|(m, _)| m.as_slice()).collect();
                     let existed: u64 = REMOVE_MEMBERS
                         .key(set)
                         .arg(&key_head)
@@ -749,7 +814,7 @@ impl RedisBackend {
                 cursor = next;
             }
         }
-        Ok(removed)
+        Ok(Some(removed))
     }
 
     /// Removes every entry under `head`: drains every index in the registry. `None` if the
@@ -765,8 +830,19 @@ impl RedisBackend {
             return Ok(None);
         };
         let mut removed = 0;
-        // A registry member that is not text was not written by this library.
-        for index in indexes.iter().filter_map(|i| std::str::from_utf8(i).ok()) {
+        // Only names of this head's indexes: a member put there by something else (not text,
+        // or naming any other key) is skipped, so it cannot lead the drain outside the prefix.
+        let own = |index: &&str| {
+            index
+                .strip_prefix(head)
+                .and_then(|rest| rest.strip_prefix("#ix"))
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(':'))
+        };
+        for index in indexes
+            .iter()
+            .filter_map(|i| std::str::from_utf8(i).ok())
+            .filter(own)
+        {
             match self.drain(head, index).await? {
                 Some(n) => removed += n,
                 None => return Ok(None),
@@ -849,14 +925,17 @@ impl Backend for RedisBackend {
             .fetch_add(1, Ordering::Relaxed)
             .is_multiple_of(TRIM_EVERY);
         if trims {
+            let key_head = &key[..key.len() - filing.member.len()];
             transaction
                 .cmd("EVALSHA")
                 .arg(TRIM.get_hash())
-                .arg(1)
+                .arg(2)
                 .arg(&filing.index)
-                .arg(&key[..key.len() - filing.member.len()])
+                .arg(&filing.registry)
+                .arg(key_head)
                 .arg(now)
-                .arg(TRIM_LIMIT);
+                .arg(TRIM_LIMIT)
+                .arg(key_head.trim_end_matches(':'));
         }
         let replies: Vec<redis::Value> = transaction.query_async(&mut conn).await?;
         if replies
@@ -933,7 +1012,7 @@ impl Backend for RedisBackend {
                 head,
                 ns,
                 member_pattern,
-            } => Some(self.remove_within(head, &ns, member_pattern).await?),
+            } => self.remove_within(head, &ns, member_pattern).await?,
             Scope::Everything { head } => self.drain_everything(head).await?,
             Scope::Exact(_) | Scope::Walk => None,
         };
@@ -950,10 +1029,12 @@ impl Backend for RedisBackend {
         }
     }
 
-    async fn rebuild_index(&self, head: &str) -> Result<u64, CacheError> {
+    async fn rebuild_index(&self, prefix: &str) -> Result<u64, CacheError> {
         if !self.indexed {
             return Ok(0);
         }
+        // Keys are filed under the part of the prefix before any `:` in it.
+        let head = prefix.split_once(':').map_or(prefix, |(head, _)| head);
         self.rebuild(head, None).await
     }
 
