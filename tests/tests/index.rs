@@ -598,18 +598,20 @@ async fn concurrent_writers_never_outlive_an_invalidation_that_began_after_them(
             .query_async(&mut conn)
             .await
             .expect("MGET");
-        let marks = marks.lock().unwrap();
-        for (key, value) in keys.iter().zip(values) {
-            let Some(version) = value.and_then(|v| serde_json::from_slice::<u64>(&v).ok()) else {
-                continue;
-            };
-            if glob_match(&format!("app:{pattern}"), key)
-                && marks.get(&version).is_some_and(|&at| at < began)
-            {
-                violations.push((key.clone(), version, pattern));
+        {
+            let marks = marks.lock().unwrap();
+            for (key, value) in keys.iter().zip(values) {
+                let Some(version) = value.and_then(|v| serde_json::from_slice::<u64>(&v).ok())
+                else {
+                    continue;
+                };
+                if glob_match(&format!("app:{pattern}"), key)
+                    && marks.get(&version).is_some_and(|&at| at < began)
+                {
+                    violations.push((key.clone(), version, pattern));
+                }
             }
         }
-        drop(marks);
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     done.store(true, Ordering::Relaxed);

@@ -387,6 +387,9 @@ async fn bounded<T>(
         }))
 }
 
+/// A `ZSCAN` reply: the next cursor, and members with their scores.
+type ZscanReply = (u64, Vec<(Vec<u8>, String)>);
+
 /// Where a key is filed in the index: its index key, the registry, and its member.
 struct Filing<'a> {
     index: String,
@@ -781,16 +784,15 @@ impl RedisBackend {
         for set in [&index, &drain] {
             let mut cursor = 0u64;
             loop {
-                let scanned: Result<(u64, Vec<(Vec<u8>, String)>), redis::RedisError> =
-                    redis::cmd("ZSCAN")
-                        .arg(set)
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(member_pattern)
-                        .arg("COUNT")
-                        .arg(SCAN_COUNT)
-                        .query_async(&mut conn)
-                        .await;
+                let scanned: Result<ZscanReply, redis::RedisError> = redis::cmd("ZSCAN")
+                    .arg(set)
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(member_pattern)
+                    .arg("COUNT")
+                    .arg(SCAN_COUNT)
+                    .query_async(&mut conn)
+                    .await;
                 let (next, found) = match scanned {
                     // A key of another type there: the index cannot answer (the next write to
                     // the namespace replaces it and marks the index incomplete).
