@@ -17,11 +17,12 @@ use std::time::{Duration, Instant};
 ///
 /// # The bound
 ///
-/// The bound is on an estimate of the memory the entries take: for each entry, its key and
-/// its value as the allocator holds them (with an allocation header, rounded up to 16 bytes),
-/// plus [`ENTRY_OVERHEAD_BYTES`](Self::ENTRY_OVERHEAD_BYTES) (400) for the bookkeeping moka
-/// and this store keep per entry. For small values the overhead is most of an entry: a 64 MiB
-/// store holds about 145,000 entries of a 20-byte key and an 8-byte value.
+/// The bound is on an estimate of the memory the entries take: for each entry, its key (twice:
+/// in the store and in its namespace's set, below) and its value as the allocator holds them
+/// (with an allocation header, rounded up to 16 bytes), 32 bytes for its slot in the set, plus
+/// [`ENTRY_OVERHEAD_BYTES`](Self::ENTRY_OVERHEAD_BYTES) (400) for the bookkeeping moka and this
+/// store keep per entry. For small values the overhead is most of an entry: a 64 MiB store
+/// holds about 125,000 entries of a 20-byte key and an 8-byte value.
 ///
 /// # Eviction
 ///
@@ -38,9 +39,10 @@ use std::time::{Duration, Instant};
 /// Keys are filed by namespace as Redis files them (the first `:`-separated part after the
 /// prefix), so a pattern that names one namespace (`users:*`) or all of them (`*`) removes its
 /// entries without walking the store, and one filtered within a namespace (`users:1*`) walks
-/// that namespace only. Other patterns walk every entry. The sets of keys are not counted
-/// against the bound: they take about the keys' size again, and keys of entries that expired
-/// or were evicted leave them when a set has doubled since it was last pruned.
+/// that namespace only. Other patterns walk every entry. The sets are counted in each entry's
+/// weight (above); keys of entries that expired or were evicted leave them when a set has
+/// doubled since it was last pruned, and a set no longer written is pruned in turn and dropped
+/// once empty.
 #[derive(Clone)]
 pub struct MemoryBackend {
     cache: Cache<String, Entry>,
@@ -59,11 +61,17 @@ struct Filed {
     keys: HashSet<String>,
     /// Its size after the last pruning.
     pruned_len: usize,
+    /// The filings counter when it was last pruned.
+    pruned_at: u64,
 }
 
 /// A namespace's set is pruned of absent keys when it reaches twice its size after the last
 /// pruning, and at least this size.
 const PRUNE_AT_LEAST: usize = 1024;
+
+/// What a key's slot in its namespace's set takes besides the key's own allocation: the
+/// `String` (24 bytes) and the hash table's control byte, at its usual load.
+const INDEX_SLOT_BYTES: usize = 32;
 
 /// Every how many filings one namespace's set, taken in turn, is pruned.
 const PRUNE_OTHER_EVERY: u64 = 64;
@@ -112,7 +120,8 @@ impl MemoryBackend {
     // under their weight: 472.6 for a 32-byte key, 493.2 for a 40-byte value, 605 for a
     // 60-byte key with a 100-byte value (weighed 608). At the default bound,
     // `cargo test -p cachekit --test memory_bound -- --nocapture` prints the outcome: RSS grown
-    // by 1.02x the bound, 471 bytes a held entry (the sketch and fixed costs included).
+    // by 1.22x the bound, 644 bytes a held entry (the sketch, fixed costs and the namespace
+    // set's keys of evicted entries not yet pruned included; 1.02x before the sets existed).
     // On 32-bit targets, with smaller pointers, the estimate is high.
     pub const ENTRY_OVERHEAD_BYTES: u32 = 400;
 
@@ -162,9 +171,15 @@ impl MemoryBackend {
         if n.is_multiple_of(PRUNE_OTHER_EVERY) && !filed.is_empty() {
             let turn = usize::try_from(n / PRUNE_OTHER_EVERY).unwrap_or(0) % filed.len();
             if let Some(name) = filed.keys().nth(turn).cloned() {
+                // A set is pruned this way at most once per as many filings as it holds keys,
+                // so the work per filing stays constant however large it is.
                 let empty = filed.get_mut(&name).is_some_and(|set| {
+                    if n.saturating_sub(set.pruned_at) < set.keys.len() as u64 {
+                        return false;
+                    }
                     set.keys.retain(|k| self.cache.contains_key(k));
                     set.pruned_len = set.keys.len();
+                    set.pruned_at = n;
                     set.keys.is_empty()
                 });
                 if empty {
@@ -244,7 +259,12 @@ impl MemoryBackend {
 fn weigh(key_len: usize, value_len: usize) -> u32 {
     // An `Arc<[u8]>` holds two counters before the bytes.
     let value = allocation(value_len.saturating_add(16));
-    let bytes = allocation(key_len).saturating_add(value);
+    // The key is held twice: by moka, and in its namespace's set (a `String` in a hash set's
+    // slot, with the table's spare capacity).
+    let key = allocation(key_len)
+        .saturating_mul(2)
+        .saturating_add(INDEX_SLOT_BYTES);
+    let bytes = key.saturating_add(value);
     u32::try_from(bytes)
         .unwrap_or(u32::MAX)
         .saturating_add(MemoryBackend::ENTRY_OVERHEAD_BYTES)
@@ -602,10 +622,14 @@ mod tests {
 
     #[test]
     fn an_entry_weighs_its_allocations_and_the_overhead() {
-        // A 20-byte key: 32 bytes allocated; an 8-byte value behind two counters: 32.
-        assert_eq!(weigh(20, 8), 64 + MemoryBackend::ENTRY_OVERHEAD_BYTES);
+        // A 20-byte key: 32 bytes allocated, twice (the store and the index), plus the index
+        // slot; an 8-byte value behind two counters: 32.
+        assert_eq!(
+            weigh(20, 8),
+            32 * 2 + 32 + 32 + MemoryBackend::ENTRY_OVERHEAD_BYTES
+        );
         assert_eq!(weigh(24, 8), weigh(20, 8));
-        assert_eq!(weigh(25, 8), weigh(20, 8) + 16);
+        assert_eq!(weigh(25, 8), weigh(20, 8) + 32);
         assert_eq!(weigh(usize::MAX, 0), u32::MAX);
         assert_eq!(weigh(0, u32::MAX as usize), u32::MAX);
     }
