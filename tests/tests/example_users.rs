@@ -30,11 +30,33 @@ async fn repo(cache: CacheService) -> UserRepo {
         .expect("the database opens and is seeded")
 }
 
-/// Every key in Redis with its value (as text), with `SCAN` and `GET`.
+/// Every key in Redis with its value (as text), with `SCAN` and `GET`; the invalidation index's
+/// sets (`{prefix}#...`) with their members, joined by newlines.
 async fn raw_dump(conn: &mut MultiplexedConnection) -> Vec<(String, String)> {
     let mut entries = Vec::new();
     for key in raw::keys(conn, "*").await {
-        let value: Option<Vec<u8>> = raw::get(conn, &key).await;
+        let kind: String = redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(conn)
+            .await
+            .expect("TYPE");
+        let value: Option<Vec<u8>> = match kind.as_str() {
+            "string" => raw::get(conn, &key).await,
+            "zset" | "set" => {
+                let mut read = if kind == "set" {
+                    redis::cmd("SMEMBERS")
+                } else {
+                    redis::cmd("ZRANGE")
+                };
+                read.arg(&key);
+                if kind == "zset" {
+                    read.arg(0).arg(-1);
+                }
+                let members: Vec<Vec<u8>> = read.query_async(conn).await.expect("the members");
+                Some(members.join(&b'\n'))
+            }
+            other => panic!("{key} is a {other}"),
+        };
         if let Some(value) = value {
             entries.push((key, String::from_utf8_lossy(&value).into_owned()));
         }
