@@ -132,6 +132,19 @@ pub async fn dbsize(conn: &mut MultiplexedConnection) -> u64 {
         .unwrap_or_else(|error| panic!("raw DBSIZE failed: {error}"))
 }
 
+/// The keys in the connection's database that hold data rather than cachekit's invalidation
+/// index (`{prefix}#ix:...`, `{prefix}#ns`, ...: a `#` before the first `:`), by `SCAN`.
+///
+/// # Panics
+///
+/// On a Redis error, or on a key that is not UTF-8.
+pub async fn data_keys(conn: &mut MultiplexedConnection) -> u64 {
+    let all = keys(conn, "*").await;
+    all.iter()
+        .filter(|key| !key.split(':').next().unwrap_or_default().contains('#'))
+        .count() as u64
+}
+
 /// The keys matching the glob `pattern`, sorted, by `SCAN … MATCH pattern` until the cursor
 /// returns to 0 (never `KEYS`).
 ///

@@ -206,7 +206,9 @@ impl MemoryBackend {
     async fn remove_all(&self, keys: impl IntoIterator<Item = String>) -> u64 {
         let mut removed = 0;
         for key in keys {
-            if self.cache.remove(&key).await.is_some() {
+            // An expired entry still held is discarded, but not counted.
+            let live = self.cache.contains_key(&key);
+            if self.cache.remove(&key).await.is_some() && live {
                 removed += 1;
             }
         }

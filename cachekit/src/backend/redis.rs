@@ -939,11 +939,25 @@ impl Backend for RedisBackend {
                 .arg(TRIM_LIMIT)
                 .arg(key_head.trim_end_matches(':'));
         }
-        let replies: Vec<redis::Value> = transaction.query_async(&mut conn).await?;
-        if replies
-            .iter()
-            .take(3)
-            .all(|r| !matches!(r, redis::Value::ServerError(_)))
+        let replies: Vec<redis::Value> = match transaction.query_async(&mut conn).await {
+            Ok(replies) => replies,
+            // The transaction did not reach the server, or its outcome is unknown.
+            Err(e)
+                if e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal() =>
+            {
+                return Err(e.into());
+            }
+            // The server refused it whole (out of memory, say): the script says why, alike.
+            Err(_) => Vec::new(),
+        };
+        if replies.len() >= 3
+            && replies
+                .iter()
+                .take(3)
+                .all(|r| !matches!(r, redis::Value::ServerError(_)))
         {
             if trims && matches!(replies.get(3), Some(redis::Value::ServerError(_))) {
                 // Most likely not loaded yet: load it for the next time.
