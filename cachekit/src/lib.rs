@@ -97,8 +97,9 @@
 //! it is rebuilt in the background by the first pattern invalidation (which walks meanwhile), or
 //! by [`CacheService::rebuild_index`]. On a server with an `allkeys-*` eviction policy, which
 //! could evict the index, patterns walk. The index costs Redis memory per entry and adds a few
-//! commands to each write's script; the README has the figures and the keys it adds
-//! (`{prefix}#...`, never under `{prefix}:`).
+//! commands to each write (about 100 bytes and 1.17x the latency of a `set` on loopback in one
+//! run); the README has the figures and the keys it adds (`{prefix}#...`, never under
+//! `{prefix}:`).
 //!
 //! ## Failure handling
 //!

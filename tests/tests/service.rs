@@ -1120,7 +1120,11 @@ async fn health_reports_a_round_trip_and_server_facts() {
     assert_eq!(cache.clear_all().await, 7);
     let facts = cache.health().await.server.expect("server facts");
     assert!(facts.db_keys.is_some_and(|n| n >= 3), "{facts:?}");
-    assert_eq!(raw::data_keys(&mut raw).await, 3, "only the raw keys are left");
+    assert_eq!(
+        raw::data_keys(&mut raw).await,
+        3,
+        "only the raw keys are left"
+    );
 
     // Serializable, for a /health endpoint.
     let json = serde_json::to_value(&health).unwrap();
