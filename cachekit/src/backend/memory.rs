@@ -111,18 +111,19 @@ impl MemoryBackend {
     /// TTL), the entry's shared info, its node in the least-recently-used deque and in the
     /// timer wheel that expires it, the concurrent hash map's bucket and slot, and its share of
     /// the frequency sketch: each allocation with the allocator's header and rounding.
-    // Measured on x86_64 Linux (glibc malloc, moka 0.12.16, debug build): 1.5 million entries
-    // of a 20-byte key and an 8-byte value, inserted into a store bounded too high to evict
-    // (100 GiB), grow the process's RSS by 456.5 bytes an entry, read from `VmRSS` in
-    // `/proc/self/status` before the store is built and after the inserts and moka's
-    // `run_pending_tasks`. The key and value take 64 of them as `weigh` counts them (32 each);
-    // the other 392.5, rounded up to 16, are this constant. Other sizes measured 3 to 8 bytes
-    // under their weight: 472.6 for a 32-byte key, 493.2 for a 40-byte value, 605 for a
-    // 60-byte key with a 100-byte value (weighed 608). At the default bound,
+    // Measured on x86_64 Linux (glibc malloc, moka 0.12.16, debug build), before the store kept
+    // namespace sets: 1.5 million entries of a 20-byte key and an 8-byte value, inserted into a
+    // store bounded too high to evict (100 GiB), grew the process's RSS by 456.5 bytes an
+    // entry, read from `VmRSS` in `/proc/self/status` before the store is built and after the
+    // inserts and moka's `run_pending_tasks`. The key and value took 64 of them (32 each as
+    // allocated); the other 392.5, rounded up to 16, are this constant. Other sizes measured 3
+    // to 8 bytes under their weight of then: 472.6 for a 32-byte key, 493.2 for a 40-byte
+    // value, 605 for a 60-byte key with a 100-byte value (weighed 608). The weight now also
+    // counts the key's copy and slot in its namespace's set. At the default bound,
     // `cargo test -p cachekit --test memory_bound -- --nocapture` prints the outcome: RSS grown
-    // by 1.22x the bound, 644 bytes a held entry (the sketch, fixed costs and the namespace
-    // set's keys of evicted entries not yet pruned included; 1.02x before the sets existed).
-    // On 32-bit targets, with smaller pointers, the estimate is high.
+    // by 1.22x the bound, 644 bytes a held entry (the sketch, fixed costs, and the keys of
+    // evicted entries that wait in the set until it is pruned included; 1.02x before the sets
+    // existed). On 32-bit targets, with smaller pointers, the estimate is high.
     pub const ENTRY_OVERHEAD_BYTES: u32 = 400;
 
     /// A store whose entries take at most `max_bytes`, as estimated: their keys and values
