@@ -11,8 +11,8 @@ use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
 };
 use std::hint::black_box;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 /// What cachekit gives `set_pipeline_buffer_size` (`backend/redis.rs`); redis-rs's default is 50.
@@ -434,31 +434,21 @@ impl Runner {
     /// Rounds of sequential calls, the contenders taking turns call by call; each call timed
     /// on its own. Returns raw redis-rs's pooled figures, the embedded store's baseline.
     async fn sequential(&mut self, contenders: &[Hit]) -> Result<[f64; 3], Error> {
-        let latencies = self.take_turns(SEQUENTIAL, contenders).await?;
-        let mut baseline = [0.0; 3];
-        for (i, contender) in contenders.iter().enumerate() {
-            for (f, (figure, summary)) in FIGURES.into_iter().enumerate() {
-                let pooled: Vec<f64> = latencies[i].concat();
-                let mut row = Row::new(SEQUENTIAL, contender.name(), figure, "µs");
-                row.value = summary(&pooled);
-                row.round_ratios = (0..latencies[i].len())
-                    .map(|r| summary(&latencies[i][r]) / summary(&latencies[0][r]))
-                    .collect();
-                row.ratio = Some(median(&row.round_ratios));
-                if i == 0 {
-                    baseline[f] = row.value;
-                }
-                self.rows.push(row);
-            }
-        }
-        Ok(baseline)
+        let mut contenders = contenders.to_vec();
+        let latencies = self
+            .take_turns(SEQUENTIAL, &mut contenders, 0x5EED_CAC4_E417)
+            .await?;
+        Ok(self.latency_rows(SEQUENTIAL, &contenders, &latencies))
     }
 
     /// The embedded store's hits, measured like the sequential Redis hits but in rounds of
     /// their own (between Redis calls they would run with cold CPU caches). Their ratio is to
     /// raw redis-rs's pooled sequential figure: there is no same-round baseline.
     async fn embedded(&mut self, contenders: &[Hit], baseline: [f64; 3]) -> Result<(), Error> {
-        let latencies = self.take_turns(EMBEDDED, contenders).await?;
+        let mut contenders = contenders.to_vec();
+        let latencies = self
+            .take_turns(EMBEDDED, &mut contenders, 0x5EED_CAC4_E417)
+            .await?;
         for (i, contender) in contenders.iter().enumerate() {
             for (f, (figure, summary)) in FIGURES.into_iter().enumerate() {
                 let pooled: Vec<f64> = latencies[i].concat();
@@ -473,18 +463,25 @@ impl Runner {
 
     /// Rounds in which the contenders take turns call by call, in a new random order each
     /// turn (A B C, C A B, B C A ...): a burst of noise hits them alike, and none always
-    /// follows the same other. Returns the latencies in µs, per contender, per round.
-    async fn take_turns(&self, scenario: &str, contenders: &[Hit]) -> Result<Latencies, Error> {
+    /// follows the same other. Each turn gets a number, new for every turn (writes use it to
+    /// pick a key). Returns the latencies in µs, per contender, per round.
+    async fn take_turns<C: Contender>(
+        &self,
+        scenario: &str,
+        contenders: &mut [C],
+        seed: u64,
+    ) -> Result<Latencies, Error> {
         let plan = &self.plan;
-        let mut contenders = contenders.to_vec();
-        for contender in &mut contenders {
+        let mut turn = 0u64;
+        for contender in contenders.iter_mut() {
             for _ in 0..plan.warmup_calls {
-                black_box(contender.call(HIT_ID).await?);
+                turn += 1;
+                contender.take_turn(turn).await?;
             }
         }
         let n = contenders.len();
         let mut order: Vec<usize> = (0..n).collect();
-        let mut rng = XorShift::new(0x5EED_CAC4_E417);
+        let mut rng = XorShift::new(seed);
         let mut latencies: Latencies = vec![Vec::new(); n];
         for round in 0..plan.sequential_rounds {
             if round % 10 == 0 {
@@ -497,18 +494,11 @@ impl Runner {
             let mut samples = vec![Vec::with_capacity(plan.sequential_calls); n];
             for _ in 0..plan.sequential_calls {
                 rng.shuffle(&mut order);
+                turn += 1;
                 for &i in &order {
-                    let contender = &mut contenders[i];
                     let started = Instant::now();
-                    let user = contender.call(black_box(HIT_ID)).await?;
-                    let elapsed = started.elapsed();
-                    if user.id != HIT_ID {
-                        return Err(Error::new(format!(
-                            "{} read another user",
-                            contender.name()
-                        )));
-                    }
-                    samples[i].push(elapsed.as_nanos() as f64 / 1000.0);
+                    contenders[i].take_turn(black_box(turn)).await?;
+                    samples[i].push(started.elapsed().as_nanos() as f64 / 1000.0);
                 }
             }
             for (i, samples) in samples.into_iter().enumerate() {
@@ -618,7 +608,6 @@ impl Runner {
     /// entry in the invalidation index adds to a write, against the same service with the
     /// index off.
     async fn writes(&mut self) -> Result<(), Error> {
-        let user = User::sample(HIT_ID);
         let (indexed, unindexed) = (
             self.service_with(true).await?,
             self.service_with(false).await?,
@@ -628,21 +617,32 @@ impl Runner {
             Write::Set(indexed.clone(), "writes"),
             Write::Raw(self.raw_connection().await?),
         ];
-        let latencies = self.write_turns(SEQUENTIAL_WRITE, &mut sets, &user).await?;
+        let latencies = self
+            .take_turns(SEQUENTIAL_WRITE, &mut sets, 0x5EED_3217_E417)
+            .await?;
         self.latency_rows(SEQUENTIAL_WRITE, &sets, &latencies);
         let mut fills = [
             Write::Fill(unindexed, "fills_off"),
             Write::Fill(indexed, "fills"),
         ];
-        let latencies = self.write_turns(SEQUENTIAL_FILL, &mut fills, &user).await?;
+        let latencies = self
+            .take_turns(SEQUENTIAL_FILL, &mut fills, 0x5EED_3217_E417)
+            .await?;
         self.latency_rows(SEQUENTIAL_FILL, &fills, &latencies);
         Ok(())
     }
 
-    /// Rows of mean, p50 and p99 for each contender, with per-round ratios to the first.
-    fn latency_rows(&mut self, scenario: &str, contenders: &[Write], latencies: &Latencies) {
+    /// Rows of mean, p50 and p99 for each contender, with per-round ratios to the first;
+    /// returns the first's figures.
+    fn latency_rows<C: Contender>(
+        &mut self,
+        scenario: &str,
+        contenders: &[C],
+        latencies: &Latencies,
+    ) -> [f64; 3] {
+        let mut baseline = [0.0; 3];
         for (i, contender) in contenders.iter().enumerate() {
-            for (figure, summary) in FIGURES {
+            for (f, (figure, summary)) in FIGURES.into_iter().enumerate() {
                 let pooled: Vec<f64> = latencies[i].concat();
                 let mut row = Row::new(scenario, contender.name(), figure, "µs");
                 row.value = summary(&pooled);
@@ -650,53 +650,13 @@ impl Runner {
                     .map(|r| summary(&latencies[i][r]) / summary(&latencies[0][r]))
                     .collect();
                 row.ratio = Some(median(&row.round_ratios));
+                if i == 0 {
+                    baseline[f] = row.value;
+                }
                 self.rows.push(row);
             }
         }
-    }
-
-    /// [`take_turns`](Self::take_turns) for writes: each call writes a new key or version.
-    async fn write_turns(
-        &self,
-        scenario: &str,
-        contenders: &mut [Write],
-        user: &User,
-    ) -> Result<Latencies, Error> {
-        let plan = &self.plan;
-        let mut n = 0u64;
-        for contender in contenders.iter_mut() {
-            for _ in 0..plan.warmup_calls {
-                n += 1;
-                contender.call(n, user).await?;
-            }
-        }
-        let count = contenders.len();
-        let mut order: Vec<usize> = (0..count).collect();
-        let mut rng = XorShift::new(0x5EED_3217_E417);
-        let mut latencies: Latencies = vec![Vec::new(); count];
-        for round in 0..plan.sequential_rounds {
-            if round % 10 == 0 {
-                self.say(&format!(
-                    "{scenario}: round {}/{}",
-                    round + 1,
-                    plan.sequential_rounds
-                ));
-            }
-            let mut samples = vec![Vec::with_capacity(plan.sequential_calls); count];
-            for _ in 0..plan.sequential_calls {
-                rng.shuffle(&mut order);
-                n += 1;
-                for &i in &order {
-                    let started = Instant::now();
-                    contenders[i].call(black_box(n), user).await?;
-                    samples[i].push(started.elapsed().as_nanos() as f64 / 1000.0);
-                }
-            }
-            for (i, samples) in samples.into_iter().enumerate() {
-                latencies[i].push(samples);
-            }
-        }
-        Ok(latencies)
+        baseline
     }
 
     /// `invalidate_pattern("users:*")` with the matching keys among many others, against the
@@ -1019,6 +979,30 @@ async fn scan_unlink(conn: &mut MultiplexedConnection, pattern: &str) -> Result<
     }
 }
 
+/// A contender of the sequential scenarios: one call a turn, the turn's number given.
+trait Contender {
+    fn name(&self) -> &'static str;
+    async fn take_turn(&mut self, turn: u64) -> Result<(), Error>;
+}
+
+impl Contender for Hit {
+    fn name(&self) -> &'static str {
+        Hit::name(self)
+    }
+
+    /// A read of the user every hit reads, checked to be that user.
+    async fn take_turn(&mut self, _turn: u64) -> Result<(), Error> {
+        let user = self.call(black_box(HIT_ID)).await?;
+        if user.id != HIT_ID {
+            return Err(Error::new(format!("{} read another user", Hit::name(self))));
+        }
+        Ok(())
+    }
+}
+
+/// The record every write writes.
+static RECORD: LazyLock<User> = LazyLock::new(|| User::sample(HIT_ID));
+
 /// One way of writing the user record: a contender of the write scenarios.
 enum Write {
     /// redis-rs `SET ... PX` of the record's JSON, over 1,000 keys.
@@ -1041,8 +1025,15 @@ impl Write {
             Self::Fill(..) => SERVICE_FILL,
         }
     }
+}
 
-    async fn call(&mut self, n: u64, user: &User) -> Result<(), Error> {
+impl Contender for Write {
+    fn name(&self) -> &'static str {
+        Write::name(self)
+    }
+
+    async fn take_turn(&mut self, n: u64) -> Result<(), Error> {
+        let user = &*RECORD;
         let ttl = Some(Duration::from_millis(TTL_MS));
         match self {
             Self::Raw(conn) => {

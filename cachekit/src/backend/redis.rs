@@ -4,8 +4,8 @@ use super::{Backend, BackendKind, LEASE_MARKER_PREFIX, Lease, ServerInfo, is_lea
 use crate::CacheError;
 use crate::index::{self, Scope};
 use crate::key::escape_glob;
-use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Script, ScriptInvocation};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -500,6 +500,20 @@ impl RedisBackend {
             ready: ready_key(place.head),
             member: place.member,
         })
+    }
+
+    /// An invocation of `script` on `key` that also names the index keys `key` is filed under
+    /// (`KEYS[2..4]`), if any, and the member to file it as (empty when it is not filed).
+    fn filed<'a>(&self, script: &'a Script, key: &'a str) -> (ScriptInvocation<'a>, &'a str) {
+        let mut invocation = script.key(key);
+        let Some(filing) = self.filing(key) else {
+            return (invocation, "");
+        };
+        invocation
+            .key(&filing.index)
+            .key(&filing.registry)
+            .key(&filing.ready);
+        (invocation, filing.member)
     }
 
     /// Removes the matches of `pattern` by walking the keyspace: `SCAN ... MATCH`, `UNLINK`.
@@ -1010,26 +1024,25 @@ impl Backend for RedisBackend {
     }
 
     async fn delete_matching(&self, pattern: &str) -> Result<u64, CacheError> {
-        let head = match index::scope(pattern) {
-            Scope::Exact(key) => return Ok(u64::from(self.delete(&key).await?)),
+        let scope = index::scope(pattern);
+        let head = match &scope {
+            Scope::Exact(key) => return Ok(u64::from(self.delete(key).await?)),
             Scope::Walk => return self.walk_delete(pattern).await,
             Scope::Namespace { head, .. }
             | Scope::Within { head, .. }
-            | Scope::Everything { head } => head,
+            | Scope::Everything { head } => *head,
         };
         if !self.indexed || !self.index_trusted(head).await? {
             return self.walk_delete(pattern).await;
         }
-        let answered = match index::scope(pattern) {
-            Scope::Namespace { head, ns } => {
+        let answered = match scope {
+            Scope::Namespace { ns, .. } => {
                 self.drain(head, &index::index_key(head, Some(&ns))).await?
             }
             Scope::Within {
-                head,
-                ns,
-                member_pattern,
+                ns, member_pattern, ..
             } => self.remove_within(head, &ns, member_pattern).await?,
-            Scope::Everything { head } => self.drain_everything(head).await?,
+            Scope::Everything { .. } => self.drain_everything(head).await?,
             Scope::Exact(_) | Scope::Walk => None,
         };
         match answered {
@@ -1061,20 +1074,13 @@ impl Backend for RedisBackend {
         ttl: Duration,
     ) -> Result<Lease, CacheError> {
         let mut conn = self.conn.clone();
-        let filing = self.filing(key);
-        let mut invocation = LEASE.key(key);
-        if let Some(filing) = &filing {
-            invocation
-                .key(&filing.index)
-                .key(&filing.registry)
-                .key(&filing.ready);
-        }
+        let (mut invocation, member) = self.filed(&LEASE, key);
         let found: redis::Value = invocation
             .arg(marker)
             .arg(millis(ttl))
             .arg(LEASE_MARKER_PREFIX)
             .arg(self.max_value_bytes)
-            .arg(filing.as_ref().map_or("", |f| f.member))
+            .arg(member)
             .arg(now_ms())
             .invoke_async(&mut conn)
             .await?;
@@ -1101,19 +1107,12 @@ impl Backend for RedisBackend {
         ttl: Duration,
     ) -> Result<bool, CacheError> {
         let mut conn = self.conn.clone();
-        let filing = self.filing(key);
-        let mut invocation = FILL.key(key);
-        if let Some(filing) = &filing {
-            invocation
-                .key(&filing.index)
-                .key(&filing.registry)
-                .key(&filing.ready);
-        }
+        let (mut invocation, member) = self.filed(&FILL, key);
         let stored: u8 = invocation
             .arg(marker)
             .arg(value)
             .arg(millis(ttl))
-            .arg(filing.as_ref().map_or("", |f| f.member))
+            .arg(member)
             .arg(now_ms())
             .invoke_async(&mut conn)
             .await?;
@@ -1122,17 +1121,10 @@ impl Backend for RedisBackend {
 
     async fn release(&self, key: &str, expected: &[u8]) -> Result<bool, CacheError> {
         let mut conn = self.conn.clone();
-        let filing = self.filing(key);
-        let mut invocation = RELEASE.key(key);
-        if let Some(filing) = &filing {
-            invocation
-                .key(&filing.index)
-                .key(&filing.registry)
-                .key(&filing.ready);
-        }
+        let (mut invocation, member) = self.filed(&RELEASE, key);
         let removed: u8 = invocation
             .arg(expected)
-            .arg(filing.as_ref().map_or("", |f| f.member))
+            .arg(member)
             .invoke_async(&mut conn)
             .await?;
         Ok(removed == 1)
@@ -1140,18 +1132,11 @@ impl Backend for RedisBackend {
 
     async fn renew(&self, key: &str, marker: &[u8], ttl: Duration) -> Result<bool, CacheError> {
         let mut conn = self.conn.clone();
-        let filing = self.filing(key);
-        let mut invocation = RENEW.key(key);
-        if let Some(filing) = &filing {
-            invocation
-                .key(&filing.index)
-                .key(&filing.registry)
-                .key(&filing.ready);
-        }
+        let (mut invocation, member) = self.filed(&RENEW, key);
         let renewed: u8 = invocation
             .arg(marker)
             .arg(millis(ttl))
-            .arg(filing.as_ref().map_or("", |f| f.member))
+            .arg(member)
             .arg(now_ms())
             .invoke_async(&mut conn)
             .await?;
