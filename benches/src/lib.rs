@@ -124,7 +124,13 @@ pub struct Options {
     /// Also measure diagnostic contenders that isolate parts of cachekit's cost: raw redis-rs
     /// inside cachekit's per-call timeout, and cachekit without that timeout.
     pub diagnostics: bool,
+    /// Run only these scenario groups (see [`GROUPS`]); empty: all of them.
+    pub only: Vec<String>,
 }
+
+/// The scenario groups `--only` can pick: the hit scenarios (sequential, embedded,
+/// concurrent), the stampede, the sequential writes and fills, and the invalidation.
+pub const GROUPS: [&str; 4] = ["hits", "stampede", "writes", "invalidation"];
 
 /// Why the comparison could not run.
 #[derive(Debug)]

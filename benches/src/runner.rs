@@ -188,6 +188,8 @@ pub(crate) struct Runner {
     plan: Plan,
     progress: bool,
     diagnostics: bool,
+    /// The scenario groups to run; empty: all.
+    only: Vec<String>,
     url: String,
     client: redis::Client,
     /// For setting up and cleaning up (long response timeout), not for measuring.
@@ -210,12 +212,18 @@ impl Runner {
             plan: Plan::new(options.quick),
             progress: options.progress,
             diagnostics: options.diagnostics,
+            only: options.only.clone(),
             url,
             client,
             admin,
             cached_crate_primed: 0,
             rows: Vec::new(),
         })
+    }
+
+    /// Whether the scenario group `group` is to run.
+    fn runs(&self, group: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|g| g == group)
     }
 
     fn say(&self, what: &str) {
@@ -275,15 +283,23 @@ impl Runner {
         };
         let mut settings = self.plan.settings();
         self.clock();
-        let (redis, embedded) = self.hit_contenders().await?;
-        settings.cached_crate_value_bytes = self.cached_crate_value_bytes().await?;
-        let baseline = self.sequential(&redis).await?;
-        self.embedded(&embedded, baseline).await?;
-        self.concurrent(&redis).await?;
-        self.stampede().await?;
-        self.writes().await?;
-        self.invalidation().await?;
-        self.check_no_misses(redis.iter().chain(&embedded))?;
+        if self.runs("hits") {
+            let (redis, embedded) = self.hit_contenders().await?;
+            settings.cached_crate_value_bytes = self.cached_crate_value_bytes().await?;
+            let baseline = self.sequential(&redis).await?;
+            self.embedded(&embedded, baseline).await?;
+            self.concurrent(&redis).await?;
+            self.check_no_misses(redis.iter().chain(&embedded))?;
+        }
+        if self.runs("stampede") {
+            self.stampede().await?;
+        }
+        if self.runs("writes") {
+            self.writes().await?;
+        }
+        if self.runs("invalidation") {
+            self.invalidation().await?;
+        }
         machine.load_after = load_average();
         Ok(Report {
             mode: mode.to_owned(),

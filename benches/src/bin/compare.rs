@@ -1,23 +1,24 @@
 //! Side-by-side comparison of cachekit, raw redis-rs and the `cached` crate, in one process.
 //!
 //! ```text
-//! cargo run --release -p cachekit-benches --bin compare [-- --quick] [--json FILE] [--redis-url URL] [--diagnostics]
+//! cargo run --release -p cachekit-benches --bin compare [-- --quick] [--json FILE] [--redis-url URL] [--diagnostics] [--only GROUP,..]
 //! ```
 //!
 //! Without `--redis-url` (or `REDIS_URL`) it starts a private `redis-server` on a free port.
 //! Prints progress on stderr and the table (Markdown) on stdout.
 
-use cachekit_benches::{Options, run};
+use cachekit_benches::{GROUPS, Options, run};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 const USAGE: &str = "\
-usage: compare [--quick] [--json FILE] [--redis-url URL] [--diagnostics]
+usage: compare [--quick] [--json FILE] [--redis-url URL] [--diagnostics] [--only GROUP,..]
 
   --quick          far less work (a few seconds), for CI; figures not worth quoting
   --json FILE      also write the report as JSON to FILE
   --diagnostics    also measure raw redis-rs inside cachekit's per-call timeout,
                    and cachekit without it
+  --only GROUP,..  run only these scenario groups: hits, stampede, writes, invalidation
   --redis-url URL  use this Redis (default: REDIS_URL, else a private redis-server);
                    the run writes keys under `cachekit-bench` (a million in full mode)
                    and removes them at the end";
@@ -46,6 +47,17 @@ fn main() -> ExitCode {
             "--json" => match args.next() {
                 Some(file) => json = Some(file.into()),
                 None => return usage("--json needs a file name"),
+            },
+            "--only" => match args.next() {
+                Some(groups) => {
+                    for group in groups.split(',') {
+                        if !GROUPS.contains(&group) {
+                            return usage(&format!("unknown scenario group `{group}`"));
+                        }
+                        options.only.push(group.to_owned());
+                    }
+                }
+                None => return usage("--only needs a scenario group"),
             },
             "--redis-url" => match args.next() {
                 Some(url) => options.redis_url = Some(url),
