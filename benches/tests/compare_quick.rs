@@ -10,6 +10,7 @@ fn quick() -> Report {
         redis_url: None, // always a private redis-server, never the environment's REDIS_URL
         progress: false,
         diagnostics: true,
+        only: Vec::new(), // every scenario group
     };
     run(&options).expect("the quick comparison runs")
 }
