@@ -118,6 +118,17 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// The value under `key`, if present and not expired.
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError>;
 
+    /// The value under `key` and, when the store knows it without another round trip, the
+    /// TTL it has left. The in-process tier holds an entry no longer than that. The default
+    /// returns [`get`](Self::get)'s value without a TTL: for stores whose other clients'
+    /// writes, removals and expiries the tier learns of by other means.
+    async fn get_with_ttl(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Vec<u8>, Option<Duration>)>, CacheError> {
+        Ok(self.get(key).await?.map(|bytes| (bytes, None)))
+    }
+
     /// Stores `value` under `key` for `ttl` (at least one millisecond).
     async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), CacheError>;
 

@@ -28,6 +28,8 @@ pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 pub const DEFAULT_FALLBACK_TTL: Duration = Duration::from_secs(30);
 /// The largest encoded value the cache stores: 4 MiB.
 pub const DEFAULT_MAX_VALUE_BYTES: u64 = 4 * 1024 * 1024;
+/// The in-process tier's default bound: 64 MiB of entries, weighed by their encoded size.
+pub const DEFAULT_LOCAL_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 /// [`MAX_TTL`] in seconds. `cachekit-macros` repeats the number (it cannot depend on this
 /// crate); `__private::checked_ttl_secs` fails the build of any `#[cached(ttl = ...)]` if the
@@ -316,6 +318,16 @@ impl RedisConfig {
 
     /// The redis-rs client for this server. Connects nothing.
     pub(crate) fn client(&self) -> Result<redis::Client, CacheError> {
+        self.client_speaking(redis::ProtocolVersion::RESP2)
+    }
+
+    /// The client for the in-process tier's invalidation channel: RESP3, which carries
+    /// invalidation messages on the connection that asked for them.
+    pub(crate) fn tracking_client(&self) -> Result<redis::Client, CacheError> {
+        self.client_speaking(redis::ProtocolVersion::RESP3)
+    }
+
+    fn client_speaking(&self, protocol: redis::ProtocolVersion) -> Result<redis::Client, CacheError> {
         self.validate()?;
         if self.tls {
             install_crypto_provider();
@@ -330,7 +342,9 @@ impl RedisConfig {
         } else {
             redis::ConnectionAddr::Tcp(self.host.clone(), self.port)
         };
-        let mut settings = redis::RedisConnectionInfo::default().set_db(i64::from(self.db));
+        let mut settings = redis::RedisConnectionInfo::default()
+            .set_db(i64::from(self.db))
+            .set_protocol(protocol);
         if let Some(user) = &self.username {
             settings = settings.set_username(user);
         }
@@ -439,6 +453,12 @@ pub struct CacheConfig {
     /// The largest encoded value the cache stores, in bytes. A larger value is not cached
     /// (logged and counted); a larger one found in the store reads as a miss and is removed.
     pub max_value_bytes: u64,
+    /// The in-process tier of decoded values in front of the store: how long it holds an
+    /// entry. `None` (the default): no tier. See
+    /// [`CacheServiceBuilder::local_tier`].
+    pub local_ttl: Option<Duration>,
+    /// The in-process tier's bound in bytes (entries weighed by their encoded size).
+    pub local_max_bytes: u64,
     /// Diagnostics only: calls skip the guard (no timeout, no breaker, no fault counting).
     pub(crate) unguarded: bool,
     /// Diagnostics only: Redis writes skip the invalidation index and patterns walk.
@@ -465,6 +485,8 @@ impl Default for CacheConfig {
             lease_ttl: DEFAULT_LEASE_TTL,
             redact_keys: false,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            local_ttl: None,
+            local_max_bytes: DEFAULT_LOCAL_MAX_BYTES,
             unguarded: false,
             unindexed: false,
         }
@@ -630,6 +652,12 @@ impl CacheConfig {
                 ));
             }
         }
+        if let Some(ms) = var("CACHE_LOCAL_TTL_MS") {
+            config.local_ttl = Some(parse_millis("CACHE_LOCAL_TTL_MS", &ms)?);
+        }
+        if let Some(n) = var("CACHE_LOCAL_MAX_BYTES") {
+            config.local_max_bytes = parse_num("CACHE_LOCAL_MAX_BYTES", &n)?;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -679,6 +707,21 @@ impl CacheConfig {
             if *max_bytes == 0 {
                 return Err(CacheError::Config(
                     "the memory fallback's max_bytes must be above zero".into(),
+                ));
+            }
+        }
+        if let Some(ttl) = self.local_ttl {
+            check_duration("the local tier's ttl", ttl, Least::Millisecond)?;
+            if self.local_max_bytes == 0 {
+                return Err(CacheError::Config(
+                    "the local tier's max_bytes must be above zero".into(),
+                ));
+            }
+            if matches!(self.store, StoreConfig::Custom(_)) {
+                return Err(CacheError::Config(
+                    "the local tier needs Redis or the embedded store: it cannot learn of the \
+                     writes a custom backend's other clients make"
+                        .into(),
                 ));
             }
         }
@@ -924,6 +967,45 @@ impl CacheServiceBuilder {
         self
     }
 
+    /// Turns on the in-process tier: decoded values held in this process for up to `ttl`, in
+    /// front of the store, so a hit neither crosses the network nor decodes. From 1 ms to
+    /// [`MAX_TTL`]. Default: off.
+    ///
+    /// On Redis the tier stays coherent through Redis's client tracking: a write or removal of
+    /// a key under the prefix, by any instance or any other client, evicts it here, typically
+    /// within a millisecond. Reads on this instance after its own write or invalidation
+    /// returned never see an older value. If the channel that carries the invalidations fails,
+    /// the tier is flushed and bypassed until it is back. See the crate docs, "The in-process
+    /// tier", for what staleness it can have.
+    ///
+    /// Values are read through the tier only as the type they were stored as there: a hit
+    /// returns a clone (return `Arc<T>` to make it a reference count).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), cachekit::CacheError> {
+    /// use std::time::Duration;
+    /// let cache = cachekit::CacheService::builder()
+    ///     .redis_url("redis://127.0.0.1:6379")
+    ///     .local_tier(Duration::from_secs(30))
+    ///     .local_tier_max_bytes(32 << 20)
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn local_tier(mut self, ttl: Duration) -> Self {
+        self.config.local_ttl = Some(ttl);
+        self
+    }
+
+    /// The in-process tier's bound in bytes, above zero; entries are weighed by their encoded
+    /// size plus a fixed overhead, and the least useful are evicted past it (moka's TinyLFU).
+    /// Default: [`DEFAULT_LOCAL_MAX_BYTES`] (64 MiB). Takes effect with
+    /// [`local_tier`](Self::local_tier).
+    pub fn local_tier_max_bytes(mut self, max_bytes: u64) -> Self {
+        self.config.local_max_bytes = max_bytes;
+        self
+    }
+
     /// Diagnostics only, for the benchmarks that measure what the guard costs: backend calls
     /// skip the timeout, the circuit breaker and fault counting. A service built so can hang on
     /// a stalled server; never use it in an application.
@@ -1013,6 +1095,43 @@ mod tests {
         );
         assert_eq!(c.default_ttl, Duration::from_secs(120));
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn the_local_tier_from_the_environment() {
+        let c = from(&[("REDIS_HOST", "h")]).unwrap();
+        assert_eq!(c.local_ttl, None, "off by default");
+        let c = from(&[
+            ("REDIS_HOST", "h"),
+            ("CACHE_LOCAL_TTL_MS", "1500"),
+            ("CACHE_LOCAL_MAX_BYTES", "1048576"),
+        ])
+        .unwrap();
+        assert_eq!(c.local_ttl, Some(Duration::from_millis(1500)));
+        assert_eq!(c.local_max_bytes, 1 << 20);
+        for (vars, needle) in [
+            (vec![("CACHE_LOCAL_TTL_MS", "soon")], "CACHE_LOCAL_TTL_MS"),
+            (vec![("CACHE_LOCAL_TTL_MS", "0")], "CACHE_LOCAL_TTL_MS must be at least"),
+            (
+                vec![("CACHE_LOCAL_TTL_MS", "10"), ("CACHE_LOCAL_MAX_BYTES", "0")],
+                "max_bytes",
+            ),
+            (vec![("CACHE_LOCAL_MAX_BYTES", "-1")], "CACHE_LOCAL_MAX_BYTES"),
+        ] {
+            let error = from(&vars).unwrap_err().to_string();
+            assert!(error.contains(needle), "{vars:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_local_tier_refuses_a_custom_backend() {
+        let config = CacheConfig {
+            store: StoreConfig::Custom(std::sync::Arc::new(MemoryBackend::default())),
+            local_ttl: Some(Duration::from_secs(1)),
+            ..CacheConfig::default()
+        };
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("custom backend"), "{error}");
     }
 
     #[test]

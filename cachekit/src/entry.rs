@@ -7,6 +7,7 @@ use crate::backend::Backend;
 use crate::config::check_ttl;
 use crate::error::FaultKind;
 use crate::guard::{Bound, Budget};
+use crate::invalidate::Removal;
 use crate::stats::Counters;
 use crate::{CacheError, CacheService, codec};
 use serde::Serialize;
@@ -16,18 +17,45 @@ use std::time::Duration;
 impl CacheService {
     /// A read from the primary backend. Counts hits and misses of the reads that reached it;
     /// a read that failed is counted by the caller, which may still find it in the fallback.
-    pub(crate) async fn read<T: DeserializeOwned>(
+    pub(crate) async fn read<T: DeserializeOwned + Clone + Send + Sync + 'static>(
         &self,
         key: &str,
         budget: &Budget,
     ) -> Result<Option<T>, CacheError> {
         self.read_gate()?;
+        let Some(tier) = &self.inner.tier else {
+            return self.read_store(key, budget).await.map(|read| read.0);
+        };
+        if let Some(value) = tier.get::<T>(key) {
+            Counters::bump(&self.inner.counters.local_hits);
+            return Ok(Some(value));
+        }
+        let ticket = tier.ticket(key);
+        let (value, encoded_len, left) = self.read_store::<T>(key, budget).await?;
+        if let Some(value) = &value {
+            tier.fill(key, ticket, value, encoded_len, left);
+        }
+        Ok(value)
+    }
+
+    /// A read from the store: the value, its encoded length, and the TTL it has left when the
+    /// store said (only asked when the tier is on).
+    async fn read_store<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        budget: &Budget,
+    ) -> Result<(Option<T>, usize, Option<Duration>), CacheError> {
         let physical = self.physical_key(key);
         let guard = self.guard();
-        let bytes = match guard
-            .call("get", Bound::Op, budget, guard.backend().get(&physical))
-            .await
-        {
+        let backend = guard.backend();
+        let read = async {
+            if self.inner.tier.is_some() {
+                backend.get_with_ttl(&physical).await
+            } else {
+                Ok(backend.get(&physical).await?.map(|bytes| (bytes, None)))
+            }
+        };
+        let found = match guard.call("get", Bound::Op, budget, read).await {
             // A value over the size cap, or a list, hash or set under the prefix (this cache
             // writes strings only): not something to read, so it is removed.
             Err(e)
@@ -41,8 +69,12 @@ impl CacheService {
             }
             other => other?,
         };
-        self.decode_or_remove(key, &physical, bytes.as_deref(), budget)
-            .await
+        let (bytes, left) = found.map_or((None, None), |(bytes, left)| (Some(bytes), left));
+        let encoded_len = bytes.as_ref().map_or(0, Vec::len);
+        let value = self
+            .decode_or_remove(key, &physical, bytes.as_deref(), budget)
+            .await?;
+        Ok((value, encoded_len, left))
     }
 
     /// Decodes what the backend returned; an undecodable value is removed if it is still there
@@ -184,14 +216,18 @@ impl CacheService {
         let ttl = self.ttl(ttl)?;
         let physical = self.physical_key(key);
         let guard = self.guard();
-        guard
+        let stored = guard
             .call(
                 "set",
                 Bound::Op,
                 budget,
                 guard.backend().set(&physical, bytes, ttl),
             )
-            .await?;
+            .await;
+        // Whatever the store answered (a timed-out write may still land): the tier's value of
+        // the key is no longer the latest.
+        self.evict_local(Removal::Key(&physical));
+        stored?;
         Counters::bump(&self.inner.counters.sets);
         Ok(())
     }

@@ -248,11 +248,17 @@ impl CacheService {
         deferred.finish_replay();
     }
 
-    /// The one removal path: the fallback store, then the backend; a removal the backend could
-    /// not receive is remembered. Every removal also advances the invalidation epoch, which a
-    /// load checks before it writes to the fallback store.
+    /// The one removal path: the in-process tier, the fallback store, then the backend; a
+    /// removal the backend could not receive is remembered. Every removal also advances the
+    /// invalidation epoch, which a load checks before it writes to the fallback store.
+    ///
+    /// The tier is evicted before the backend is asked (its readers stop serving the old value
+    /// at once) and again once the backend has answered, whatever it answered: a read of this
+    /// service that went to the backend before the removal landed there cannot fill the tier
+    /// after it, so a read after this returns never sees an older value here.
     pub(crate) async fn remove(&self, removal: Removal<'_>) -> Result<u64, CacheError> {
         let inner = &*self.inner;
+        self.evict_local(removal);
         inner.deferred.epoch.fetch_add(1, Ordering::AcqRel);
         let budget = Budget::default();
         let guard = self.guard();
@@ -277,12 +283,23 @@ impl CacheService {
                     .await
             }
         };
+        self.evict_local(removal);
         if let Err(e) = &result
             && worth_retrying(e)
         {
             inner.deferred.remember(removal, &inner.counters);
         }
         result
+    }
+
+    /// Takes what `removal` removes out of the in-process tier, if there is one.
+    pub(crate) fn evict_local(&self, removal: Removal<'_>) {
+        if let Some(tier) = &self.inner.tier {
+            match removal {
+                Removal::Key(physical) => tier.evict_physical(physical),
+                Removal::Pattern(pattern) => tier.evict_matching(pattern),
+            }
+        }
     }
 }
 

@@ -23,6 +23,7 @@
 use crate::backend::Lease;
 use crate::flight::{self, Leader, Outcome, Role, Shared};
 use crate::guard::{Bound, Budget};
+use crate::invalidate::Removal;
 use crate::lease::LeaseGuard;
 use crate::stats::Counters;
 use crate::{CacheError, CacheService, Fetched, codec};
@@ -61,7 +62,7 @@ impl CacheService {
         load: Fut,
     ) -> Result<Fetched<T>, E>
     where
-        T: Serialize + DeserializeOwned,
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<T, E>>,
     {
         let budget = Budget::default();
@@ -341,7 +342,9 @@ impl CacheService {
         let fill = guard
             .backend()
             .fill(&held.physical, &held.marker, bytes, ttl);
-        match guard.call("fill", Bound::Op, budget, fill).await {
+        let filled = guard.call("fill", Bound::Op, budget, fill).await;
+        self.evict_local(Removal::Key(&held.physical));
+        match filled {
             Ok(true) => {
                 Counters::bump(&inner.counters.sets);
                 Ok(true)

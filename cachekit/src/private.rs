@@ -91,7 +91,7 @@ pub async fn load_result<T, E, Fut>(
     load: Fut,
 ) -> Result<Fetched<T>, E>
 where
-    T: Serialize + DeserializeOwned,
+    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<T, E>>,
 {
     match cache {
@@ -112,7 +112,7 @@ pub async fn load_value<T, Fut>(
     load: Fut,
 ) -> Fetched<T>
 where
-    T: Serialize + DeserializeOwned,
+    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
     Fut: Future<Output = T>,
 {
     let load = async { Ok::<T, std::convert::Infallible>(load.await) };

@@ -15,6 +15,8 @@ use crate::invalidate::{Deferred, Removal};
 use crate::key::{LogKey, escape_glob};
 use crate::lease::Beat;
 use crate::stats::{CacheStats, Counters};
+use crate::tier::Tier;
+use crate::tier::tracking::Channel;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::future::Future;
@@ -57,6 +59,8 @@ pub(crate) struct Inner {
     pub(crate) deferred: Deferred,
     pub(crate) max_value_bytes: u64,
     redact_keys: bool,
+    /// The in-process tier, when it is on.
+    pub(crate) tier: Option<Arc<Tier>>,
 }
 
 /// A value with where it came from: what [`CacheService::get_or_load_with_status`] and the
@@ -183,7 +187,7 @@ impl CacheService {
 
     fn invalid(error: &CacheError) -> Self {
         tracing::error!(error = %error.detail(), "cachekit: invalid configuration; caching is disabled");
-        Self::assemble(CacheConfig::default(), Arc::new(DisabledBackend), None)
+        Self::assemble(CacheConfig::default(), Arc::new(DisabledBackend), None, None)
     }
 
     /// A service on the embedded in-process store (64 MiB, default TTL 300 s, prefix
@@ -197,6 +201,7 @@ impl CacheService {
         Self::assemble(
             CacheConfig::default(),
             Arc::new(MemoryBackend::default()),
+            None,
             None,
         )
     }
@@ -224,10 +229,19 @@ impl CacheService {
             StoreConfig::Disabled => (Arc::new(DisabledBackend), None),
             StoreConfig::Custom(backend) => (backend.clone(), None),
         };
+        let channel = match (&config.store, config.local_ttl) {
+            (StoreConfig::Redis(redis), Some(_)) => Some(Channel {
+                client: redis.tracking_client()?,
+                key_prefix: format!("{}:", config.prefix),
+                connect_timeout: config.connect_timeout,
+                timeout: config.timeout,
+            }),
+            _ => None,
+        };
         let remote = endpoint.is_some() || matches!(config.store, StoreConfig::Custom(_));
         let tls = matches!(&config.store, StoreConfig::Redis(r) if r.tls);
         let connect_timeout = config.connect_timeout;
-        let service = Self::assemble(config, backend, endpoint);
+        let service = Self::assemble(config, backend, endpoint, channel);
         service.announce(tls);
         if remote {
             service.connect_or_degrade(connect_timeout).await;
@@ -235,13 +249,35 @@ impl CacheService {
         Ok(service)
     }
 
-    fn assemble(config: CacheConfig, backend: Arc<dyn Backend>, endpoint: Option<String>) -> Self {
+    /// Puts a service together. `channel`: the invalidation channel of a Redis store's
+    /// in-process tier, started here (the tier serves once it is up).
+    fn assemble(
+        config: CacheConfig,
+        backend: Arc<dyn Backend>,
+        endpoint: Option<String>,
+        channel: Option<Channel>,
+    ) -> Self {
         let kind = backend.kind();
+        let key_prefix = format!("{}:", config.prefix);
+        // The embedded store has no other writer than this service, which evicts what it
+        // writes: its tier is vouched for from the start. A Redis store's, once its channel is.
+        let tier = match (config.local_ttl, kind, &channel) {
+            (Some(_), BackendKind::Memory, None) => Some(true),
+            (Some(_), BackendKind::Redis, Some(_)) => Some(false),
+            _ => None,
+        }
+        .map(|vouched| {
+            let ttl = config.local_ttl.unwrap_or_default();
+            Arc::new(Tier::new(&key_prefix, ttl, config.local_max_bytes, vouched))
+        });
+        let counters = Arc::new(Counters::default());
+        if let (Some(tier), Some(channel)) = (&tier, channel) {
+            tokio::spawn(channel.run(Arc::downgrade(tier), counters.clone()));
+        }
         let fallback = match config.fallback {
             Fallback::Memory { ttl, max_bytes } => Some((MemoryBackend::new(max_bytes), ttl)),
             Fallback::Passthrough => None,
         };
-        let counters = Arc::new(Counters::default());
         let guard = Guard::new(
             backend,
             config.timeout,
@@ -259,7 +295,7 @@ impl CacheService {
             guard: Arc::new(guard),
             kind,
             endpoint,
-            key_prefix: format!("{}:", config.prefix),
+            key_prefix,
             pattern_prefix: format!("{}:", escape_glob(&config.prefix)),
             default_ttl: config.default_ttl,
             fallback,
@@ -272,6 +308,7 @@ impl CacheService {
             deferred: Deferred::default(),
             max_value_bytes: config.max_value_bytes,
             redact_keys: config.redact_keys,
+            tier,
         };
         Self {
             inner: Arc::new(inner),
@@ -377,12 +414,12 @@ impl CacheService {
     /// assert_eq!(cache.get::<u64>("users:1").await, None); // wrong type: a miss
     /// # });
     /// ```
-    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
+    pub async fn get<T: DeserializeOwned + Clone + Send + Sync + 'static>(&self, key: &str) -> Option<T> {
         self.get_within(key, &Budget::default()).await
     }
 
     /// [`get`](Self::get) as one step of a larger call.
-    pub(crate) async fn get_within<T: DeserializeOwned>(
+    pub(crate) async fn get_within<T: DeserializeOwned + Clone + Send + Sync + 'static>(
         &self,
         key: &str,
         budget: &Budget,
@@ -406,7 +443,7 @@ impl CacheService {
     /// assert_eq!(cache.try_get::<u32>("nothing").await.unwrap(), None);
     /// # });
     /// ```
-    pub async fn try_get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, CacheError> {
+    pub async fn try_get<T: DeserializeOwned + Clone + Send + Sync + 'static>(&self, key: &str) -> Result<Option<T>, CacheError> {
         let result = self.read(key, &Budget::default()).await;
         if matches!(&result, Err(e) if !e.is_decode()) {
             Counters::bump(&self.inner.counters.misses);
@@ -593,7 +630,7 @@ impl CacheService {
         load: F,
     ) -> Result<T, E>
     where
-        T: Serialize + DeserializeOwned,
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
@@ -621,7 +658,7 @@ impl CacheService {
         load: F,
     ) -> Result<Fetched<T>, E>
     where
-        T: Serialize + DeserializeOwned,
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {

@@ -13,8 +13,16 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct CacheStats {
-    /// Reads that found a value that decoded.
+    /// Reads that found a value that decoded in the store (Redis, or the embedded store).
     pub hits: u64,
+    /// Reads served by the in-process tier, without reaching the store (see
+    /// [`CacheServiceBuilder::local_tier`](crate::CacheServiceBuilder::local_tier)); not
+    /// counted in `hits`.
+    pub local_hits: u64,
+    /// Times the in-process tier was flushed and bypassed because its invalidation channel
+    /// failed (dropped, closed, or a heartbeat unanswered); it serves again once the channel
+    /// is back.
+    pub local_flushes: u64,
     /// Reads that found nothing (or a value that did not decode, or could not reach the store).
     pub misses: u64,
     /// Values written.
@@ -51,7 +59,8 @@ pub struct CacheStats {
 }
 
 impl CacheStats {
-    /// `hits / (hits + misses)`, or `0.0` before any read.
+    /// Reads that found a value, in the store or the in-process tier, over all reads:
+    /// `(hits + local_hits) / (hits + local_hits + misses)`, or `0.0` before any read.
     ///
     /// ```
     /// # cachekit::__doc_block_on(async {
@@ -63,11 +72,12 @@ impl CacheStats {
     /// # });
     /// ```
     pub fn hit_rate(&self) -> f64 {
-        let reads = self.hits + self.misses;
+        let found = self.hits + self.local_hits;
+        let reads = found + self.misses;
         if reads == 0 {
             0.0
         } else {
-            self.hits as f64 / reads as f64
+            found as f64 / reads as f64
         }
     }
 }
@@ -103,6 +113,8 @@ pub struct FaultStats {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) hits: AtomicU64,
+    pub(crate) local_hits: AtomicU64,
+    pub(crate) local_flushes: AtomicU64,
     pub(crate) misses: AtomicU64,
     pub(crate) sets: AtomicU64,
     pub(crate) deletes: AtomicU64,
@@ -146,6 +158,8 @@ impl Counters {
     pub(crate) fn snapshot(&self, backend: BackendKind, breaker: BreakerState) -> CacheStats {
         CacheStats {
             hits: self.hits.load(Relaxed),
+            local_hits: self.local_hits.load(Relaxed),
+            local_flushes: self.local_flushes.load(Relaxed),
             misses: self.misses.load(Relaxed),
             sets: self.sets.load(Relaxed),
             deletes: self.deletes.load(Relaxed),

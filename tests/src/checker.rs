@@ -81,6 +81,22 @@ pub struct Write {
 
 /// How many reads began after a write of their key returned but saw an older version than it.
 pub fn violations(reads: &[Read], writes: &[Write]) -> usize {
+    stale_lags(reads, writes).len()
+}
+
+/// For each read that [`violations`] counts, how long after the first write it missed had
+/// returned the read began: how stale it was.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use cachekit_tests::checker::{self, Read, Write};
+///
+/// let t0 = Instant::now();
+/// let writes = [Write { id: 0, end: t0, version: 1 }];
+/// let reads = [Read { id: 0, start: t0 + Duration::from_millis(3), version: 0 }];
+/// assert_eq!(checker::stale_lags(&reads, &writes), [Duration::from_millis(3)]);
+/// ```
+pub fn stale_lags(reads: &[Read], writes: &[Write]) -> Vec<Duration> {
     let keys = reads
         .iter()
         .map(|r| r.id)
@@ -108,12 +124,17 @@ pub fn violations(reads: &[Read], writes: &[Write]) -> usize {
         .collect();
     reads
         .iter()
-        .filter(|r| {
+        .filter_map(|r| {
             let ws = &bounds[r.id as usize];
             let before = ws.partition_point(|&(end, _)| end < r.start);
-            before > 0 && r.version < ws[before - 1].1
+            if before == 0 || r.version >= ws[before - 1].1 {
+                return None;
+            }
+            // The running maximum grows with `end`: the first write past the read's version.
+            let missed = ws[..before].partition_point(|&(_, max)| max <= r.version);
+            Some(r.start - ws[missed].0)
         })
-        .count()
+        .collect()
 }
 
 #[cfg(test)]

@@ -80,6 +80,23 @@ const PRUNE_OTHER_EVERY: u64 = 64;
 struct Entry {
     bytes: Arc<[u8]>,
     ttl: Duration,
+    /// When it was written, for the TTL it has left.
+    written: Instant,
+}
+
+impl Entry {
+    fn new(bytes: &[u8], ttl: Duration) -> Self {
+        Self {
+            bytes: Arc::from(bytes),
+            ttl,
+            written: Instant::now(),
+        }
+    }
+
+    /// The TTL it has left.
+    fn remaining(&self) -> Duration {
+        self.ttl.saturating_sub(self.written.elapsed())
+    }
 }
 
 struct PerEntryTtl;
@@ -306,11 +323,19 @@ impl Backend for MemoryBackend {
         Ok(self.cache.get(key).await.map(|entry| entry.bytes.to_vec()))
     }
 
+    async fn get_with_ttl(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Vec<u8>, Option<Duration>)>, CacheError> {
+        Ok(self
+            .cache
+            .get(key)
+            .await
+            .map(|entry| (entry.bytes.to_vec(), Some(entry.remaining()))))
+    }
+
     async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), CacheError> {
-        let entry = Entry {
-            bytes: Arc::from(value),
-            ttl,
-        };
+        let entry = Entry::new(value, ttl);
         self.cache.insert(key.to_owned(), entry).await;
         self.file(key);
         Ok(())
@@ -388,10 +413,7 @@ impl Backend for MemoryBackend {
         marker: &[u8],
         ttl: Duration,
     ) -> Result<Lease, CacheError> {
-        let marker = Entry {
-            bytes: Arc::from(marker),
-            ttl,
-        };
+        let marker = Entry::new(marker, ttl);
         let result = self
             .cache
             .entry_by_ref(key)
@@ -421,10 +443,7 @@ impl Backend for MemoryBackend {
         value: &[u8],
         ttl: Duration,
     ) -> Result<bool, CacheError> {
-        let entry = Entry {
-            bytes: Arc::from(value),
-            ttl,
-        };
+        let entry = Entry::new(value, ttl);
         let result = self.if_holds(key, marker, Op::Put(entry)).await;
         let stored = matches!(result, CompResult::ReplacedWith(_));
         if stored {
@@ -440,10 +459,7 @@ impl Backend for MemoryBackend {
     }
 
     async fn renew(&self, key: &str, marker: &[u8], ttl: Duration) -> Result<bool, CacheError> {
-        let entry = Entry {
-            bytes: Arc::from(marker),
-            ttl,
-        };
+        let entry = Entry::new(marker, ttl);
         let result = self.if_holds(key, marker, Op::Put(entry)).await;
         Ok(matches!(result, CompResult::ReplacedWith(_)))
     }
