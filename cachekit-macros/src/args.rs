@@ -15,6 +15,7 @@ pub(crate) mod kw {
     syn::custom_keyword!(cache);
     syn::custom_keyword!(cache_none);
     syn::custom_keyword!(status);
+    syn::custom_keyword!(no_local);
 }
 
 /// The arguments of `#[cached(...)]`.
@@ -34,6 +35,8 @@ pub(crate) enum CachedOption {
     CacheNone(kw::cache_none),
     /// `status`.
     Status(kw::status),
+    /// `no_local`.
+    NoLocal(kw::no_local),
     /// Anything else that starts with an identifier; its value, if any, is skipped.
     Unknown(Ident),
 }
@@ -82,6 +85,8 @@ impl Parse for CachedOption {
             Ok(CachedOption::Cache(kw, input.parse()?))
         } else if lookahead.peek(kw::status) {
             Ok(CachedOption::Status(flag(input)?))
+        } else if lookahead.peek(kw::no_local) {
+            Ok(CachedOption::NoLocal(flag(input)?))
         } else if input.peek(Ident::peek_any) {
             Ok(CachedOption::Unknown(unknown(input)?))
         } else {
@@ -154,6 +159,7 @@ mod tests {
             cache = self.cache,
             cache_none,
             status,
+            no_local,
         );
         let names: Vec<&str> = args
             .options
@@ -164,10 +170,14 @@ mod tests {
                 CachedOption::Cache(..) => "cache",
                 CachedOption::CacheNone(..) => "cache_none",
                 CachedOption::Status(..) => "status",
+                CachedOption::NoLocal(..) => "no_local",
                 CachedOption::Unknown(..) => "unknown",
             })
             .collect();
-        assert_eq!(names, ["ttl", "key", "cache", "cache_none", "status"]);
+        assert_eq!(
+            names,
+            ["ttl", "key", "cache", "cache_none", "status", "no_local"]
+        );
     }
 
     #[test]

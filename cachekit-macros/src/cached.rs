@@ -162,8 +162,9 @@ pub(crate) fn load(
     } else {
         quote_spanned!(span=> ::cachekit::__private::load_value)
     };
+    let local = !cached.no_local;
     quote_spanned! {span=>
-        #load(#cache, &__cachekit_key, #ttl, #store_if, #body).await
+        #load(#cache, &__cachekit_key, #ttl, #local, #store_if, #body).await
     }
 }
 

@@ -77,6 +77,7 @@ use proc_macro::TokenStream;
 /// | `cache = <expr>` | The service to use; see [The service](#the-service). |
 /// | `cache_none` | Also store `None` (for `Option<T>` and `Result<Option<T>, E>`). |
 /// | `status` | Also generate `{name}_with_status`, which tells hits from misses; see [`status`](#status). |
+/// | `no_local` | Reads skip the service's in-process tier (`CacheServiceBuilder::local_tier`), for values that must not lag a write made on another instance even by the tier's invalidation delay. |
 ///
 /// Each option may be given once; an unknown option is a compile error.
 ///
@@ -138,8 +139,10 @@ use proc_macro::TokenStream;
 /// - `Option<T>` and `Result<Option<T>, E>`: `None` is not stored, unless `cache_none`.
 /// - Any other type is stored as it is.
 ///
-/// The stored type must implement `Serialize` and `DeserializeOwned`; otherwise the compile
-/// error points at it. A function returning nothing, `()` or `impl Trait` is a compile error.
+/// The stored type must implement `Serialize`, `DeserializeOwned`, `Clone`, `Send` and `Sync`
+/// and own its data (`'static`): the in-process tier holds it decoded and hands out clones
+/// (return `Arc<T>` for a clone that only counts a reference). Otherwise the compile error
+/// points at it. A function returning nothing, `()` or `impl Trait` is a compile error.
 ///
 /// ```
 /// # use cachekit::{CacheService, cached};

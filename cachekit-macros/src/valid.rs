@@ -44,6 +44,8 @@ pub(crate) struct Cached {
     pub(crate) cache_none: bool,
     /// The `status` keyword, when given.
     pub(crate) status: Option<Span>,
+    /// Reads skip the in-process tier.
+    pub(crate) no_local: bool,
 }
 
 /// `#[invalidates]`, checked.
@@ -225,6 +227,7 @@ pub(crate) fn cached(
         cache: None,
         cache_none: false,
         status: None,
+        no_local: false,
     };
     for option in args.options {
         match option {
@@ -259,10 +262,15 @@ pub(crate) fn cached(
                     checked.status = Some(kw.span);
                 }
             }
+            CachedOption::NoLocal(kw) => {
+                if seen.first("no_local", kw, errors) {
+                    checked.no_local = true;
+                }
+            }
             CachedOption::Unknown(name) => unknown_option(
                 &name,
                 "cached",
-                &["ttl", "key", "cache", "cache_none", "status"],
+                &["ttl", "key", "cache", "cache_none", "status", "no_local"],
                 errors,
             ),
         }

@@ -327,7 +327,10 @@ impl RedisConfig {
         self.client_speaking(redis::ProtocolVersion::RESP3)
     }
 
-    fn client_speaking(&self, protocol: redis::ProtocolVersion) -> Result<redis::Client, CacheError> {
+    fn client_speaking(
+        &self,
+        protocol: redis::ProtocolVersion,
+    ) -> Result<redis::Client, CacheError> {
         self.validate()?;
         if self.tls {
             install_crypto_provider();
@@ -1111,12 +1114,18 @@ mod tests {
         assert_eq!(c.local_max_bytes, 1 << 20);
         for (vars, needle) in [
             (vec![("CACHE_LOCAL_TTL_MS", "soon")], "CACHE_LOCAL_TTL_MS"),
-            (vec![("CACHE_LOCAL_TTL_MS", "0")], "CACHE_LOCAL_TTL_MS must be at least"),
+            (
+                vec![("CACHE_LOCAL_TTL_MS", "0")],
+                "CACHE_LOCAL_TTL_MS must be at least",
+            ),
             (
                 vec![("CACHE_LOCAL_TTL_MS", "10"), ("CACHE_LOCAL_MAX_BYTES", "0")],
                 "max_bytes",
             ),
-            (vec![("CACHE_LOCAL_MAX_BYTES", "-1")], "CACHE_LOCAL_MAX_BYTES"),
+            (
+                vec![("CACHE_LOCAL_MAX_BYTES", "-1")],
+                "CACHE_LOCAL_MAX_BYTES",
+            ),
         ] {
             let error = from(&vars).unwrap_err().to_string();
             assert!(error.contains(needle), "{vars:?}: {error}");

@@ -15,15 +15,17 @@ use serde::de::DeserializeOwned;
 use std::time::Duration;
 
 impl CacheService {
-    /// A read from the primary backend. Counts hits and misses of the reads that reached it;
-    /// a read that failed is counted by the caller, which may still find it in the fallback.
+    /// A read: from the in-process tier (if there is one and `local`), else from the primary
+    /// backend. Counts hits and misses of the reads that reached it; a read that failed is
+    /// counted by the caller, which may still find it in the fallback.
     pub(crate) async fn read<T: DeserializeOwned + Clone + Send + Sync + 'static>(
         &self,
         key: &str,
+        local: bool,
         budget: &Budget,
     ) -> Result<Option<T>, CacheError> {
         self.read_gate()?;
-        let Some(tier) = &self.inner.tier else {
+        let Some(tier) = self.inner.tier.as_ref().filter(|_| local) else {
             return self.read_store(key, budget).await.map(|read| read.0);
         };
         if let Some(value) = tier.get::<T>(key) {

@@ -51,13 +51,15 @@ enum LeaseState {
 type Settled = Result<bool, ()>;
 
 impl CacheService {
-    /// The one load path every cache-aside call takes: read; on a miss, load once per key in
-    /// this process (single-flight) and, under a lease, once per key across processes; store
-    /// what `store_if` accepts unless the key was invalidated while loading.
+    /// The one load path every cache-aside call takes: read (through the in-process tier if
+    /// `local`); on a miss, load once per key in this process (single-flight) and, under a
+    /// lease, once per key across processes; store what `store_if` accepts unless the key was
+    /// invalidated while loading.
     pub(crate) async fn load_through<T, E, Fut>(
         &self,
         key: &str,
         ttl: Option<Duration>,
+        local: bool,
         store_if: impl FnOnce(&T) -> bool,
         load: Fut,
     ) -> Result<Fetched<T>, E>
@@ -66,7 +68,7 @@ impl CacheService {
         Fut: Future<Output = Result<T, E>>,
     {
         let budget = Budget::default();
-        if let Some(value) = self.get_within::<T>(key, &budget).await {
+        if let Some(value) = self.get_within::<T>(key, local, &budget).await {
             return Ok(Fetched::hit(value));
         }
         let inner = &*self.inner;

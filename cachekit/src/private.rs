@@ -87,6 +87,7 @@ pub async fn load_result<T, E, Fut>(
     cache: Option<&CacheService>,
     key: &str,
     ttl: Option<Duration>,
+    local: bool,
     store_if: fn(&T) -> bool,
     load: Fut,
 ) -> Result<Fetched<T>, E>
@@ -95,7 +96,7 @@ where
     Fut: Future<Output = Result<T, E>>,
 {
     match cache {
-        Some(cache) => cache.load_through(key, ttl, store_if, load).await,
+        Some(cache) => cache.load_through(key, ttl, local, store_if, load).await,
         None => {
             warn_uncached_once();
             load.await.map(Fetched::loaded)
@@ -108,6 +109,7 @@ pub async fn load_value<T, Fut>(
     cache: Option<&CacheService>,
     key: &str,
     ttl: Option<Duration>,
+    local: bool,
     store_if: fn(&T) -> bool,
     load: Fut,
 ) -> Fetched<T>
@@ -116,7 +118,7 @@ where
     Fut: Future<Output = T>,
 {
     let load = async { Ok::<T, std::convert::Infallible>(load.await) };
-    match load_result(cache, key, ttl, store_if, load).await {
+    match load_result(cache, key, ttl, local, store_if, load).await {
         Ok(fetched) => fetched,
         Err(never) => match never {},
     }

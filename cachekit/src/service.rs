@@ -187,7 +187,12 @@ impl CacheService {
 
     fn invalid(error: &CacheError) -> Self {
         tracing::error!(error = %error.detail(), "cachekit: invalid configuration; caching is disabled");
-        Self::assemble(CacheConfig::default(), Arc::new(DisabledBackend), None, None)
+        Self::assemble(
+            CacheConfig::default(),
+            Arc::new(DisabledBackend),
+            None,
+            None,
+        )
     }
 
     /// A service on the embedded in-process store (64 MiB, default TTL 300 s, prefix
@@ -414,17 +419,21 @@ impl CacheService {
     /// assert_eq!(cache.get::<u64>("users:1").await, None); // wrong type: a miss
     /// # });
     /// ```
-    pub async fn get<T: DeserializeOwned + Clone + Send + Sync + 'static>(&self, key: &str) -> Option<T> {
-        self.get_within(key, &Budget::default()).await
+    pub async fn get<T: DeserializeOwned + Clone + Send + Sync + 'static>(
+        &self,
+        key: &str,
+    ) -> Option<T> {
+        self.get_within(key, true, &Budget::default()).await
     }
 
     /// [`get`](Self::get) as one step of a larger call.
     pub(crate) async fn get_within<T: DeserializeOwned + Clone + Send + Sync + 'static>(
         &self,
         key: &str,
+        local: bool,
         budget: &Budget,
     ) -> Option<T> {
-        match self.read(key, budget).await {
+        match self.read(key, local, budget).await {
             Ok(value) => value,
             Err(e) if e.is_decode() => None,
             Err(e) => {
@@ -443,8 +452,11 @@ impl CacheService {
     /// assert_eq!(cache.try_get::<u32>("nothing").await.unwrap(), None);
     /// # });
     /// ```
-    pub async fn try_get<T: DeserializeOwned + Clone + Send + Sync + 'static>(&self, key: &str) -> Result<Option<T>, CacheError> {
-        let result = self.read(key, &Budget::default()).await;
+    pub async fn try_get<T: DeserializeOwned + Clone + Send + Sync + 'static>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, CacheError> {
+        let result = self.read(key, true, &Budget::default()).await;
         if matches!(&result, Err(e) if !e.is_decode()) {
             Counters::bump(&self.inner.counters.misses);
         }
@@ -634,7 +646,7 @@ impl CacheService {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.load_through(key, ttl, |_| true, load())
+        self.load_through(key, ttl, true, |_| true, load())
             .await
             .map(|fetched| fetched.value)
     }
@@ -662,7 +674,7 @@ impl CacheService {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.load_through(key, ttl, |_| true, load()).await
+        self.load_through(key, ttl, true, |_| true, load()).await
     }
 
     // ----- introspection -------------------------------------------------------------------

@@ -329,7 +329,11 @@ mod tests {
         let ticket = tier.ticket("k");
         tier.fill("k", ticket, &2u8, 1, None);
         tier.vouch(true);
-        assert_eq!(tier.get::<u8>("k"), None, "nothing from before or during the gap");
+        assert_eq!(
+            tier.get::<u8>("k"),
+            None,
+            "nothing from before or during the gap"
+        );
         assert_eq!(tier.len(), 0);
     }
 

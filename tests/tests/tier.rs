@@ -105,7 +105,10 @@ async fn an_invalidation_on_one_instance_evicts_on_the_other() {
         let returned = Instant::now();
         let seen = until_not(&b, key, Some(old)).await;
         delays.push((op, returned.elapsed()));
-        assert_eq!(seen, expected, "{op:?}: the other instance read another value");
+        assert_eq!(
+            seen, expected,
+            "{op:?}: the other instance read another value"
+        );
     }
     let mut all: Vec<Duration> = delays.iter().map(|&(_, d)| d).collect();
     all.sort();
@@ -189,7 +192,11 @@ async fn a_cut_channel_flushes_and_bypasses_the_tier() {
     for _ in 0..20 {
         assert_ne!(cache.get::<u64>("users:3").await, Some(1));
     }
-    assert_eq!(cache.stats().local_hits, local_hits, "nothing served locally");
+    assert_eq!(
+        cache.stats().local_hits,
+        local_hits,
+        "nothing served locally"
+    );
 
     proxy.restore();
     within(BOUND, "the service reading the new value", async {
@@ -221,7 +228,11 @@ async fn a_stalled_channel_flushes_the_tier() {
     .await;
     let local_hits = cache.stats().local_hits;
     assert_eq!(cache.get::<u64>("users:4").await, None, "Redis is stalled");
-    assert_eq!(cache.stats().local_hits, local_hits, "nothing served locally");
+    assert_eq!(
+        cache.stats().local_hits,
+        local_hits,
+        "nothing served locally"
+    );
     proxy.resume();
     until_local(&cache, "users:4", 1).await;
 }
@@ -292,5 +303,62 @@ async fn the_tier_on_the_embedded_store() {
     );
     until_local(&cache, "short", 3).await;
     tokio::time::sleep(Duration::from_millis(80)).await;
-    assert_eq!(cache.get::<u64>("short").await, None, "expired in the store");
+    assert_eq!(
+        cache.get::<u64>("short").await,
+        None,
+        "expired in the store"
+    );
+}
+
+struct Settings {
+    cache: CacheService,
+}
+
+impl cachekit::HasCache for Settings {
+    fn cache(&self) -> &CacheService {
+        &self.cache
+    }
+}
+
+impl Settings {
+    #[cachekit::cached(key = "settings:{name}")]
+    async fn through_the_tier(&self, name: &str) -> String {
+        format!("value of {name}")
+    }
+
+    #[cachekit::cached(key = "settings:{name}", no_local)]
+    async fn past_the_tier(&self, name: &str) -> String {
+        format!("value of {name}")
+    }
+}
+
+/// `#[cached(no_local)]` reads skip the tier; the others go through it.
+#[tokio::test]
+async fn no_local_functions_skip_the_tier() {
+    let settings = Settings {
+        cache: CacheService::builder()
+            .memory(1 << 20)
+            .local_tier(LOCAL_TTL)
+            .build()
+            .await
+            .unwrap(),
+    };
+    for _ in 0..3 {
+        assert_eq!(settings.past_the_tier("a").await, "value of a");
+    }
+    let stats = settings.cache.stats();
+    assert_eq!(
+        (stats.local_hits, stats.hits),
+        (0, 2),
+        "one load, two store hits"
+    );
+    for _ in 0..3 {
+        assert_eq!(settings.through_the_tier("a").await, "value of a");
+    }
+    let stats = settings.cache.stats();
+    assert_eq!(
+        (stats.local_hits, stats.hits),
+        (2, 3),
+        "one store hit fills the tier"
+    );
 }

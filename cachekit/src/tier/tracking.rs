@@ -99,7 +99,9 @@ impl Channel {
             .set_push_sender(sender)
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.timeout));
-        let connecting = self.client.get_multiplexed_async_connection_with_config(&config);
+        let connecting = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config);
         // The config holds a sender too: dropped, the connection's end closes the channel.
         let mut conn = match tokio::time::timeout(self.connect_timeout, connecting).await {
             Ok(Ok(conn)) => conn,

@@ -1,5 +1,5 @@
 // Generic functions: hashed arguments need `Serialize`, the value `Serialize +
-// DeserializeOwned`.
+// DeserializeOwned + Clone + Send + Sync + 'static` (the in-process tier holds it).
 #![deny(warnings)]
 
 use cachekit::cached;
@@ -16,7 +16,7 @@ async fn by<Q: Display>(query: Q) -> Vec<u64> {
 #[cached(key = "load:{id}", status)]
 async fn load<T>(id: u64) -> Option<T>
 where
-    T: Serialize + DeserializeOwned + Send + Sync,
+    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
 {
     let _ = id;
     None
