@@ -53,6 +53,8 @@ pub mod names {
     pub const SEQUENTIAL_FILL: &str = "sequential fill";
     /// The invalidation index's memory in Redis.
     pub const INDEX_MEMORY: &str = "index memory";
+    /// One task reading the user from an in-process cache, each call timed.
+    pub const LOCAL: &str = "in-process hit";
 
     /// `Instant::now()` then `elapsed()`.
     pub const CLOCK: &str = "Instant::now + elapsed";
@@ -80,6 +82,18 @@ pub mod names {
     pub const MEMORY_GET: &str = "cachekit embedded CacheService::get";
     /// A `#[cached]` method on the embedded store.
     pub const MEMORY_MACRO: &str = "cachekit embedded #[cached]";
+    /// moka's `sync::Cache::get` of an `Arc<User>`: the in-process baseline.
+    pub const MOKA_ARC: &str = "moka sync::Cache get of an Arc<User>";
+    /// `CacheService::get::<Arc<User>>` on Redis, served by the in-process tier.
+    pub const TIER_ARC: &str = "cachekit CacheService::get::<Arc<User>>, in-process tier";
+    /// `CacheService::get::<User>` on Redis, served by the in-process tier (a clone of the
+    /// record per hit).
+    pub const TIER_USER: &str = "cachekit CacheService::get::<User>, in-process tier";
+    /// A `#[cached]` method returning `User` on Redis, served by the in-process tier.
+    pub const TIER_MACRO: &str = "cachekit #[cached] -> User, in-process tier";
+    /// `CacheService::get::<Arc<User>>` on the embedded store with the in-process tier.
+    pub const MEMORY_TIER_ARC: &str =
+        "cachekit embedded CacheService::get::<Arc<User>>, in-process tier";
     /// `serde_json::from_slice` of the record alone, no store: the decoding every hit pays,
     /// measured beside the embedded store's hits.
     pub const DECODE_ONLY: &str = "serde_json::from_slice alone (no store)";
@@ -129,8 +143,9 @@ pub struct Options {
 }
 
 /// The scenario groups `--only` can pick: the hit scenarios (sequential, embedded,
-/// concurrent), the stampede, the sequential writes and fills, and the invalidation.
-pub const GROUPS: [&str; 4] = ["hits", "stampede", "writes", "invalidation"];
+/// concurrent), the in-process hits, the stampede, the sequential writes and fills, and the
+/// invalidation.
+pub const GROUPS: [&str; 5] = ["hits", "local", "stampede", "writes", "invalidation"];
 
 /// Why the comparison could not run.
 #[derive(Debug)]

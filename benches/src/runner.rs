@@ -117,6 +117,8 @@ enum Hit {
     /// guard wraps every backend call.
     RawManagerTimeout(ConnectionManager),
     Get(CacheService),
+    /// `CacheService::get` on Redis with the in-process tier on.
+    TierGet(CacheService),
     /// Diagnostic: `CacheService::get` on Redis with the guard switched off.
     Unguarded(CacheService),
     Macro(UserRepo),
@@ -134,6 +136,7 @@ impl Hit {
             Self::RawManager(_) => RAW_MANAGER,
             Self::RawManagerTimeout(_) => RAW_MANAGER_TIMEOUT,
             Self::Get(_) => SERVICE_GET,
+            Self::TierGet(_) => TIER_USER,
             Self::Unguarded(_) => SERVICE_GET_UNGUARDED,
             Self::Macro(_) => MACRO,
             Self::CachedCrate => CACHED_CRATE,
@@ -154,7 +157,10 @@ impl Hit {
                     .await
                     .map_err(|_| Error::new("timed out"))?
             }
-            Self::Get(cache) | Self::Unguarded(cache) | Self::MemoryGet(cache) => cache
+            Self::Get(cache)
+            | Self::TierGet(cache)
+            | Self::Unguarded(cache)
+            | Self::MemoryGet(cache) => cache
                 .get::<User>(&format!("users:{id}"))
                 .await
                 .ok_or_else(|| Error::new("CacheService::get missed a key it should hit")),
@@ -272,6 +278,17 @@ impl Runner {
         Ok(cache)
     }
 
+    /// A cachekit service on the benchmark's Redis with the in-process tier on.
+    async fn tiered(&self) -> Result<CacheService, Error> {
+        let cache = CacheService::builder()
+            .redis_url(&self.url)
+            .prefix(PREFIX)
+            .local_tier(Duration::from_millis(TTL_MS))
+            .build()
+            .await?;
+        Ok(cache)
+    }
+
     pub(crate) async fn run(&mut self, mode: &str, redis_kind: &str) -> Result<Report, Error> {
         let mut machine = Machine {
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -288,8 +305,15 @@ impl Runner {
             settings.cached_crate_value_bytes = self.cached_crate_value_bytes().await?;
             let baseline = self.sequential(&redis).await?;
             self.embedded(&embedded, baseline).await?;
-            self.concurrent(&redis).await?;
+            let mut concurrent = redis.clone();
+            let tiered = self.tiered().await?;
+            prime_local::<User>(&tiered, &format!("users:{HIT_ID}")).await?;
+            concurrent.push(Hit::TierGet(tiered));
+            self.concurrent(&concurrent).await?;
             self.check_no_misses(redis.iter().chain(&embedded))?;
+        }
+        if self.runs("local") {
+            self.local().await?;
         }
         if self.runs("stampede") {
             self.stampede().await?;
@@ -473,6 +497,62 @@ impl Runner {
                 row.ratio = Some(row.value / baseline[f]);
                 self.rows.push(row);
             }
+        }
+        Ok(())
+    }
+
+    /// In-process hits, against moka holding an `Arc<User>`: the in-process tier on Redis
+    /// (returning `Arc<User>`, returning `User`, and through `#[cached]`) and on the embedded
+    /// store. Measured like the sequential hits, in rounds of their own; ratios to moka.
+    async fn local(&mut self) -> Result<(), Error> {
+        self.say("in-process hit: priming the tiers");
+        let key = format!("users:{HIT_ID}");
+        let user = User::sample(HIT_ID);
+        let moka = moka::sync::Cache::new(1_000);
+        moka.insert(format!("{PREFIX}:{key}"), Arc::new(user.clone()));
+        let memory = CacheService::builder()
+            .memory(cachekit::DEFAULT_LOCAL_MAX_BYTES)
+            .local_tier(Duration::from_millis(TTL_MS))
+            .build()
+            .await?;
+        let (arc, plain, by_macro) = (
+            self.tiered().await?,
+            self.tiered().await?,
+            self.tiered().await?,
+        );
+        if !(arc.set(&key, &user, None).await && memory.set(&key, &user, None).await) {
+            return Err(Error::new("cannot prime the cache"));
+        }
+        prime_local::<Arc<User>>(&arc, &key).await?;
+        prime_local::<User>(&plain, &key).await?;
+        prime_local::<Arc<User>>(&memory, &key).await?;
+        let repo = UserRepo::new(by_macro.clone());
+        prime_local::<User>(&by_macro, &key).await?; // `get_user` reads the same entry
+        let caches = [&arc, &plain, &by_macro, &memory];
+        let store_hits: Vec<u64> = caches.iter().map(|c| c.stats().hits).collect();
+        let mut contenders = [
+            Local::Moka(moka),
+            Local::Arc(arc.clone(), TIER_ARC),
+            Local::User(plain.clone()),
+            Local::Macro(repo.clone()),
+            Local::Arc(memory.clone(), MEMORY_TIER_ARC),
+        ];
+        let latencies = self
+            .take_turns(LOCAL, &mut contenders, 0x5EED_10CA_E417)
+            .await?;
+        self.latency_rows(LOCAL, &contenders, &latencies);
+        for (cache, before) in caches.iter().zip(store_hits) {
+            let stats = cache.stats();
+            if stats.hits != before || stats.local_flushes != 0 {
+                return Err(Error::new(format!(
+                    "in-process hit: a tier let {} reads through to the store ({} flushes)",
+                    stats.hits - before,
+                    stats.local_flushes
+                )));
+            }
+        }
+        if repo.loads() != 0 {
+            return Err(Error::new("in-process hit: the #[cached] loader ran"));
         }
         Ok(())
     }
@@ -1101,4 +1181,69 @@ fn cpu_model() -> Option<String> {
         let (name, value) = line.split_once(':')?;
         (name.trim() == "model name").then(|| value.trim().to_owned())
     })
+}
+
+/// Reads `key` on `cache` as a `T` until its in-process tier serves it: the tier's channel comes
+/// up in the background.
+async fn prime_local<T>(cache: &CacheService, key: &str) -> Result<(), Error>
+where
+    T: serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let before = cache.stats().local_hits;
+        if cache.get::<T>(key).await.is_none() {
+            return Err(Error::new(format!("{key} is not cached")));
+        }
+        if cache.stats().local_hits > before {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Err(Error::new(
+        "the in-process tier did not come up within 10 s",
+    ))
+}
+
+/// One way of reading the user from an in-process cache: a contender of the in-process hits.
+enum Local {
+    /// moka's `sync::Cache<String, Arc<User>>`.
+    Moka(moka::sync::Cache<String, Arc<User>>),
+    /// `CacheService::get::<Arc<User>>`, with its name.
+    Arc(CacheService, &'static str),
+    /// `CacheService::get::<User>`.
+    User(CacheService),
+    /// `#[cached]` returning `User`.
+    Macro(UserRepo),
+}
+
+impl Contender for Local {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Moka(_) => MOKA_ARC,
+            Self::Arc(_, name) => name,
+            Self::User(_) => TIER_USER,
+            Self::Macro(_) => TIER_MACRO,
+        }
+    }
+
+    async fn take_turn(&mut self, _turn: u64) -> Result<(), Error> {
+        let id = black_box(HIT_ID);
+        let found = match self {
+            Self::Moka(cache) => cache.get(&format!("{PREFIX}:users:{id}")).map(|u| u.id),
+            Self::Arc(cache, _) => cache
+                .get::<Arc<User>>(&format!("users:{id}"))
+                .await
+                .map(|u| u.id),
+            Self::User(cache) => cache
+                .get::<User>(&format!("users:{id}"))
+                .await
+                .map(|u| u.id),
+            Self::Macro(repo) => Some(repo.get_user(id).await?.id),
+        };
+        if found != Some(id) {
+            return Err(Error::new(format!("{}: missed", self.name())));
+        }
+        Ok(())
+    }
 }

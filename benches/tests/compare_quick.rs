@@ -67,6 +67,14 @@ fn quick_mode_reports_every_figure() {
         }
     }
     assert!(report.settings.cached_crate_value_bytes > 0);
+    ratio(CONCURRENT, TIER_USER, "throughput");
+    ratio(CONCURRENT, TIER_USER, "client CPU per call");
+    for contender in [MOKA_ARC, TIER_ARC, TIER_USER, TIER_MACRO, MEMORY_TIER_ARC] {
+        for figure in ["mean", "p50", "p99"] {
+            ratio(LOCAL, contender, figure);
+        }
+    }
+    assert_eq!(ratio(LOCAL, MOKA_ARC, "mean"), 1.0);
 
     let calls = report.settings.stampede_calls as f64;
     for contender in [RAW_CACHE_ASIDE, MACRO, CACHED_CRATE] {
