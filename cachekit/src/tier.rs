@@ -27,11 +27,13 @@
 
 pub(crate) mod tracking;
 
+use crate::index::{self, Scope};
 use crate::key::glob_match;
 use moka::Expiry;
 use moka::sync::Cache;
 use std::any::Any;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -44,10 +46,16 @@ const STRIPES: usize = 1024;
 /// tier's byte bound.
 const ENTRY_OVERHEAD_BYTES: u32 = 160;
 
+/// Namespaces whose generation the tier keeps, past which it forgets them all (and flushes).
+const MAX_NAMESPACES: usize = 10_000;
+
 /// One decoded value.
 #[derive(Clone)]
 struct Slot {
     value: Arc<dyn Any + Send + Sync>,
+    /// Its namespace's generation counter and the generation it was filled in: a pattern that
+    /// removes the whole namespace bumps the counter, and the slot is dead from then on.
+    namespace: Option<(Arc<AtomicU64>, u64)>,
     weight: u32,
     /// How long it may be held: the tier's TTL, or less if the store said so.
     ttl: Duration,
@@ -80,8 +88,11 @@ pub(crate) struct Tier {
     /// `{prefix}:`: stripped from the physical keys that invalidations name.
     key_prefix: String,
     stripes: Box<[AtomicU64]>,
-    /// Bumped by every flush, so fills in flight across one are refused.
+    /// Bumped by every flush and pattern, so fills in flight across one are refused.
     epoch: AtomicU64,
+    /// A generation per namespace (by its index key, `{head}#ix:{ns}`), so that a pattern
+    /// removing a whole namespace costs one increment, not a walk of the tier.
+    namespaces: Mutex<HashMap<String, Arc<AtomicU64>>>,
     /// Whether the tier may serve and take entries: the invalidation channel is up (always, for
     /// a store this process is the only writer of).
     vouched: AtomicBool,
@@ -111,6 +122,7 @@ impl Tier {
             key_prefix: key_prefix.to_owned(),
             stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             epoch: AtomicU64::new(0),
+            namespaces: Mutex::new(HashMap::new()),
             vouched: AtomicBool::new(vouched),
         }
     }
@@ -121,6 +133,11 @@ impl Tier {
             return None;
         }
         let slot = self.entries.get(key)?;
+        if let Some((generation, filled_in)) = &slot.namespace
+            && generation.load(Ordering::Acquire) != *filled_in
+        {
+            return None; // its namespace was removed since; moka drops the slot in time
+        }
         slot.value.downcast_ref::<T>().cloned()
     }
 
@@ -156,8 +173,13 @@ impl Tier {
         if ttl.is_zero() {
             return;
         }
+        let namespace = self.namespace_of(key).map(|generation| {
+            let filled_in = generation.load(Ordering::Acquire);
+            (generation, filled_in)
+        });
         let slot = Slot {
             value: Arc::new(value.clone()),
+            namespace,
             weight,
             ttl,
         };
@@ -167,6 +189,20 @@ impl Tier {
         if !self.unchanged(ticket) || !self.vouched.load(Ordering::Acquire) {
             self.entries.invalidate(key);
         }
+    }
+
+    /// The generation counter of the namespace of the logical `key`, if it has one.
+    fn namespace_of(&self, key: &str) -> Option<Arc<AtomicU64>> {
+        let physical = format!("{}{key}", self.key_prefix);
+        let place = index::place(&physical)?;
+        place.ns?;
+        let mut namespaces = self.namespaces.lock().unwrap_or_else(|e| e.into_inner());
+        if namespaces.len() >= MAX_NAMESPACES {
+            // Forget them all: flushed first, no slot outlives the counter it was checked by.
+            self.flush();
+            namespaces.clear();
+        }
+        Some(namespaces.entry(place.index_key()).or_default().clone())
     }
 
     fn unchanged(&self, ticket: Ticket) -> bool {
@@ -188,9 +224,24 @@ impl Tier {
     }
 
     /// Evicts every entry whose physical key matches the glob `pattern`, refusing every fill
-    /// in flight. Walks the tier (bounded by its byte limit), not the store.
+    /// in flight. A whole namespace (`users:*`) or everything (`*`) costs one increment; other
+    /// patterns walk the tier (bounded by its byte limit), never the store.
     pub(crate) fn evict_matching(&self, pattern: &str) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
+        match index::scope(pattern) {
+            Scope::Exact(physical) => return self.evict_physical(&physical),
+            Scope::Namespace { head, ns } => {
+                let namespaces = self.namespaces.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(generation) = namespaces.get(&index::index_key(head, Some(&ns))) {
+                    generation.fetch_add(1, Ordering::AcqRel);
+                }
+                return;
+            }
+            Scope::Everything { head } if self.key_prefix.starts_with(&format!("{head}:")) => {
+                return self.flush();
+            }
+            _ => {}
+        }
         let prefix = self.key_prefix.as_str();
         let mut physical = String::new();
         for (key, _) in &self.entries {
@@ -317,6 +368,27 @@ mod tests {
         tier.evict_physical("other:users"); // another prefix: not ours
         assert_eq!(tier.get::<String>("roles:1"), None);
         assert_eq!(tier.get::<String>("users").as_deref(), Some("users"));
+    }
+
+    #[test]
+    fn a_namespace_removed_whole_takes_new_entries_again() {
+        let tier = tier();
+        let fill = |key: &str, value: u32| {
+            let ticket = tier.ticket(key);
+            tier.fill(key, ticket, &value, 1, None);
+        };
+        fill("users:1", 1);
+        fill("users:2", 2);
+        tier.evict_matching("app:users:*");
+        assert_eq!(tier.get::<u32>("users:1"), None);
+        fill("users:1", 3);
+        assert_eq!(tier.get::<u32>("users:1"), Some(3));
+        assert_eq!(tier.get::<u32>("users:2"), None);
+        tier.evict_matching("app:users:1*"); // within the namespace: a walk
+        assert_eq!(tier.get::<u32>("users:1"), None);
+        fill("users:1", 4);
+        tier.evict_matching("app:*");
+        assert_eq!(tier.get::<u32>("users:1"), None);
     }
 
     #[test]
