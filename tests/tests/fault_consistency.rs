@@ -19,6 +19,12 @@
 //! ```
 //!
 //! (`RUST_LOG=error` hides the services' warnings about each timed-out call.)
+//!
+//! With the in-process tier on the readers, reads can lag a write made on the writer service
+//! until its invalidation reaches the reader's tier, and a stall holds invalidations back
+//! until the tier's heartbeat finds it out and flushes the tier. That run measures how stale
+//! such reads were (printed); it checks that the tiers served reads and were flushed under
+//! the stalls, not a bound in time.
 
 use std::convert::Infallible;
 use std::ops::RangeInclusive;
@@ -27,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cachekit::CacheService;
-use cachekit_tests::checker::{Db, Read, Write, violations};
+use cachekit_tests::checker::{Db, Read, Write, stale_lags, violations};
 use cachekit_tests::{FaultProxy, RedisServer};
 
 const KEYS: u32 = 6;
@@ -53,9 +59,15 @@ struct Outcome {
     reads: usize,
     writes: usize,
     violations: usize,
+    local_hits: u64,
+    local_flushes: u64,
 }
 
 async fn run(leases: bool) -> Outcome {
+    run_with(leases, false).await
+}
+
+async fn run_with(leases: bool, tier: bool) -> Outcome {
     cachekit_tests::init_tracing();
     let server = RedisServer::start();
     let db = Arc::new(Db::new(KEYS));
@@ -65,15 +77,16 @@ async fn run(leases: bool) -> Outcome {
     let mut readers = Vec::new();
     for n in 0..READER_SERVICES {
         let proxy = FaultProxy::start(server.addr()).await;
-        let cache = CacheService::builder()
+        let mut builder = CacheService::builder()
             .redis_url(proxy.url())
             .prefix("faults")
             .timeout(Duration::from_millis(250))
             .circuit_breaker(5, Duration::from_millis(200))
-            .leases(leases)
-            .build()
-            .await
-            .expect("reader service builds");
+            .leases(leases);
+        if tier {
+            builder = builder.local_tier(Duration::from_secs(600));
+        }
+        let cache = builder.build().await.expect("reader service builds");
         chaos.push(proxy.chaos(SEED + n as u64, STALL, GAP));
         proxies.push(proxy);
         readers.push(cache);
@@ -126,6 +139,10 @@ async fn run(leases: bool) -> Outcome {
                 {
                     done.store(true, Ordering::Relaxed);
                 }
+                if tier {
+                    // A read the tier serves never waits: let the writers run.
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
             }
         }));
     }
@@ -171,22 +188,34 @@ async fn run(leases: bool) -> Outcome {
 
     let reads = reads.lock().unwrap().clone();
     let writes = writes.lock().unwrap().clone();
+    let mut lags = stale_lags(&reads, &writes);
+    lags.sort();
     let outcome = Outcome {
         reads: reads.len(),
         writes: writes.len(),
         violations: violations(&reads, &writes),
+        local_hits: readers.iter().map(|c| c.stats().local_hits).sum(),
+        local_flushes: readers.iter().map(|c| c.stats().local_flushes).sum(),
+    };
+    let lag = |p: f64| {
+        let rank = ((p / 100.0) * lags.len() as f64).ceil() as usize;
+        lags.get(rank.clamp(1, lags.len().max(1)) - 1).copied()
     };
     eprintln!(
-        "fault consistency checker (leases {}): {} reads, {} writes ({} invalidations failed) \
-         in {:.1} s, {} violations ({:.2}% of reads); stall windows per reader proxy {windows:?} \
-         (seeds {SEED:#x} + n)",
+        "fault consistency checker (leases {}, tier {}): {} reads, {} writes ({} invalidations \
+         failed) in {:.1} s, {} violations ({:.2}% of reads; lag p50 {:?} p99 {:?} max {:?}); \
+         stall windows per reader proxy {windows:?} (seeds {SEED:#x} + n)",
         if leases { "on" } else { "off" },
+        if tier { "on" } else { "off" },
         outcome.reads,
         outcome.writes,
         failed_invalidations.load(Ordering::Relaxed),
         elapsed.as_secs_f64(),
         outcome.violations,
         100.0 * outcome.violations as f64 / outcome.reads.max(1) as f64,
+        lag(50.0),
+        lag(99.0),
+        lags.last(),
     );
     for (n, cache) in readers.iter().enumerate() {
         eprintln!("  reader service {n}: {:?}", cache.stats());
@@ -223,5 +252,21 @@ async fn under_stalls_without_leases_the_checker_finds_stale_reads() {
          cannot fail",
         outcome.reads,
         outcome.writes
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_stalls_the_tier_is_flushed_and_its_staleness_measured() {
+    let outcome = run_with(true, true).await;
+    assert!(
+        outcome.reads >= TARGET_READS,
+        "only {} reads ran within {TIME_LIMIT:?}",
+        outcome.reads
+    );
+    assert!(outcome.writes > 0, "no invalidation completed");
+    assert!(outcome.local_hits > 0, "the tiers served nothing");
+    assert!(
+        outcome.local_flushes > 0,
+        "no stall flushed a tier: the heartbeat never noticed one"
     );
 }

@@ -26,8 +26,9 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// How often the channel proves it is up.
-pub(crate) const HEARTBEAT: Duration = Duration::from_millis(500);
+/// How often the channel proves it is up. With the operation timeout (250 ms by default), it
+/// bounds how long a stalled channel can go unnoticed: 350 ms by default.
+pub(crate) const HEARTBEAT: Duration = Duration::from_millis(100);
 
 /// The longest pause between attempts to open the channel again.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
