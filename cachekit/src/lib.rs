@@ -62,6 +62,8 @@
 //! | `CACHE_LEASE_TTL_MS` | `10000` | the longest a caller waits for another process's (or a failed in-process) loader before loading for itself, without writing; a lease itself lives about 1.5 × `CACHE_TIMEOUT_MS` and is renewed while its loader runs |
 //! | `CACHE_MAX_VALUE_BYTES` | `4194304` | the largest encoded value cached, in bytes: a larger one is not stored (logged, counted), and one found in the store reads as a miss and is removed |
 //! | `CACHE_REDACT_KEYS` | `false` | logs show keys as their namespace and a hash (`users:#3fa9c1d2`) instead of in full |
+//! | `CACHE_LOCAL_TTL_MS` | — (off) | turns on the in-process tier, holding decoded values for at most this many ms |
+//! | `CACHE_LOCAL_MAX_BYTES` | `67108864` | bound on the in-process tier, in bytes |
 //!
 //! With none of them set, the service runs on the embedded in-process store. TTLs and
 //! timeouts are at most [`MAX_TTL`] (10 years): a larger value is an error naming the variable
@@ -97,9 +99,29 @@
 //! it is rebuilt in the background by the first pattern invalidation (which walks meanwhile), or
 //! by [`CacheService::rebuild_index`]. On a server with an `allkeys-*` eviction policy, which
 //! could evict the index, patterns walk. The index costs Redis memory per entry and adds a few
-//! commands to each write (about 100 bytes and 1.17x the latency of a `set` on loopback in one
-//! run); the README has the figures and the keys it adds (`{prefix}#...`, never under
-//! `{prefix}:`).
+//! commands to each write (about 100 bytes, and 1.09x-1.17x the latency of a `set` on loopback
+//! over the runs of the comparison runner); the README has the figures and the keys it adds
+//! (`{prefix}#...`, never under `{prefix}:`).
+//!
+//! ## The in-process tier
+//!
+//! [`CacheServiceBuilder::local_tier`] (or `CACHE_LOCAL_TTL_MS`) puts a tier of *decoded*
+//! values in front of the store: a hit is a hash lookup and a clone (return `Arc<T>` to make it
+//! a reference count), as fast as moka holding the same `Arc`. It stays coherent:
+//!
+//! - this instance's own writes and removals evict before they return, so a read after one of
+//!   them never sees the older value;
+//! - other instances' and other clients' writes, expiries and `FLUSHDB` arrive through Redis's
+//!   client tracking (RESP3 `CLIENT TRACKING ON BCAST PREFIX {prefix}:` on a connection of its
+//!   own), typically within a millisecond;
+//! - if that connection drops, closes or misses its heartbeat (every 100 ms, bounded by the
+//!   operation timeout), the tier is flushed and bypassed until tracking is back
+//!   ([`CacheStats::local_flushes`]).
+//!
+//! So across instances a read can lag a write by the invalidation's delivery, and by at most
+//! 100 ms plus the operation timeout while the connection stalls unnoticed. Functions that
+//! cannot accept that opt out with `#[cached(..., no_local)]`. Hits it serves are counted in
+//! [`CacheStats::local_hits`]. The README's "The in-process tier" has the measured figures.
 //!
 //! ## Failure handling
 //!
