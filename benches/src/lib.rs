@@ -39,8 +39,10 @@ pub mod names {
     pub const SEQUENTIAL: &str = "sequential hit";
     /// One task reading the user from the embedded store, each call timed.
     pub const EMBEDDED: &str = "embedded store hit";
-    /// 64 tasks reading the cached user at once.
+    /// 64 tasks reading the cached user at once: one hot key.
     pub const CONCURRENT: &str = "concurrent hit (64 tasks)";
+    /// 64 tasks reading 1,000 users at once, each task walking them from its own start.
+    pub const CONCURRENT_SPREAD: &str = "concurrent hit, 1,000 keys (64 tasks)";
     /// 1,000 concurrent calls on one cold key with a 50 ms loader.
     pub const STAMPEDE: &str = "stampede";
     /// Removing `users:*` among many other keys.

@@ -33,6 +33,8 @@ pub(crate) fn manager_config() -> ConnectionManagerConfig {
 
 /// The user every hit reads.
 const HIT_ID: u64 = 1;
+/// The keys of the spread concurrent scenario: users `1..=SPREAD_KEYS`.
+const SPREAD_KEYS: u64 = 1_000;
 /// TTL of the entries the benchmark writes itself.
 const TTL_MS: u64 = 300_000;
 
@@ -309,7 +311,8 @@ impl Runner {
             let tiered = self.tiered().await?;
             prime_local::<User>(&tiered, &format!("users:{HIT_ID}")).await?;
             concurrent.push(Hit::TierGet(tiered));
-            self.concurrent(&concurrent).await?;
+            self.concurrent(CONCURRENT, 1, &concurrent).await?;
+            self.concurrent_spread(&redis).await?;
             self.check_no_misses(redis.iter().chain(&embedded))?;
         }
         if self.runs("local") {
@@ -604,25 +607,35 @@ impl Runner {
         Ok(latencies)
     }
 
-    /// Interleaved rounds of 64 tasks calling in a loop for a fixed time: calls per second,
-    /// and this process's CPU time per call (the client's cost; Redis runs in its own process).
-    async fn concurrent(&mut self, contenders: &[Hit]) -> Result<(), Error> {
+    /// Interleaved rounds of 64 tasks calling in a loop for a fixed time, all on one key (the
+    /// scenario `scenario`) or spread over `keys` keys: calls per second, and this process's
+    /// CPU time per call (the client's cost; Redis runs in its own process).
+    async fn concurrent(
+        &mut self,
+        scenario: &'static str,
+        keys: u64,
+        contenders: &[Hit],
+    ) -> Result<(), Error> {
         let plan = self.plan.clone();
         let n = contenders.len();
         let (mut throughput, mut cpu) = (vec![Vec::new(); n], vec![Vec::new(); n]);
         for round in 0..plan.concurrent_rounds {
             if round % 25 == 0 {
                 self.say(&format!(
-                    "{CONCURRENT}: round {}/{}",
+                    "{scenario}: round {}/{}",
                     round + 1,
                     plan.concurrent_rounds
                 ));
             }
             for k in 0..n {
                 let i = (round + k) % n;
-                let (ops, cpu_per_call) =
-                    run_concurrently(&contenders[i], plan.concurrent_tasks, plan.concurrent_round)
-                        .await?;
+                let (ops, cpu_per_call) = run_concurrently(
+                    &contenders[i],
+                    plan.concurrent_tasks,
+                    keys,
+                    plan.concurrent_round,
+                )
+                .await?;
                 throughput[i].push(ops);
                 cpu[i].push(cpu_per_call);
             }
@@ -632,11 +645,33 @@ impl Runner {
                 ("throughput", "ops/s", &throughput),
                 ("client CPU per call", "µs", &cpu),
             ] {
-                let row = Row::new(CONCURRENT, contender.name(), figure, unit);
+                let row = Row::new(scenario, contender.name(), figure, unit);
                 self.rows.push(by_round(row, &values[i], &values[0]));
             }
         }
         Ok(())
+    }
+
+    /// The 64 tasks spread over 1,000 keys, where no two concurrent reads are likely to share
+    /// a key: raw redis-rs against cachekit without the tier.
+    async fn concurrent_spread(&mut self, redis: &[Hit]) -> Result<(), Error> {
+        self.say(&format!("{CONCURRENT_SPREAD}: priming {SPREAD_KEYS} keys"));
+        let service = self.service().await?;
+        for id in 1..=SPREAD_KEYS {
+            if !service
+                .set(&format!("users:{id}"), &User::sample(id), None)
+                .await
+            {
+                return Err(Error::new("cannot prime the spread keys"));
+            }
+        }
+        let contenders: Vec<Hit> = redis
+            .iter()
+            .filter(|c| matches!(c, Hit::Raw(_) | Hit::Get(_) | Hit::Macro(_)))
+            .cloned()
+            .collect();
+        self.concurrent(CONCURRENT_SPREAD, SPREAD_KEYS, &contenders)
+            .await
     }
 
     /// 1,000 concurrent calls on one cold key whose loader takes 50 ms: how often the loader
@@ -849,27 +884,31 @@ fn by_round(mut row: Row, values: &[f64], baseline: &[f64]) -> Row {
     row
 }
 
-/// `tasks` tasks calling `contender` until `duration` has passed; returns calls per second and
-/// this process's CPU time per call in µs.
+/// `tasks` tasks calling `contender` until `duration` has passed, on user `HIT_ID` alone
+/// (`keys` 1) or each task walking users `1..=keys` from its own starting point; returns calls
+/// per second and this process's CPU time per call in µs.
 async fn run_concurrently(
     contender: &Hit,
     tasks: usize,
+    keys: u64,
     duration: Duration,
 ) -> Result<(f64, f64), Error> {
     let cpu_before = process_cpu()?;
     let started = Instant::now();
     let deadline = started + duration;
     let handles: Vec<_> = (0..tasks)
-        .map(|_| {
+        .map(|task| {
             let mut contender = contender.clone();
             tokio::spawn(async move {
                 let mut calls = 0u64;
+                let mut id = HIT_ID + (task as u64 * 7_919) % keys;
                 while Instant::now() < deadline {
-                    let user = contender.call(black_box(HIT_ID)).await?;
-                    if user.id != HIT_ID {
+                    let user = contender.call(black_box(id)).await?;
+                    if user.id != id {
                         return Err(Error::new("read another user"));
                     }
                     calls += 1;
+                    id = if id >= keys { HIT_ID } else { id + 1 };
                 }
                 Ok::<_, Error>(calls)
             })

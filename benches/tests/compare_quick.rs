@@ -67,6 +67,10 @@ fn quick_mode_reports_every_figure() {
         }
     }
     assert!(report.settings.cached_crate_value_bytes > 0);
+    for contender in [RAW, SERVICE_GET, MACRO] {
+        ratio(CONCURRENT_SPREAD, contender, "throughput");
+        ratio(CONCURRENT_SPREAD, contender, "client CPU per call");
+    }
     ratio(CONCURRENT, TIER_USER, "throughput");
     ratio(CONCURRENT, TIER_USER, "client CPU per call");
     for contender in [MOKA_ARC, TIER_ARC, TIER_USER, TIER_MACRO, MEMORY_TIER_ARC] {

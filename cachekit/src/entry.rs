@@ -4,6 +4,7 @@
 //! in `load.rs` are built on these.
 
 use crate::backend::Backend;
+use crate::coalesce::{Failed, Handed, Reply, Role};
 use crate::config::check_ttl;
 use crate::error::FaultKind;
 use crate::guard::{Bound, Budget};
@@ -12,7 +13,11 @@ use crate::stats::Counters;
 use crate::{CacheError, CacheService, codec};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// A value read from the store, its encoded length, and the TTL it has left if the store said.
+type Stored<T> = (Option<T>, usize, Option<Duration>);
 
 impl CacheService {
     /// A read: from the in-process tier (if there is one and `local`), else from the primary
@@ -41,23 +46,76 @@ impl CacheService {
     }
 
     /// A read from the store: the value, its encoded length, and the TTL it has left when the
-    /// store said (only asked when the tier is on).
-    async fn read_store<T: DeserializeOwned>(
+    /// store said (only asked when the tier is on). Concurrent reads of the key share requests
+    /// and their decoded values (`coalesce`).
+    async fn read_store<T: DeserializeOwned + Clone + Send + Sync + 'static>(
         &self,
         key: &str,
         budget: &Budget,
-    ) -> Result<(Option<T>, usize, Option<Duration>), CacheError> {
-        let physical = self.physical_key(key);
+    ) -> Result<Stored<T>, CacheError> {
+        let physical = self.physical_key_shared(key);
+        let reads = &self.inner.reads;
+        let mut role = reads.join(&physical);
+        let leader = loop {
+            match role {
+                Role::Leader(leader) => break leader,
+                Role::Follower(handed) => match handed.await {
+                    Ok(Handed::Reply(reply)) => {
+                        Counters::bump(&self.inner.counters.reads_coalesced);
+                        return self.take_reply(key, &physical, &reply, budget).await;
+                    }
+                    Ok(Handed::Lead) => break reads.leader(&physical),
+                    // The store did not answer the leader: it would not answer this one.
+                    Ok(Handed::Failed(Failed::Transport)) => {
+                        budget.spend();
+                        return Err(CacheError::Skipped);
+                    }
+                    // The leader was cancelled, or its reply refused: read again.
+                    Ok(Handed::Failed(Failed::Other)) | Err(_) => role = reads.join(&physical),
+                },
+            }
+        };
+        let fetched = self.fetch(key, &physical, budget).await;
+        let followers = leader.land();
+        let (bytes, left) = match fetched {
+            Ok(found) => found.map_or((None, None), |(bytes, left)| (Some(bytes), left)),
+            Err(error) => {
+                let failed = if error.is_transport() {
+                    Failed::Transport
+                } else {
+                    Failed::Other
+                };
+                followers.hand(&Handed::Failed(failed));
+                return Err(error);
+            }
+        };
+        if followers.is_empty() {
+            return self
+                .decode_stored(key, &physical, bytes, left, budget)
+                .await;
+        }
+        let reply = Arc::new(Reply::new(bytes, left));
+        followers.hand(&Handed::Reply(reply.clone()));
+        self.take_reply(key, &physical, &reply, budget).await
+    }
+
+    /// One request to the store for the physical key, through the guard.
+    async fn fetch(
+        &self,
+        key: &str,
+        physical: &str,
+        budget: &Budget,
+    ) -> Result<Option<(Vec<u8>, Option<Duration>)>, CacheError> {
         let guard = self.guard();
         let backend = guard.backend();
         let read = async {
             if self.inner.tier.is_some() {
-                backend.get_with_ttl(&physical).await
+                backend.get_with_ttl(physical).await
             } else {
-                Ok(backend.get(&physical).await?.map(|bytes| (bytes, None)))
+                Ok(backend.get(physical).await?.map(|bytes| (bytes, None)))
             }
         };
-        let found = match guard.call("get", Bound::Op, budget, read).await {
+        match guard.call("get", Bound::Op, budget, read).await {
             // A value over the size cap, or a list, hash or set under the prefix (this cache
             // writes strings only): not something to read, so it is removed.
             Err(e)
@@ -66,17 +124,49 @@ impl CacheService {
                     Some(FaultKind::TooLarge | FaultKind::WrongType)
                 ) =>
             {
-                self.remove_unreadable(key, &physical, &e, budget).await;
-                return Err(e);
+                self.remove_unreadable(key, physical, &e, budget).await;
+                Err(e)
             }
-            other => other?,
-        };
-        let (bytes, left) = found.map_or((None, None), |(bytes, left)| (Some(bytes), left));
+            other => other,
+        }
+    }
+
+    async fn decode_stored<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        physical: &str,
+        bytes: Option<Vec<u8>>,
+        left: Option<Duration>,
+        budget: &Budget,
+    ) -> Result<Stored<T>, CacheError> {
         let encoded_len = bytes.as_ref().map_or(0, Vec::len);
         let value = self
-            .decode_or_remove(key, &physical, bytes.as_deref(), budget)
+            .decode_or_remove(key, physical, bytes.as_deref(), budget)
             .await?;
         Ok((value, encoded_len, left))
+    }
+
+    /// A value from a reply shared with other readers: the value one of them decoded as a `T`,
+    /// or decoded here (and left for the others).
+    async fn take_reply<T: DeserializeOwned + Clone + Send + Sync + 'static>(
+        &self,
+        key: &str,
+        physical: &str,
+        reply: &Reply,
+        budget: &Budget,
+    ) -> Result<Stored<T>, CacheError> {
+        let encoded_len = reply.bytes.as_ref().map_or(0, Vec::len);
+        if let Some(value) = reply.decoded::<T>() {
+            Counters::bump(&self.inner.counters.hits);
+            return Ok((Some(value), encoded_len, reply.left));
+        }
+        let value = self
+            .decode_or_remove(key, physical, reply.bytes.as_deref(), budget)
+            .await?;
+        if let Some(value) = &value {
+            reply.keep(value);
+        }
+        Ok((value, encoded_len, reply.left))
     }
 
     /// Decodes what the backend returned; an undecodable value is removed if it is still there

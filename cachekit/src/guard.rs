@@ -30,7 +30,7 @@ impl Budget {
         self.spent.load(Ordering::Relaxed)
     }
 
-    fn spend(&self) {
+    pub(crate) fn spend(&self) {
         self.spent.store(true, Ordering::Relaxed);
     }
 }

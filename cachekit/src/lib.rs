@@ -143,6 +143,7 @@
 pub mod __private;
 pub mod backend;
 mod breaker;
+mod coalesce;
 mod codec;
 mod config;
 mod entry;

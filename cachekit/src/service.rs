@@ -8,6 +8,7 @@ use crate::backend::{
     Backend, BackendKind, DisabledBackend, MemoryBackend, RedisBackend, ServerInfo,
 };
 use crate::breaker::{Breaker, BreakerState};
+use crate::coalesce::Reads;
 use crate::config::{CacheConfig, CacheServiceBuilder, Fallback, StoreConfig};
 use crate::flight::Flights;
 use crate::guard::{Bound, Budget, Guard};
@@ -61,6 +62,8 @@ pub(crate) struct Inner {
     redact_keys: bool,
     /// The in-process tier, when it is on.
     pub(crate) tier: Option<Arc<Tier>>,
+    /// The reads from the store in flight, which concurrent readers of a key share.
+    pub(crate) reads: Reads,
 }
 
 /// A value with where it came from: what [`CacheService::get_or_load_with_status`] and the
@@ -314,6 +317,7 @@ impl CacheService {
             max_value_bytes: config.max_value_bytes,
             redact_keys: config.redact_keys,
             tier,
+            reads: Reads::default(),
         };
         Self {
             inner: Arc::new(inner),
@@ -376,6 +380,24 @@ impl CacheService {
         physical.push_str(prefix);
         physical.push_str(key);
         physical
+    }
+
+    /// [`physical_key`](Self::physical_key) as an `Arc<str>`, in one allocation for keys of
+    /// usual length (the read path shares it with the flight of its read).
+    pub(crate) fn physical_key_shared(&self, key: &str) -> Arc<str> {
+        const STACK: usize = 256;
+        let (prefix, key_bytes) = (self.inner.key_prefix.as_bytes(), key.as_bytes());
+        let len = prefix.len() + key_bytes.len();
+        if len <= STACK {
+            let mut buffer = [0u8; STACK];
+            buffer[..prefix.len()].copy_from_slice(prefix);
+            buffer[prefix.len()..len].copy_from_slice(key_bytes);
+            // Two `str`s one after the other are UTF-8: the error arm is never taken.
+            if let Ok(joined) = std::str::from_utf8(&buffer[..len]) {
+                return Arc::from(joined);
+            }
+        }
+        Arc::from(self.physical_key(key))
     }
 
     pub(crate) fn physical_pattern(&self, pattern: &str) -> String {

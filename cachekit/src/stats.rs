@@ -23,6 +23,9 @@ pub struct CacheStats {
     /// failed (dropped, closed, or a heartbeat unanswered); it serves again once the channel
     /// is back.
     pub local_flushes: u64,
+    /// Reads that shared a concurrent read of the same key from the store (and its decoded
+    /// value) instead of sending their own; counted in `hits` or `misses` as well.
+    pub reads_coalesced: u64,
     /// Reads that found nothing (or a value that did not decode, or could not reach the store).
     pub misses: u64,
     /// Values written.
@@ -115,6 +118,7 @@ pub(crate) struct Counters {
     pub(crate) hits: AtomicU64,
     pub(crate) local_hits: AtomicU64,
     pub(crate) local_flushes: AtomicU64,
+    pub(crate) reads_coalesced: AtomicU64,
     pub(crate) misses: AtomicU64,
     pub(crate) sets: AtomicU64,
     pub(crate) deletes: AtomicU64,
@@ -160,6 +164,7 @@ impl Counters {
             hits: self.hits.load(Relaxed),
             local_hits: self.local_hits.load(Relaxed),
             local_flushes: self.local_flushes.load(Relaxed),
+            reads_coalesced: self.reads_coalesced.load(Relaxed),
             misses: self.misses.load(Relaxed),
             sets: self.sets.load(Relaxed),
             deletes: self.deletes.load(Relaxed),

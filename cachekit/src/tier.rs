@@ -33,8 +33,8 @@ use moka::Expiry;
 use moka::sync::Cache;
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Generation stripes: an invalidation of a key refuses the fills in flight of the keys in its

@@ -121,7 +121,10 @@ fn allocations_per_hit() {
         // The budgets: what each path allocated when this test was written (rounded up by
         // half an allocation for moka's and the driver's occasional housekeeping). Lower them
         // when a change saves some; a change that needs more must say why here.
-        assert!(tier_hit < 0.5, "an in-process tier hit allocates: {tier_hit}");
+        assert!(
+            tier_hit < 0.5,
+            "an in-process tier hit allocates: {tier_hit}"
+        );
         assert!(
             memory_hit <= decode_only + MEMORY_OVER_DECODE,
             "an embedded store hit allocates {memory_hit} (decoding alone {decode_only})"
@@ -134,7 +137,8 @@ fn allocations_per_hit() {
 }
 
 /// What cachekit's Redis hit may allocate beyond raw redis-rs's `GET` and decode: 3 measured
-/// (the prefixed key, the boxed backend future, the bytes' own buffer).
+/// (the prefixed key, shared with the read's flight; the boxed backend future; the bytes' own
+/// buffer).
 const REDIS_OVER_RAW: f64 = 3.5;
 
 /// What an embedded store hit may allocate beyond decoding: 3 measured (the prefixed key, the

@@ -1,0 +1,303 @@
+//! Read coalescing: concurrent reads of one key from the store share requests.
+//!
+//! A reader never takes the reply of a request sent before it arrived: that reply may predate
+//! a write or removal that returned before the reader began, on this instance or any other.
+//! So readers of a key take turns in *flights*: the first reader leads one (it asks the store);
+//! readers that arrive while it is in the air wait for the next flight, whose request is sent
+//! after they arrived. When a flight lands, one of those waiting leads the next, and the others
+//! take its reply. A hot key read by many tasks at once costs one request per round trip, each
+//! serving every reader that arrived during the previous one; the first reader to decode a
+//! reply as a type leaves the decoded value for the others, which clone it.
+//!
+//! A leader that is cancelled or fails hands its followers no reply: they read on their own
+//! (join again), except after a transport fault, which spends their budget as it spent the
+//! leader's.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// Shards of the in-flight map: readers of different keys rarely contend for one lock.
+const SHARDS: usize = 16;
+
+/// The flights of one service.
+#[derive(Default)]
+pub(crate) struct Reads {
+    shards: [Mutex<HashMap<Arc<str>, Flight>>; SHARDS],
+}
+
+/// The flight of a key in the air: its followers (readers that arrived before it was sent),
+/// and the readers waiting for the next one.
+#[derive(Default)]
+struct Flight {
+    followers: Vec<oneshot::Sender<Handed>>,
+    waiting: Vec<oneshot::Sender<Handed>>,
+}
+
+/// What a reader is handed when a flight lands.
+#[derive(Clone)]
+pub(crate) enum Handed {
+    /// The reply of a request sent after the reader arrived.
+    Reply(Arc<Reply>),
+    /// The flight failed; see [`Failed`].
+    Failed(Failed),
+    /// Lead the next flight.
+    Lead,
+}
+
+/// The leader's read failed (the store did not answer, refused, or the leader was cancelled).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Failed {
+    /// A transport fault: the follower's budget is spent, as the leader's was.
+    Transport,
+    /// Anything else: the follower reads again.
+    Other,
+}
+
+/// A reply from the store, shared by a leader and its followers.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    /// The stored bytes, if any.
+    pub(crate) bytes: Option<Vec<u8>>,
+    /// The TTL the store said is left, if it said.
+    pub(crate) left: Option<Duration>,
+    /// The first decoded value, for readers of the same type to clone.
+    decoded: OnceLock<Arc<dyn Any + Send + Sync>>,
+}
+
+impl Reply {
+    pub(crate) fn new(bytes: Option<Vec<u8>>, left: Option<Duration>) -> Self {
+        Self {
+            bytes,
+            left,
+            decoded: OnceLock::new(),
+        }
+    }
+
+    /// The value another reader decoded from these bytes, if it was a `T`.
+    pub(crate) fn decoded<T: Clone + 'static>(&self) -> Option<T> {
+        self.decoded.get()?.downcast_ref::<T>().cloned()
+    }
+
+    /// Leaves `value`, decoded from these bytes, for the other readers (the first one stays).
+    pub(crate) fn keep<T: Clone + Send + Sync + 'static>(&self, value: &T) {
+        let _ = self.decoded.set(Arc::new(value.clone()));
+    }
+}
+
+/// A reader's part in a read of its key.
+pub(crate) enum Role<'a> {
+    /// Ask the store, then [`land`](Leader::land) and hand the reply to the followers.
+    Leader(Leader<'a>),
+    /// Wait: for the reply of the next flight, or to lead it.
+    Follower(oneshot::Receiver<Handed>),
+}
+
+/// The leader of a flight; dropped before it landed, it hands its followers a failure.
+pub(crate) struct Leader<'a> {
+    reads: &'a Reads,
+    key: &'a str,
+    landed: bool,
+}
+
+/// The followers of a landed flight, waiting for what it hands them.
+pub(crate) struct Followers(Vec<oneshot::Sender<Handed>>);
+
+impl Reads {
+    /// This reader's part in a read of the physical `key`.
+    pub(crate) fn join<'a>(&'a self, key: &'a Arc<str>) -> Role<'a> {
+        let mut flights = self.shard(key);
+        if let Some(flight) = flights.get_mut(&**key) {
+            let (sender, receiver) = oneshot::channel();
+            flight.waiting.push(sender);
+            return Role::Follower(receiver);
+        }
+        flights.insert(key.clone(), Flight::default());
+        drop(flights);
+        Role::Leader(self.leader(key))
+    }
+
+    /// The leader of the flight of `key` now in the map (a follower handed [`Handed::Lead`]).
+    pub(crate) fn leader<'a>(&'a self, key: &'a str) -> Leader<'a> {
+        Leader {
+            reads: self,
+            key,
+            landed: false,
+        }
+    }
+
+    fn shard(&self, key: &str) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Flight>> {
+        let shard = (fnv1a(key) % SHARDS as u64) as usize;
+        self.shards[shard].lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Leader<'_> {
+    /// Ends the flight; returns its followers. Readers waiting for the next flight are now
+    /// its followers, one of them told to lead it.
+    pub(crate) fn land(mut self) -> Followers {
+        self.landed = true;
+        Followers(self.take_followers())
+    }
+
+    fn take_followers(&self) -> Vec<oneshot::Sender<Handed>> {
+        let mut flights = self.reads.shard(self.key);
+        let Some(flight) = flights.get_mut(self.key) else {
+            return Vec::new();
+        };
+        let followers = std::mem::take(&mut flight.followers);
+        let mut waiting = std::mem::take(&mut flight.waiting).into_iter();
+        // The first waiter still listening leads the next flight; the others follow it.
+        loop {
+            match waiting.next() {
+                None => {
+                    flights.remove(self.key);
+                    break;
+                }
+                Some(next) => {
+                    if next.send(Handed::Lead).is_ok() {
+                        flight.followers = waiting.collect();
+                        break;
+                    }
+                }
+            }
+        }
+        followers
+    }
+}
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        if !self.landed {
+            Followers(self.take_followers()).hand(&Handed::Failed(Failed::Other));
+        }
+    }
+}
+
+impl Followers {
+    /// Whether there is anyone to hand the reply to.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// How many wait.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Hands `handed` to every follower.
+    pub(crate) fn hand(self, handed: &Handed) {
+        for follower in self.0 {
+            let _ = follower.send(handed.clone());
+        }
+    }
+}
+
+/// FNV-1a over the key's bytes.
+fn fnv1a(key: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lead(role: Role<'_>) -> Leader<'_> {
+        match role {
+            Role::Leader(leader) => leader,
+            Role::Follower(_) => panic!("expected to lead"),
+        }
+    }
+
+    fn follow(role: Role<'_>) -> oneshot::Receiver<Handed> {
+        match role {
+            Role::Follower(receiver) => receiver,
+            Role::Leader(_) => panic!("expected to follow"),
+        }
+    }
+
+    fn reply(bytes: &[u8]) -> Handed {
+        Handed::Reply(Arc::new(Reply::new(Some(bytes.to_vec()), None)))
+    }
+
+    /// Readers that arrive while a flight is in the air never take its reply: one of them
+    /// leads the next flight, and the others take that one's.
+    #[tokio::test]
+    async fn readers_take_only_replies_of_requests_sent_after_they_arrived() {
+        let reads = Reads::default();
+        let key: Arc<str> = Arc::from("p:k");
+        let first = lead(reads.join(&key));
+        let (mut a, mut b) = (follow(reads.join(&key)), follow(reads.join(&key)));
+        let followers = first.land();
+        assert!(
+            followers.is_empty(),
+            "no one arrived before the first request"
+        );
+        followers.hand(&reply(b"old"));
+        assert!(
+            matches!(a.try_recv(), Ok(Handed::Lead)),
+            "the first waiter leads next"
+        );
+        let second = reads.leader(&key);
+        let mut c = follow(reads.join(&key)); // arrives after the second request
+        let followers = second.land();
+        assert_eq!(followers.len(), 1);
+        followers.hand(&reply(b"new"));
+        match b.try_recv() {
+            Ok(Handed::Reply(reply)) => assert_eq!(reply.bytes.as_deref(), Some(&b"new"[..])),
+            _ => panic!("the second waiter takes the second flight's reply"),
+        }
+        assert!(
+            matches!(c.try_recv(), Ok(Handed::Lead)),
+            "the latecomer leads the third"
+        );
+        drop(reads.leader(&key).land());
+        assert!(
+            matches!(reads.join(&key), Role::Leader(_)),
+            "every flight landed"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_leader_fails_its_followers_and_passes_the_lead() {
+        let reads = Reads::default();
+        let key: Arc<str> = Arc::from("p:k");
+        let first = lead(reads.join(&key));
+        let mut waiter = follow(reads.join(&key));
+        drop(first.land());
+        assert!(matches!(waiter.try_recv(), Ok(Handed::Lead)));
+        let second = reads.leader(&key);
+        let gone = follow(reads.join(&key));
+        drop(gone); // gone before its turn: the lead passes over it
+        let mut follower = follow(reads.join(&key));
+        let mut fourth = follow(reads.join(&key));
+        let followers = second.land();
+        followers.hand(&reply(b"x"));
+        assert!(matches!(follower.try_recv(), Ok(Handed::Lead)));
+        let third = reads.leader(&key);
+        drop(third); // cancelled
+        assert!(matches!(
+            fourth.try_recv(),
+            Ok(Handed::Failed(Failed::Other))
+        ));
+        assert!(matches!(reads.join(&key), Role::Leader(_)));
+    }
+
+    #[test]
+    fn the_first_decoded_value_is_shared_by_type() {
+        let reply = Reply::new(Some(b"7".to_vec()), None);
+        assert_eq!(reply.decoded::<u32>(), None);
+        reply.keep(&7u32);
+        reply.keep(&8u32); // the first stays
+        assert_eq!(reply.decoded::<u32>(), Some(7));
+        assert_eq!(reply.decoded::<String>(), None);
+    }
+}
