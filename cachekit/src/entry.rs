@@ -34,7 +34,7 @@ impl CacheService {
             return self.read_store(key, budget).await.map(|read| read.0);
         };
         if let Some(value) = tier.get::<T>(key) {
-            Counters::bump(&self.inner.counters.local_hits);
+            self.inner.counters.local_hits.bump();
             return Ok(Some(value));
         }
         let ticket = tier.ticket(key);
@@ -61,7 +61,7 @@ impl CacheService {
                 Role::Leader(leader) => break leader,
                 Role::Follower(handed) => match handed.await {
                     Ok(Handed::Reply(reply)) => {
-                        Counters::bump(&self.inner.counters.reads_coalesced);
+                        self.inner.counters.reads_coalesced.bump();
                         return self.take_reply(key, &physical, &reply, budget).await;
                     }
                     Ok(Handed::Lead) => break reads.leader(&physical),
@@ -109,7 +109,10 @@ impl CacheService {
         let guard = self.guard();
         let backend = guard.backend();
         let read = async {
-            if self.inner.tier.is_some() {
+            if let Some(redis) = &self.inner.redis {
+                // The built-in Redis backend, called directly: its `get_with_ttl` says no TTL.
+                Ok(redis.read(physical).await?.map(|bytes| (bytes, None)))
+            } else if self.inner.tier.is_some() {
                 backend.get_with_ttl(physical).await
             } else {
                 Ok(backend.get(physical).await?.map(|bytes| (bytes, None)))
@@ -157,7 +160,7 @@ impl CacheService {
     ) -> Result<Stored<T>, CacheError> {
         let encoded_len = reply.bytes.as_ref().map_or(0, Vec::len);
         if let Some(value) = reply.decoded::<T>() {
-            Counters::bump(&self.inner.counters.hits);
+            self.inner.counters.hits.bump();
             return Ok((Some(value), encoded_len, reply.left));
         }
         let value = self
@@ -219,16 +222,16 @@ impl CacheService {
         let counters = &self.inner.counters;
         let Some(bytes) = bytes.filter(|b| !crate::backend::is_lease_marker(b)) else {
             // Empty, or another caller's lease: that caller is loading it.
-            Counters::bump(&counters.misses);
+            counters.misses.bump();
             return Ok(None);
         };
         match codec::decode(key, bytes) {
             Ok(value) => {
-                Counters::bump(&counters.hits);
+                counters.hits.bump();
                 Ok(Some(value))
             }
             Err(error) => {
-                Counters::bump(&counters.misses);
+                counters.misses.bump();
                 Counters::bump(&counters.decode_errors);
                 tracing::warn!(key = %self.log_key(key), error = %error.detail(), "cached value did not decode into the requested type; removing it");
                 Err(error)
@@ -240,7 +243,7 @@ impl CacheService {
     /// else a miss.
     pub(crate) async fn fallback_get<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
         let Some((store, _)) = &self.inner.fallback else {
-            Counters::bump(&self.inner.counters.misses);
+            self.inner.counters.misses.bump();
             return None;
         };
         let physical = self.physical_key(key);

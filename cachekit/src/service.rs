@@ -64,6 +64,9 @@ pub(crate) struct Inner {
     pub(crate) tier: Option<Arc<Tier>>,
     /// The reads from the store in flight, which concurrent readers of a key share.
     pub(crate) reads: Reads,
+    /// The built-in Redis backend (the guard's too), for the read path to call without a
+    /// boxed future.
+    pub(crate) redis: Option<RedisBackend>,
 }
 
 /// A value with where it came from: what [`CacheService::get_or_load_with_status`] and the
@@ -195,6 +198,7 @@ impl CacheService {
             Arc::new(DisabledBackend),
             None,
             None,
+            None,
         )
     }
 
@@ -211,6 +215,7 @@ impl CacheService {
             Arc::new(MemoryBackend::default()),
             None,
             None,
+            None,
         )
     }
 
@@ -220,6 +225,7 @@ impl CacheService {
         if let Some(warning) = config.prefix_warning() {
             tracing::warn!(prefix = %config.prefix, "cachekit: {warning}");
         }
+        let mut direct = None;
         let (backend, endpoint): (Arc<dyn Backend>, _) = match &config.store {
             StoreConfig::Redis(redis) => {
                 let endpoint = redis.endpoint();
@@ -231,6 +237,7 @@ impl CacheService {
                 };
                 let backend =
                     RedisBackend::connect_lazy(redis.client()?, endpoint.clone(), &options)?;
+                direct = Some(backend.clone());
                 (Arc::new(backend), Some(endpoint))
             }
             StoreConfig::Memory { max_bytes } => (Arc::new(MemoryBackend::new(*max_bytes)), None),
@@ -249,7 +256,7 @@ impl CacheService {
         let remote = endpoint.is_some() || matches!(config.store, StoreConfig::Custom(_));
         let tls = matches!(&config.store, StoreConfig::Redis(r) if r.tls);
         let connect_timeout = config.connect_timeout;
-        let service = Self::assemble(config, backend, endpoint, channel);
+        let service = Self::assemble(config, backend, endpoint, channel, direct);
         service.announce(tls);
         if remote {
             service.connect_or_degrade(connect_timeout).await;
@@ -258,12 +265,14 @@ impl CacheService {
     }
 
     /// Puts a service together. `channel`: the invalidation channel of a Redis store's
-    /// in-process tier, started here (the tier serves once it is up).
+    /// in-process tier, started here (the tier serves once it is up). `direct`: `backend`
+    /// itself when it is the built-in Redis backend, for the read path.
     fn assemble(
         config: CacheConfig,
         backend: Arc<dyn Backend>,
         endpoint: Option<String>,
         channel: Option<Channel>,
+        direct: Option<RedisBackend>,
     ) -> Self {
         let kind = backend.kind();
         let key_prefix = format!("{}:", config.prefix);
@@ -318,6 +327,7 @@ impl CacheService {
             redact_keys: config.redact_keys,
             tier,
             reads: Reads::default(),
+            redis: direct,
         };
         Self {
             inner: Arc::new(inner),
@@ -480,7 +490,7 @@ impl CacheService {
     ) -> Result<Option<T>, CacheError> {
         let result = self.read(key, true, &Budget::default()).await;
         if matches!(&result, Err(e) if !e.is_decode()) {
-            Counters::bump(&self.inner.counters.misses);
+            self.inner.counters.misses.bump();
         }
         result
     }

@@ -502,6 +502,31 @@ impl RedisBackend {
         })
     }
 
+    /// The value under `key`: [`Backend::get`], as a future of its own type, so the service's
+    /// read path calls it without boxing.
+    pub(crate) async fn read(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
+        let mut conn = self.conn.clone();
+        // GETRANGE reads like GET but sends at most max + 1 bytes. A missing key reads as the
+        // empty string, which no stored value is (JSON is never empty). The command's buffer is
+        // sized for its arguments up front.
+        let value: Vec<u8> = redis::Cmd::with_capacity(4, key.len() + 48)
+            .arg("GETRANGE")
+            .arg(key)
+            .arg(0)
+            .arg(self.max_value_bytes)
+            .query_async(&mut conn)
+            .await?;
+        if value.is_empty() {
+            Ok(None)
+        } else if value.len() as u64 > self.max_value_bytes {
+            Err(CacheError::TooLarge {
+                max: self.max_value_bytes,
+            })
+        } else {
+            Ok(Some(value))
+        }
+    }
+
     /// An invocation of `script` on `key` that also names the index keys `key` is filed under
     /// (`KEYS[2..4]`), if any, and the member to file it as (empty when it is not filed).
     fn filed<'a>(&self, script: &'a Script, key: &'a str) -> (ScriptInvocation<'a>, &'a str) {
@@ -883,24 +908,7 @@ impl Backend for RedisBackend {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
-        let mut conn = self.conn.clone();
-        // GETRANGE reads like GET but sends at most max + 1 bytes. A missing key reads as the
-        // empty string, which no stored value is (JSON is never empty).
-        let value: Vec<u8> = redis::cmd("GETRANGE")
-            .arg(key)
-            .arg(0)
-            .arg(self.max_value_bytes)
-            .query_async(&mut conn)
-            .await?;
-        if value.is_empty() {
-            Ok(None)
-        } else if value.len() as u64 > self.max_value_bytes {
-            Err(CacheError::TooLarge {
-                max: self.max_value_bytes,
-            })
-        } else {
-            Ok(Some(value))
-        }
+        self.read(key).await
     }
 
     async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), CacheError> {
