@@ -123,6 +123,10 @@
 //! cannot accept that opt out with `#[cached(..., no_local)]`. Hits it serves are counted in
 //! [`CacheStats::local_hits`]. The README's "The in-process tier" has the measured figures.
 //!
+//! Concurrent reads of one key share requests to the store, in turns: a reader takes only the
+//! reply of a request sent after it arrived, decoded once per type and cloned for the others
+//! ([`CacheStats::reads_coalesced`]).
+//!
 //! ## Failure handling
 //!
 //! - Every Redis call is bounded by a timeout; repeated failures open a circuit breaker that
