@@ -142,6 +142,18 @@ impl Leader<'_> {
         Followers(self.take_followers())
     }
 
+    /// Ends the flight after the store did not answer (a transport fault): its followers and
+    /// the readers waiting for the next flight are all handed the failure, since the store would
+    /// not answer them either and none of them may wait another operation timeout.
+    pub(crate) fn land_unanswered(mut self) {
+        self.landed = true;
+        let flight = self.reads.shard(self.key).remove(self.key);
+        if let Some(flight) = flight {
+            let everyone = flight.followers.into_iter().chain(flight.waiting).collect();
+            Followers(everyone).hand(&Handed::Failed(Failed::Transport));
+        }
+    }
+
     fn take_followers(&self) -> Vec<oneshot::Sender<Handed>> {
         let mut flights = self.reads.shard(self.key);
         let Some(flight) = flights.get_mut(self.key) else {
@@ -289,6 +301,25 @@ mod tests {
             Ok(Handed::Failed(Failed::Other))
         ));
         assert!(matches!(reads.join(&key), Role::Leader(_)));
+    }
+
+    /// Readers waiting behind a flight the store did not answer are not made to wait for
+    /// another request.
+    #[tokio::test]
+    async fn an_unanswered_flight_fails_everyone_behind_it() {
+        let reads = Reads::default();
+        let key: Arc<str> = Arc::from("p:k");
+        let first = lead(reads.join(&key));
+        let mut waiting = follow(reads.join(&key));
+        first.land_unanswered();
+        assert!(matches!(
+            waiting.try_recv(),
+            Ok(Handed::Failed(Failed::Transport))
+        ));
+        assert!(
+            matches!(reads.join(&key), Role::Leader(_)),
+            "the flight landed"
+        );
     }
 
     #[test]

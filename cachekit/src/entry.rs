@@ -75,17 +75,18 @@ impl CacheService {
                 },
             }
         };
-        let fetched = self.fetch(key, &physical, budget).await;
+        let fetched = match self.fetch(key, &physical, budget).await {
+            Err(error) if error.is_transport() => {
+                leader.land_unanswered();
+                return Err(error);
+            }
+            fetched => fetched,
+        };
         let followers = leader.land();
         let (bytes, left) = match fetched {
             Ok(found) => found.map_or((None, None), |(bytes, left)| (Some(bytes), left)),
             Err(error) => {
-                let failed = if error.is_transport() {
-                    Failed::Transport
-                } else {
-                    Failed::Other
-                };
-                followers.hand(&Handed::Failed(failed));
+                followers.hand(&Handed::Failed(Failed::Other));
                 return Err(error);
             }
         };

@@ -359,6 +359,49 @@ async fn one_poison_value_does_not_take_the_cache_down() {
     assert_eq!(stats.breaker, BreakerState::Closed, "{stats:?}");
 }
 
+/// Readers of one key that arrive while its read is stalled wait behind that read, not for
+/// another one after it: the whole pile costs one timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_piled_behind_a_stalled_read_share_its_timeout() {
+    init_tracing();
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr()).await;
+    let cache = CacheService::builder()
+        .redis_url(proxy.url())
+        .prefix("pile")
+        .timeout(Duration::from_millis(250))
+        .circuit_breaker(100, Duration::from_secs(1))
+        .build()
+        .await
+        .expect("service builds");
+    assert!(cache.set("hot", &"v", None).await);
+    assert_eq!(cache.get::<String>("hot").await.as_deref(), Some("v"));
+    proxy.stall();
+    let first = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.get::<String>("hot").await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await; // the first read is in the air
+    let pile: Vec<_> = (0..20)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get::<String>("hot").await })
+        })
+        .collect();
+    assert_eq!(within(BOUND, "the first read", first).await.unwrap(), None);
+    for reader in pile {
+        assert_eq!(within(BOUND, "a piled reader", reader).await.unwrap(), None);
+    }
+    // A request sent after the first would time out meanwhile, still stalled.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stats = cache.stats();
+    assert_eq!(
+        stats.faults.timeouts, 1,
+        "the readers behind the stalled read sent requests of their own: {stats:?}"
+    );
+    proxy.resume();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_against_a_stalled_redis_times_out_once() {
     init_tracing();
