@@ -671,7 +671,16 @@ impl Runner {
             .cloned()
             .collect();
         self.concurrent(CONCURRENT_SPREAD, SPREAD_KEYS, &contenders)
-            .await
+            .await?;
+        // Later scenarios count the keys of `users:*`: leave only the hit scenarios' user.
+        let spread: Vec<String> = (HIT_ID + 1..=SPREAD_KEYS)
+            .map(|id| format!("{PREFIX}:users:{id}"))
+            .collect();
+        let _: u64 = redis::cmd("UNLINK")
+            .arg(&spread)
+            .query_async(&mut self.admin)
+            .await?;
+        Ok(())
     }
 
     /// 1,000 concurrent calls on one cold key whose loader takes 50 ms: how often the loader
