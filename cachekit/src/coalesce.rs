@@ -15,17 +15,19 @@
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// Shards of the in-flight map: readers of different keys rarely contend for one lock.
 const SHARDS: usize = 16;
 
+type Shards = [Mutex<HashMap<Arc<str>, Flight>>; SHARDS];
+
 /// The flights of one service.
 #[derive(Default)]
 pub(crate) struct Reads {
-    shards: [Mutex<HashMap<Arc<str>, Flight>>; SHARDS],
+    shards: Arc<Shards>,
 }
 
 /// The flight of a key in the air: its followers (readers that arrived before it was sent),
@@ -37,14 +39,14 @@ struct Flight {
 }
 
 /// What a reader is handed when a flight lands.
-#[derive(Clone)]
 pub(crate) enum Handed {
     /// The reply of a request sent after the reader arrived.
     Reply(Arc<Reply>),
     /// The flight failed; see [`Failed`].
     Failed(Failed),
-    /// Lead the next flight.
-    Lead,
+    /// Lead the next flight. Dropped unused (its reader was cancelled after it was handed
+    /// over), it ends that flight as a cancelled leader does, so no one waits on it forever.
+    Lead(Leader),
 }
 
 /// The leader's read failed (the store did not answer, refused, or the leader was cancelled).
@@ -88,17 +90,18 @@ impl Reply {
 }
 
 /// A reader's part in a read of its key.
-pub(crate) enum Role<'a> {
+pub(crate) enum Role {
     /// Ask the store, then [`land`](Leader::land) and hand the reply to the followers.
-    Leader(Leader<'a>),
+    Leader(Leader),
     /// Wait: for the reply of the next flight, or to lead it.
     Follower(oneshot::Receiver<Handed>),
 }
 
-/// The leader of a flight; dropped before it landed, it hands its followers a failure.
-pub(crate) struct Leader<'a> {
-    reads: &'a Reads,
-    key: &'a str,
+/// The leader of a flight; dropped before it landed, it hands its followers a failure and
+/// passes the lead on.
+pub(crate) struct Leader {
+    shards: Arc<Shards>,
+    key: Arc<str>,
     landed: bool,
 }
 
@@ -107,8 +110,8 @@ pub(crate) struct Followers(Vec<oneshot::Sender<Handed>>);
 
 impl Reads {
     /// This reader's part in a read of the physical `key`.
-    pub(crate) fn join<'a>(&'a self, key: &'a Arc<str>) -> Role<'a> {
-        let mut flights = self.shard(key);
+    pub(crate) fn join(&self, key: &Arc<str>) -> Role {
+        let mut flights = shard(&self.shards, key);
         if let Some(flight) = flights.get_mut(&**key) {
             let (sender, receiver) = oneshot::channel();
             flight.waiting.push(sender);
@@ -116,27 +119,22 @@ impl Reads {
         }
         flights.insert(key.clone(), Flight::default());
         drop(flights);
-        Role::Leader(self.leader(key))
-    }
-
-    /// The leader of the flight of `key` now in the map (a follower handed [`Handed::Lead`]).
-    pub(crate) fn leader<'a>(&'a self, key: &'a str) -> Leader<'a> {
-        Leader {
-            reads: self,
-            key,
+        Role::Leader(Leader {
+            shards: self.shards.clone(),
+            key: key.clone(),
             landed: false,
-        }
-    }
-
-    fn shard(&self, key: &str) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Flight>> {
-        let shard = (fnv1a(key) % SHARDS as u64) as usize;
-        self.shards[shard].lock().unwrap_or_else(|e| e.into_inner())
+        })
     }
 }
 
-impl Leader<'_> {
+fn shard<'a>(shards: &'a Shards, key: &str) -> MutexGuard<'a, HashMap<Arc<str>, Flight>> {
+    let shard = (fnv1a(key) % SHARDS as u64) as usize;
+    shards[shard].lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Leader {
     /// Ends the flight; returns its followers. Readers waiting for the next flight are now
-    /// its followers, one of them told to lead it.
+    /// its followers, one of them handed the lead of it.
     pub(crate) fn land(mut self) -> Followers {
         self.landed = true;
         Followers(self.take_followers())
@@ -147,43 +145,51 @@ impl Leader<'_> {
     /// not answer them either and none of them may wait another operation timeout.
     pub(crate) fn land_unanswered(mut self) {
         self.landed = true;
-        let flight = self.reads.shard(self.key).remove(self.key);
+        let flight = shard(&self.shards, &self.key).remove(&*self.key);
         if let Some(flight) = flight {
             let everyone = flight.followers.into_iter().chain(flight.waiting).collect();
-            Followers(everyone).hand(&Handed::Failed(Failed::Transport));
+            Followers(everyone).fail(Failed::Transport);
         }
     }
 
     fn take_followers(&self) -> Vec<oneshot::Sender<Handed>> {
-        let mut flights = self.reads.shard(self.key);
-        let Some(flight) = flights.get_mut(self.key) else {
+        let mut flights = shard(&self.shards, &self.key);
+        let Some(flight) = flights.get_mut(&*self.key) else {
             return Vec::new();
         };
         let followers = std::mem::take(&mut flight.followers);
         let mut waiting = std::mem::take(&mut flight.waiting).into_iter();
         // The first waiter still listening leads the next flight; the others follow it.
         loop {
-            match waiting.next() {
-                None => {
-                    flights.remove(self.key);
+            let Some(next) = waiting.next() else {
+                flights.remove(&*self.key);
+                break;
+            };
+            let lead = Leader {
+                shards: self.shards.clone(),
+                key: self.key.clone(),
+                landed: false,
+            };
+            match next.send(Handed::Lead(lead)) {
+                Ok(()) => {
+                    flight.followers = waiting.collect();
                     break;
                 }
-                Some(next) => {
-                    if next.send(Handed::Lead).is_ok() {
-                        flight.followers = waiting.collect();
-                        break;
-                    }
-                }
+                // Its reader is gone: the lead comes back, and must not end the flight while
+                // this lock is held.
+                Err(Handed::Lead(mut lead)) => lead.landed = true,
+                Err(_) => {}
             }
         }
         followers
     }
 }
 
-impl Drop for Leader<'_> {
+impl Drop for Leader {
     fn drop(&mut self) {
         if !self.landed {
-            Followers(self.take_followers()).hand(&Handed::Failed(Failed::Other));
+            self.landed = true;
+            Followers(self.take_followers()).fail(Failed::Other);
         }
     }
 }
@@ -200,10 +206,17 @@ impl Followers {
         self.0.len()
     }
 
-    /// Hands `handed` to every follower.
-    pub(crate) fn hand(self, handed: &Handed) {
+    /// Hands every follower the reply.
+    pub(crate) fn reply(self, reply: &Arc<Reply>) {
         for follower in self.0 {
-            let _ = follower.send(handed.clone());
+            let _ = follower.send(Handed::Reply(reply.clone()));
+        }
+    }
+
+    /// Hands every follower the failure.
+    pub(crate) fn fail(self, failed: Failed) {
+        for follower in self.0 {
+            let _ = follower.send(Handed::Failed(failed));
         }
     }
 }
@@ -222,22 +235,29 @@ fn fnv1a(key: &str) -> u64 {
 mod tests {
     use super::*;
 
-    fn lead(role: Role<'_>) -> Leader<'_> {
+    fn lead(role: Role) -> Leader {
         match role {
             Role::Leader(leader) => leader,
             Role::Follower(_) => panic!("expected to lead"),
         }
     }
 
-    fn follow(role: Role<'_>) -> oneshot::Receiver<Handed> {
+    fn follow(role: Role) -> oneshot::Receiver<Handed> {
         match role {
             Role::Follower(receiver) => receiver,
             Role::Leader(_) => panic!("expected to follow"),
         }
     }
 
-    fn reply(bytes: &[u8]) -> Handed {
-        Handed::Reply(Arc::new(Reply::new(Some(bytes.to_vec()), None)))
+    fn reply(bytes: &[u8]) -> Arc<Reply> {
+        Arc::new(Reply::new(Some(bytes.to_vec()), None))
+    }
+
+    fn handed_lead(receiver: &mut oneshot::Receiver<Handed>) -> Leader {
+        match receiver.try_recv() {
+            Ok(Handed::Lead(leader)) => leader,
+            _ => panic!("expected the lead"),
+        }
     }
 
     /// Readers that arrive while a flight is in the air never take its reply: one of them
@@ -253,25 +273,17 @@ mod tests {
             followers.is_empty(),
             "no one arrived before the first request"
         );
-        followers.hand(&reply(b"old"));
-        assert!(
-            matches!(a.try_recv(), Ok(Handed::Lead)),
-            "the first waiter leads next"
-        );
-        let second = reads.leader(&key);
+        followers.reply(&reply(b"old"));
+        let second = handed_lead(&mut a);
         let mut c = follow(reads.join(&key)); // arrives after the second request
         let followers = second.land();
         assert_eq!(followers.len(), 1);
-        followers.hand(&reply(b"new"));
+        followers.reply(&reply(b"new"));
         match b.try_recv() {
             Ok(Handed::Reply(reply)) => assert_eq!(reply.bytes.as_deref(), Some(&b"new"[..])),
             _ => panic!("the second waiter takes the second flight's reply"),
         }
-        assert!(
-            matches!(c.try_recv(), Ok(Handed::Lead)),
-            "the latecomer leads the third"
-        );
-        drop(reads.leader(&key).land());
+        drop(handed_lead(&mut c).land()); // the latecomer leads the third
         assert!(
             matches!(reads.join(&key), Role::Leader(_)),
             "every flight landed"
@@ -283,24 +295,42 @@ mod tests {
         let reads = Reads::default();
         let key: Arc<str> = Arc::from("p:k");
         let first = lead(reads.join(&key));
-        let mut waiter = follow(reads.join(&key));
-        drop(first.land());
-        assert!(matches!(waiter.try_recv(), Ok(Handed::Lead)));
-        let second = reads.leader(&key);
         let gone = follow(reads.join(&key));
         drop(gone); // gone before its turn: the lead passes over it
-        let mut follower = follow(reads.join(&key));
-        let mut fourth = follow(reads.join(&key));
-        let followers = second.land();
-        followers.hand(&reply(b"x"));
-        assert!(matches!(follower.try_recv(), Ok(Handed::Lead)));
-        let third = reads.leader(&key);
-        drop(third); // cancelled
+        let mut next = follow(reads.join(&key));
+        let mut behind = follow(reads.join(&key));
+        drop(first.land());
+        let second = handed_lead(&mut next);
+        drop(second); // cancelled before it landed
         assert!(matches!(
-            fourth.try_recv(),
+            behind.try_recv(),
             Ok(Handed::Failed(Failed::Other))
         ));
-        assert!(matches!(reads.join(&key), Role::Leader(_)));
+        assert!(
+            matches!(reads.join(&key), Role::Leader(_)),
+            "the flight ended"
+        );
+    }
+
+    /// A reader cancelled after it was handed the lead, before it took it: the flight it was
+    /// to lead ends, and its followers are told, instead of waiting forever.
+    #[tokio::test]
+    async fn a_lead_never_taken_ends_its_flight() {
+        let reads = Reads::default();
+        let key: Arc<str> = Arc::from("p:k");
+        let first = lead(reads.join(&key));
+        let promoted = follow(reads.join(&key));
+        let mut behind = follow(reads.join(&key));
+        drop(first.land()); // hands `promoted` the lead
+        drop(promoted); // its reader is cancelled before it reads the lead
+        assert!(matches!(
+            behind.try_recv(),
+            Ok(Handed::Failed(Failed::Other))
+        ));
+        assert!(
+            matches!(reads.join(&key), Role::Leader(_)),
+            "the flight ended"
+        );
     }
 
     /// Readers waiting behind a flight the store did not answer are not made to wait for

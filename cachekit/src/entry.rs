@@ -64,7 +64,7 @@ impl CacheService {
                         self.inner.counters.reads_coalesced.bump();
                         return self.take_reply(key, &physical, &reply, budget).await;
                     }
-                    Ok(Handed::Lead) => break reads.leader(&physical),
+                    Ok(Handed::Lead(leader)) => break leader,
                     // The store did not answer the leader: it would not answer this one.
                     Ok(Handed::Failed(Failed::Transport)) => {
                         budget.spend();
@@ -86,7 +86,7 @@ impl CacheService {
         let (bytes, left) = match fetched {
             Ok(found) => found.map_or((None, None), |(bytes, left)| (Some(bytes), left)),
             Err(error) => {
-                followers.hand(&Handed::Failed(Failed::Other));
+                followers.fail(Failed::Other);
                 return Err(error);
             }
         };
@@ -96,7 +96,7 @@ impl CacheService {
                 .await;
         }
         let reply = Arc::new(Reply::new(bytes, left));
-        followers.hand(&Handed::Reply(reply.clone()));
+        followers.reply(&reply);
         self.take_reply(key, &physical, &reply, budget).await
     }
 
