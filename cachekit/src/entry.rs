@@ -56,22 +56,38 @@ impl CacheService {
         let physical = self.physical_key_shared(key);
         let reads = &self.inner.reads;
         let mut role = reads.join(&physical);
+        // A follower waits for the flight in the air and then for its own: bounded as a whole
+        // by one operation timeout from when it first followed.
+        let timeout = self.guard().timeout();
+        let mut deadline = None;
         let leader = loop {
             match role {
                 Role::Leader(leader) => break leader,
-                Role::Follower(handed) => match handed.await {
-                    Ok(Handed::Reply(reply)) => {
-                        self.inner.counters.reads_coalesced.bump();
-                        return self.take_reply(key, &physical, &reply, budget).await;
-                    }
-                    Ok(Handed::Lead(leader)) => break leader,
-                    // The store did not answer the leader: it would not answer this one.
-                    Ok(Handed::Failed(Failed::Transport)) => {
+                Role::Follower(handed) => match tokio::time::timeout_at(
+                    *deadline.get_or_insert_with(|| tokio::time::Instant::now() + timeout),
+                    handed,
+                )
+                .await
+                {
+                    Err(_) => {
+                        self.inner.counters.fault(FaultKind::Timeout);
                         budget.spend();
-                        return Err(CacheError::Skipped);
+                        return Err(CacheError::Timeout { op: "get", timeout });
                     }
-                    // The leader was cancelled, or its reply refused: read again.
-                    Ok(Handed::Failed(Failed::Other)) | Err(_) => role = reads.join(&physical),
+                    Ok(handed) => match handed {
+                        Ok(Handed::Reply(reply)) => {
+                            self.inner.counters.reads_coalesced.bump();
+                            return self.take_reply(key, &physical, &reply, budget).await;
+                        }
+                        Ok(Handed::Lead(leader)) => break leader,
+                        // The store did not answer the leader: it would not answer this one.
+                        Ok(Handed::Failed(Failed::Transport)) => {
+                            budget.spend();
+                            return Err(CacheError::Skipped);
+                        }
+                        // The leader was cancelled, or its reply refused: read again.
+                        Ok(Handed::Failed(Failed::Other)) | Err(_) => role = reads.join(&physical),
+                    },
                 },
             }
         };
@@ -111,8 +127,12 @@ impl CacheService {
         let backend = guard.backend();
         let read = async {
             if let Some(redis) = &self.inner.redis {
-                // The built-in Redis backend, called directly: its `get_with_ttl` says no TTL.
-                Ok(redis.read(physical).await?.map(|bytes| (bytes, None)))
+                // The built-in Redis backend, called directly.
+                if self.inner.tier.is_some() {
+                    redis.read_with_ttl(physical).await
+                } else {
+                    Ok(redis.read(physical).await?.map(|bytes| (bytes, None)))
+                }
             } else if self.inner.tier.is_some() {
                 backend.get_with_ttl(physical).await
             } else {
@@ -192,6 +212,7 @@ impl CacheService {
                 let guard = self.guard();
                 let remove = guard.backend().release(physical, bytes);
                 let _ = guard.call("delete", Bound::Op, budget, remove).await;
+                self.evict_local(Removal::Key(physical));
                 Err(error)
             }
             decoded => decoded,

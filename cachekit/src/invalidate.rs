@@ -244,6 +244,11 @@ impl CacheService {
                 tracing::debug!(%error, applied, "cachekit: replay of remembered invalidations stopped; it resumes with the next read")
             }
         }
+        // A read that went to the store just before a removal was remembered may have put the
+        // old value in the tier; the removals are applied now, so nothing there predates them.
+        if let Some(tier) = &inner.tier {
+            tier.flush();
+        }
         deferred.put_back(rest);
         deferred.finish_replay();
     }

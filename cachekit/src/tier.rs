@@ -32,9 +32,8 @@ use crate::key::glob_match;
 use moka::Expiry;
 use moka::sync::Cache;
 use std::any::Any;
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Generation stripes: an invalidation of a key refuses the fills in flight of the keys in its
@@ -46,16 +45,20 @@ const STRIPES: usize = 1024;
 /// tier's byte bound.
 const ENTRY_OVERHEAD_BYTES: u32 = 160;
 
-/// Namespaces whose generation the tier keeps, past which it forgets them all (and flushes).
-const MAX_NAMESPACES: usize = 10_000;
+/// Namespace generations, indexed by a hash of the namespace: two namespaces that share one
+/// only cost each other misses.
+const NAMESPACE_GENERATIONS: usize = 4096;
 
 /// One decoded value.
 #[derive(Clone)]
 struct Slot {
     value: Arc<dyn Any + Send + Sync>,
-    /// Its namespace's generation counter and the generation it was filled in: a pattern that
-    /// removes the whole namespace bumps the counter, and the slot is dead from then on.
-    namespace: Option<(Arc<AtomicU64>, u64)>,
+    /// Its namespace's generation (an index into the tier's) and the generation it was filled
+    /// in: a pattern that removes the whole namespace bumps it, and the slot is dead from then.
+    namespace: Option<(usize, u64)>,
+    /// Set once the fill that inserted it found nothing invalidated since its ticket; until
+    /// then the slot is not served, so no reader sees a value a check is about to take back.
+    committed: Arc<AtomicBool>,
     weight: u32,
     /// How long it may be held: the tier's TTL, or less if the store said so.
     ttl: Duration,
@@ -90,9 +93,9 @@ pub(crate) struct Tier {
     stripes: Box<[AtomicU64]>,
     /// Bumped by every flush and pattern, so fills in flight across one are refused.
     epoch: AtomicU64,
-    /// A generation per namespace (by its index key, `{head}#ix:{ns}`), so that a pattern
-    /// removing a whole namespace costs one increment, not a walk of the tier.
-    namespaces: Mutex<HashMap<String, Arc<AtomicU64>>>,
+    /// Generations of namespaces (by a hash of their index key, `{head}#ix:{ns}`), so that a
+    /// pattern removing a whole namespace costs one increment, not a walk of the tier.
+    namespaces: Box<[AtomicU64]>,
     /// Whether the tier may serve and take entries: the invalidation channel is up (always, for
     /// a store this process is the only writer of).
     vouched: AtomicBool,
@@ -122,19 +125,24 @@ impl Tier {
             key_prefix: key_prefix.to_owned(),
             stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             epoch: AtomicU64::new(0),
-            namespaces: Mutex::new(HashMap::new()),
+            namespaces: (0..NAMESPACE_GENERATIONS)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             vouched: AtomicBool::new(vouched),
         }
     }
 
     /// The value of `key` as a `T`, if the tier holds one and may serve it.
     pub(crate) fn get<T: Clone + 'static>(&self, key: &str) -> Option<T> {
-        if !self.vouched.load(Ordering::Acquire) {
+        if !self.vouched.load(Ordering::SeqCst) {
             return None;
         }
         let slot = self.entries.get(key)?;
-        if let Some((generation, filled_in)) = &slot.namespace
-            && generation.load(Ordering::Acquire) != *filled_in
+        if !slot.committed.load(Ordering::SeqCst) {
+            return None;
+        }
+        if let Some((namespace, filled_in)) = slot.namespace
+            && self.namespaces[namespace].load(Ordering::SeqCst) != filled_in
         {
             return None; // its namespace was removed since; moka drops the slot in time
         }
@@ -146,8 +154,8 @@ impl Tier {
         let stripe = stripe_of(key);
         Ticket {
             stripe,
-            generation: self.stripes[stripe].load(Ordering::Acquire),
-            epoch: self.epoch.load(Ordering::Acquire),
+            generation: self.stripes[stripe].load(Ordering::SeqCst),
+            epoch: self.epoch.load(Ordering::SeqCst),
         }
     }
 
@@ -163,7 +171,7 @@ impl Tier {
         encoded_len: usize,
         left: Option<Duration>,
     ) {
-        if !self.vouched.load(Ordering::Acquire) || !self.unchanged(ticket) {
+        if !self.vouched.load(Ordering::SeqCst) || !self.unchanged(ticket) {
             return;
         }
         let weight = u32::try_from(encoded_len.saturating_add(key.len()))
@@ -173,46 +181,48 @@ impl Tier {
         if ttl.is_zero() {
             return;
         }
-        let namespace = self.namespace_of(key).map(|generation| {
-            let filled_in = generation.load(Ordering::Acquire);
-            (generation, filled_in)
-        });
+        let namespace = self
+            .namespace_of(key)
+            .map(|namespace| (namespace, self.namespaces[namespace].load(Ordering::SeqCst)));
+        let committed = Arc::new(AtomicBool::new(false));
         let slot = Slot {
             value: Arc::new(value.clone()),
             namespace,
+            committed: committed.clone(),
             weight,
             ttl,
         };
         self.entries.insert(Arc::from(key), slot);
-        // Insert, then check again: an invalidation that bumped the stripe before this check
-        // is seen here; one that bumps it after removes the entry itself.
-        if !self.unchanged(ticket) || !self.vouched.load(Ordering::Acquire) {
+        // Insert, then check again, then commit: an invalidation that bumped the stripe before
+        // this check is seen here; one that bumps it after removes the entry itself. Readers
+        // skip the slot until it is committed.
+        if self.unchanged(ticket)
+            && self.vouched.load(Ordering::SeqCst)
+            && namespace
+                .is_none_or(|(n, filled_in)| self.namespaces[n].load(Ordering::SeqCst) == filled_in)
+        {
+            committed.store(true, Ordering::SeqCst);
+        } else {
             self.entries.invalidate(key);
         }
     }
 
-    /// The generation counter of the namespace of the logical `key`, if it has one.
-    fn namespace_of(&self, key: &str) -> Option<Arc<AtomicU64>> {
+    /// The generation index of the namespace of the logical `key`, if it has one.
+    fn namespace_of(&self, key: &str) -> Option<usize> {
         let physical = format!("{}{key}", self.key_prefix);
         let place = index::place(&physical)?;
         place.ns?;
-        let mut namespaces = self.namespaces.lock().unwrap_or_else(|e| e.into_inner());
-        if namespaces.len() >= MAX_NAMESPACES {
-            // Forget them all: flushed first, no slot outlives the counter it was checked by.
-            self.flush();
-            namespaces.clear();
-        }
-        Some(namespaces.entry(place.index_key()).or_default().clone())
+        Some(namespace_index(&place.index_key()))
     }
 
     fn unchanged(&self, ticket: Ticket) -> bool {
-        self.stripes[ticket.stripe].load(Ordering::Acquire) == ticket.generation
-            && self.epoch.load(Ordering::Acquire) == ticket.epoch
+        self.stripes[ticket.stripe].load(Ordering::SeqCst) == ticket.generation
+            && self.epoch.load(Ordering::SeqCst) == ticket.epoch
     }
 
     /// Evicts the logical `key`, refusing the fills in flight of its stripe.
     pub(crate) fn evict(&self, key: &str) {
-        self.stripes[stripe_of(key)].fetch_add(1, Ordering::AcqRel);
+        self.stripes[stripe_of(key)].fetch_add(1, Ordering::SeqCst);
         self.entries.invalidate(key);
     }
 
@@ -227,14 +237,12 @@ impl Tier {
     /// in flight. A whole namespace (`users:*`) or everything (`*`) costs one increment; other
     /// patterns walk the tier (bounded by its byte limit), never the store.
     pub(crate) fn evict_matching(&self, pattern: &str) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         match index::scope(pattern) {
             Scope::Exact(physical) => return self.evict_physical(&physical),
             Scope::Namespace { head, ns } => {
-                let namespaces = self.namespaces.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(generation) = namespaces.get(&index::index_key(head, Some(&ns))) {
-                    generation.fetch_add(1, Ordering::AcqRel);
-                }
+                let namespace = namespace_index(&index::index_key(head, Some(&ns)));
+                self.namespaces[namespace].fetch_add(1, Ordering::SeqCst);
                 return;
             }
             Scope::Everything { head } if self.key_prefix.starts_with(&format!("{head}:")) => {
@@ -258,7 +266,7 @@ impl Tier {
     pub(crate) fn flush(&self) {
         // The epoch first, as an eviction bumps its stripe first: a fill that inserts after
         // the clear then sees the new epoch on its second check.
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         self.entries.invalidate_all();
     }
 
@@ -268,16 +276,16 @@ impl Tier {
     pub(crate) fn vouch(&self, vouched: bool) {
         if vouched {
             self.flush();
-            self.vouched.store(true, Ordering::Release);
+            self.vouched.store(true, Ordering::SeqCst);
         } else {
-            self.vouched.store(false, Ordering::Release);
+            self.vouched.store(false, Ordering::SeqCst);
             self.flush();
         }
     }
 
     /// Whether the tier serves now.
     pub(crate) fn is_vouched(&self) -> bool {
-        self.vouched.load(Ordering::Acquire)
+        self.vouched.load(Ordering::SeqCst)
     }
 
     /// Entries held (moka's estimate, after its pending work).
@@ -297,14 +305,24 @@ impl std::fmt::Debug for Tier {
     }
 }
 
-/// The stripe of a logical key: FNV-1a over its bytes.
+/// The stripe of a logical key.
 fn stripe_of(key: &str) -> usize {
+    (fnv1a(key) % STRIPES as u64) as usize
+}
+
+/// The generation of a namespace, by its index key.
+fn namespace_index(index_key: &str) -> usize {
+    (fnv1a(index_key) % NAMESPACE_GENERATIONS as u64) as usize
+}
+
+/// FNV-1a over the bytes of `text`.
+fn fnv1a(text: &str) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in key.bytes() {
+    for byte in text.bytes() {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
-    (hash % STRIPES as u64) as usize
+    hash
 }
 
 #[cfg(test)]

@@ -362,3 +362,28 @@ async fn no_local_functions_skip_the_tier() {
         "one store hit fills the tier"
     );
 }
+
+/// An entry leaves the tier when it expires in Redis, even if Redis is slow to report it:
+/// with active expiry off, Redis deletes (and reports) an expired key only when it is read,
+/// and the tier would otherwise keep serving it for its own TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_expires_from_the_tier_with_its_ttl_in_redis() {
+    cachekit_tests::init_tracing();
+    let server = RedisServer::start_with_args(&["--enable-debug-command", "yes"]);
+    let mut conn = server.connection().await;
+    let () = redis::cmd("DEBUG")
+        .arg("SET-ACTIVE-EXPIRE")
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let cache = tiered(&server.url()).await;
+    assert!(
+        cache
+            .set("users:6", &1u64, Some(Duration::from_millis(300)))
+            .await
+    );
+    until_local(&cache, "users:6", 1).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(cache.get::<u64>("users:6").await, None, "served past its TTL");
+}

@@ -509,13 +509,40 @@ impl RedisBackend {
         // GETRANGE reads like GET but sends at most max + 1 bytes. A missing key reads as the
         // empty string, which no stored value is (JSON is never empty). The command's buffer is
         // sized for its arguments up front.
-        let value: Vec<u8> = redis::Cmd::with_capacity(4, key.len() + 48)
-            .arg("GETRANGE")
+        let value: Vec<u8> = self.getrange(key).query_async(&mut conn).await?;
+        self.checked(value)
+    }
+
+    /// [`read`](Self::read) with the TTL the key has left (`PTTL` in the same round trip), for
+    /// the in-process tier, which holds an entry no longer than Redis does: Redis reports an
+    /// expired key only once it has deleted it, which for a key nobody reads can be late.
+    pub(crate) async fn read_with_ttl(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Vec<u8>, Option<Duration>)>, CacheError> {
+        let mut conn = self.conn.clone();
+        let (value, pttl): (Vec<u8>, i64) = redis::pipe()
+            .add_command(self.getrange(key))
+            .cmd("PTTL")
             .arg(key)
-            .arg(0)
-            .arg(self.max_value_bytes)
             .query_async(&mut conn)
             .await?;
+        // -1: no TTL (not written by this cache); -2: gone since the read.
+        let left = u64::try_from(pttl).ok().map(Duration::from_millis);
+        Ok(self.checked(value)?.map(|bytes| (bytes, left)))
+    }
+
+    fn getrange(&self, key: &str) -> redis::Cmd {
+        let mut cmd = redis::Cmd::with_capacity(4, key.len() + 48);
+        cmd.arg("GETRANGE")
+            .arg(key)
+            .arg(0)
+            .arg(self.max_value_bytes);
+        cmd
+    }
+
+    /// What `GETRANGE` returned, as a value: empty is no value, over the cap is an error.
+    fn checked(&self, value: Vec<u8>) -> Result<Option<Vec<u8>>, CacheError> {
         if value.is_empty() {
             Ok(None)
         } else if value.len() as u64 > self.max_value_bytes {
@@ -909,6 +936,13 @@ impl Backend for RedisBackend {
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
         self.read(key).await
+    }
+
+    async fn get_with_ttl(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Vec<u8>, Option<Duration>)>, CacheError> {
+        self.read_with_ttl(key).await
     }
 
     async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), CacheError> {

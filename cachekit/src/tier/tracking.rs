@@ -60,6 +60,17 @@ impl Channel {
     /// Keeps a channel open for `tier` until the tier is dropped, counting its failures in
     /// `counters`. Spawn it.
     pub(crate) async fn run(self, tier: Weak<Tier>, counters: Arc<Counters>) {
+        // However this task ends (its runtime shut down, say), the tier stops serving: no
+        // channel is left to vouch for it.
+        struct Unvouch(Weak<Tier>);
+        impl Drop for Unvouch {
+            fn drop(&mut self) {
+                if let Some(tier) = self.0.upgrade() {
+                    tier.vouch(false);
+                }
+            }
+        }
+        let _unvouch = Unvouch(tier.clone());
         let first = Duration::from_millis(50);
         let mut backoff = first;
         let mut failures = 0u32;
@@ -110,19 +121,17 @@ impl Channel {
             Err(_) => return (Ended::Lost("connecting timed out".into()), false),
         };
         drop(config);
-        let mut track = redis::pipe();
+        // A name for `CLIENT LIST`; an ACL that refuses it costs nothing but the name.
+        let mut name = redis::cmd("CLIENT");
+        name.arg("SETNAME").arg(CLIENT_NAME);
+        let _ = tokio::time::timeout(self.timeout, name.exec_async(&mut conn)).await;
+        let mut track = redis::cmd("CLIENT");
         track
-            .cmd("CLIENT")
-            .arg("SETNAME")
-            .arg(CLIENT_NAME)
-            .ignore()
-            .cmd("CLIENT")
             .arg("TRACKING")
             .arg("ON")
             .arg("BCAST")
             .arg("PREFIX")
-            .arg(&self.key_prefix)
-            .ignore();
+            .arg(&self.key_prefix);
         match tokio::time::timeout(self.timeout, track.exec_async(&mut conn)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return (Ended::Lost(describe(&e)), false),
