@@ -385,5 +385,9 @@ async fn an_entry_expires_from_the_tier_with_its_ttl_in_redis() {
     );
     until_local(&cache, "users:6", 1).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(cache.get::<u64>("users:6").await, None, "served past its TTL");
+    assert_eq!(
+        cache.get::<u64>("users:6").await,
+        None,
+        "served past its TTL"
+    );
 }
