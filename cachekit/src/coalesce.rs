@@ -128,7 +128,7 @@ impl Reads {
 }
 
 fn shard<'a>(shards: &'a Shards, key: &str) -> MutexGuard<'a, HashMap<Arc<str>, Flight>> {
-    let shard = (fnv1a(key) % SHARDS as u64) as usize;
+    let shard = (crate::tier::fnv1a(key) % SHARDS as u64) as usize;
     shards[shard].lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -219,16 +219,6 @@ impl Followers {
             let _ = follower.send(Handed::Failed(failed));
         }
     }
-}
-
-/// FNV-1a over the key's bytes.
-fn fnv1a(key: &str) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in key.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash
 }
 
 #[cfg(test)]
