@@ -3,6 +3,9 @@
 use crate::CacheError;
 use crate::backend::{Backend, MemoryBackend};
 use std::fmt;
+#[cfg(feature = "tls")]
+use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -183,6 +186,138 @@ pub struct RedisConfig {
     pub password: Option<String>,
     /// Whether to connect with TLS (`rediss://`).
     pub tls: bool,
+    /// A private CA to trust, and a client certificate for mutual TLS. Used only with
+    /// [`tls`](Self::tls); without a CA file, the system's trust store verifies the server.
+    pub tls_options: TlsOptions,
+}
+
+/// The files of a TLS connection beyond the system's trust store: a CA to trust instead (a
+/// private CA, or a managed service's), and a client certificate and key for a server that
+/// demands mutual TLS. All are PEM files, read when the service is built; a file that cannot be
+/// read or holds no PEM certificate (or key) is a configuration error naming the file.
+///
+/// ```
+/// use cachekit::TlsOptions;
+/// let tls = TlsOptions::default()
+///     .ca_file("/etc/redis/ca.pem")
+///     .client_cert("/etc/redis/client.pem", "/etc/redis/client.key");
+/// assert!(tls.is_set());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TlsOptions {
+    /// PEM certificates of the CA(s) to trust. When set, only these are trusted: the system's
+    /// trust store is not consulted.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain), presented to a server that requires client
+    /// certificates (`tls-auth-clients yes`). Needs [`client_key_file`](Self::client_key_file).
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of [`client_cert_file`](Self::client_cert_file). Its contents are never
+    /// logged.
+    pub client_key_file: Option<PathBuf>,
+}
+
+impl TlsOptions {
+    /// Trusts the CA certificates in the PEM file at `path` instead of the system's.
+    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca_file = Some(path.into());
+        self
+    }
+
+    /// Presents the client certificate in `cert` (PEM), with its private key in `key` (PEM).
+    pub fn client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.client_cert_file = Some(cert.into());
+        self.client_key_file = Some(key.into());
+        self
+    }
+
+    /// Whether any file is given.
+    pub fn is_set(&self) -> bool {
+        self.ca_file.is_some() || self.client_cert_file.is_some() || self.client_key_file.is_some()
+    }
+
+    fn validate(&self, tls: bool) -> Result<(), CacheError> {
+        if self.is_set() && !tls {
+            return Err(CacheError::Config(
+                "a TLS CA file or client certificate is set, but the connection is not TLS: use a \
+                 rediss:// URL or REDIS_SSL=true"
+                    .into(),
+            ));
+        }
+        match (&self.client_cert_file, &self.client_key_file) {
+            (Some(_), None) => Err(CacheError::Config(
+                "a TLS client certificate needs its private key file too (REDIS_TLS_KEY_FILE)"
+                    .into(),
+            )),
+            (None, Some(_)) => Err(CacheError::Config(
+                "a TLS client key needs its certificate file too (REDIS_TLS_CERT_FILE)".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The files' contents, checked to hold what they should, in redis-rs's form.
+    #[cfg(feature = "tls")]
+    fn certificates(&self) -> Result<redis::TlsCertificates, CacheError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+        let certificates = |path: &Path, what: &str| -> Result<Vec<u8>, CacheError> {
+            let pem = read_tls_file(path, what)?;
+            let found = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| {
+                    CacheError::Config(format!(
+                        "the TLS {what} {} is not valid PEM ({e})",
+                        path.display()
+                    ))
+                })?;
+            if found.is_empty() {
+                return Err(CacheError::Config(format!(
+                    "the TLS {what} {} holds no PEM certificate",
+                    path.display()
+                )));
+            }
+            Ok(pem)
+        };
+        let root_cert = self
+            .ca_file
+            .as_deref()
+            .map(|path| certificates(path, "CA file"))
+            .transpose()?;
+        let client_tls = match (&self.client_cert_file, &self.client_key_file) {
+            (Some(cert), Some(key)) => {
+                let client_cert = certificates(cert, "client certificate")?;
+                let client_key = read_tls_file(key, "client key")?;
+                // The parse error names the PEM section, never the key's bytes.
+                PrivateKeyDer::from_pem_slice(&client_key).map_err(|_| {
+                    CacheError::Config(format!(
+                        "the TLS client key {} holds no PEM private key",
+                        key.display()
+                    ))
+                })?;
+                Some(redis::ClientTlsConfig {
+                    client_cert,
+                    client_key,
+                })
+            }
+            _ => None,
+        };
+        Ok(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        })
+    }
+}
+
+#[cfg(feature = "tls")]
+fn read_tls_file(path: &Path, what: &str) -> Result<Vec<u8>, CacheError> {
+    std::fs::read(path).map_err(|e| {
+        CacheError::Config(format!(
+            "cannot read the TLS {what} {} ({e})",
+            path.display()
+        ))
+    })
 }
 
 impl RedisConfig {
@@ -195,6 +330,7 @@ impl RedisConfig {
             username: None,
             password: None,
             tls: false,
+            tls_options: TlsOptions::default(),
         }
     }
 
@@ -286,6 +422,7 @@ impl RedisConfig {
             username,
             password,
             tls,
+            tls_options: TlsOptions::default(),
         })
     }
 
@@ -313,7 +450,7 @@ impl RedisConfig {
                     .into(),
             ));
         }
-        Ok(())
+        self.tls_options.validate(self.tls)
     }
 
     /// The redis-rs client for this server. Connects nothing.
@@ -354,17 +491,28 @@ impl RedisConfig {
         if let Some(password) = &self.password {
             settings = settings.set_password(password);
         }
+        let info = redis::IntoConnectionInfo::into_connection_info(addr)
+            .map(|info| info.set_redis_settings(settings));
+        #[cfg(feature = "tls")]
+        if self.tls && self.tls_options.is_set() {
+            let certificates = self.tls_options.certificates()?;
+            return info
+                .and_then(|info| redis::Client::build_with_tls(info, certificates))
+                .map_err(|e| {
+                    CacheError::Config(format!(
+                        "Redis client rejected the TLS configuration ({:?})",
+                        e.kind()
+                    ))
+                });
+        }
         // The error text of an invalid client configuration names no credentials, but do not
         // rely on that: report our own words.
-        redis::IntoConnectionInfo::into_connection_info(addr)
-            .map(|info| info.set_redis_settings(settings))
-            .and_then(redis::Client::open)
-            .map_err(|e| {
-                CacheError::Config(format!(
-                    "Redis client rejected the configuration ({:?})",
-                    e.kind()
-                ))
-            })
+        info.and_then(redis::Client::open).map_err(|e| {
+            CacheError::Config(format!(
+                "Redis client rejected the configuration ({:?})",
+                e.kind()
+            ))
+        })
     }
 }
 
@@ -377,6 +525,7 @@ impl fmt::Debug for RedisConfig {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("tls", &self.tls)
+            .field("tls_options", &self.tls_options)
             .finish()
     }
 }
@@ -550,14 +699,23 @@ impl CacheConfig {
             .transpose()?
             .unwrap_or(MemoryBackend::DEFAULT_MAX_BYTES);
 
+        let tls_options = TlsOptions {
+            ca_file: var("REDIS_TLS_CA_FILE").map(PathBuf::from),
+            client_cert_file: var("REDIS_TLS_CERT_FILE").map(PathBuf::from),
+            client_key_file: var("REDIS_TLS_KEY_FILE").map(PathBuf::from),
+        };
         let redis = || -> Result<RedisConfig, CacheError> {
             if let Some(url) = &url {
-                return RedisConfig::from_url(url).map_err(|e| match e {
+                let mut redis = RedisConfig::from_url(url).map_err(|e| match e {
                     CacheError::Config(msg) => CacheError::Config(format!("REDIS_URL: {msg}")),
                     other => other,
-                });
+                })?;
+                redis.tls_options = tls_options.clone();
+                redis.validate()?;
+                return Ok(redis);
             }
             let mut redis = RedisConfig::localhost();
+            redis.tls_options = tls_options.clone();
             if let Some(host) = &host {
                 redis.host = host.clone();
             }
@@ -827,6 +985,8 @@ fn parse_millis(name: &str, value: &str) -> Result<Duration, CacheError> {
 pub struct CacheServiceBuilder {
     config: CacheConfig,
     url_error: Option<String>,
+    /// TLS files given to the builder, laid over the Redis store's own at the end.
+    tls: TlsOptions,
 }
 
 impl CacheServiceBuilder {
@@ -835,6 +995,7 @@ impl CacheServiceBuilder {
         Self {
             config,
             url_error: None,
+            tls: TlsOptions::default(),
         }
     }
 
@@ -848,6 +1009,33 @@ impl CacheServiceBuilder {
             }
             Err(e) => self.url_error = Some(e.to_string()),
         }
+        self
+    }
+
+    /// Trusts the CA certificates in the PEM file at `path` instead of the system's trust
+    /// store: for a Redis whose certificate a private CA signed. Needs a `rediss://` URL; applies
+    /// to the Redis store set before or after it. A file that cannot be read or holds no
+    /// certificate makes [`build`](Self::build) fail, naming the file.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), cachekit::CacheError> {
+    /// let cache = cachekit::CacheService::builder()
+    ///     .redis_url("rediss://:password@redis.internal:6380")
+    ///     .tls_ca_file("/etc/redis/ca.pem")
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls.ca_file = Some(path.into());
+        self
+    }
+
+    /// Presents the client certificate in the PEM file `cert`, with its private key in `key`,
+    /// to a Redis that requires mutual TLS (`tls-auth-clients yes`). Needs a `rediss://` URL.
+    pub fn tls_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.tls.client_cert_file = Some(cert.into());
+        self.tls.client_key_file = Some(key.into());
         self
     }
 
@@ -1030,11 +1218,32 @@ impl CacheServiceBuilder {
 
     /// The configuration this builder holds, or the error of an invalid URL given to it.
     /// [`build`](Self::build) starts with this.
-    pub fn into_config(self) -> Result<CacheConfig, CacheError> {
-        match self.url_error {
-            Some(message) => Err(CacheError::Config(message)),
-            None => Ok(self.config),
+    pub fn into_config(mut self) -> Result<CacheConfig, CacheError> {
+        if let Some(message) = self.url_error {
+            return Err(CacheError::Config(message));
         }
+        if self.tls.is_set() {
+            let StoreConfig::Redis(redis) = &mut self.config.store else {
+                return Err(CacheError::Config(
+                    "a TLS CA file or client certificate was given, but the store is not Redis"
+                        .into(),
+                ));
+            };
+            let TlsOptions {
+                ca_file,
+                client_cert_file,
+                client_key_file,
+            } = self.tls;
+            let options = &mut redis.tls_options;
+            if ca_file.is_some() {
+                options.ca_file = ca_file;
+            }
+            if client_cert_file.is_some() {
+                options.client_cert_file = client_cert_file;
+                options.client_key_file = client_key_file;
+            }
+        }
+        Ok(self.config)
     }
 }
 
@@ -1078,6 +1287,71 @@ mod tests {
         assert_eq!((r.host.as_str(), r.port, r.db), ("h1", 7000, 3));
         assert_eq!(r.username.as_deref(), Some("u"));
         assert_eq!(r.password.as_deref(), Some("p@ss"));
+    }
+
+    #[test]
+    fn tls_files_apply_to_a_url_and_to_parts_and_need_tls() {
+        for base in [
+            &[("REDIS_URL", "rediss://cache.example.com:6380")][..],
+            &[("REDIS_HOST", "cache.example.com"), ("REDIS_SSL", "true")][..],
+        ] {
+            let mut vars = base.to_vec();
+            vars.extend([
+                ("REDIS_TLS_CA_FILE", "/etc/ca.pem"),
+                ("REDIS_TLS_CERT_FILE", "/etc/client.pem"),
+                ("REDIS_TLS_KEY_FILE", "/etc/client.key"),
+            ]);
+            let c = from(&vars).unwrap();
+            let tls = &redis_of(&c).tls_options;
+            assert_eq!(
+                tls,
+                &TlsOptions::default()
+                    .ca_file("/etc/ca.pem")
+                    .client_cert("/etc/client.pem", "/etc/client.key")
+            );
+        }
+        for (vars, expected) in [
+            (
+                vec![("REDIS_URL", "redis://h"), ("REDIS_TLS_CA_FILE", "/ca.pem")],
+                "not TLS",
+            ),
+            (
+                vec![("REDIS_HOST", "h"), ("REDIS_TLS_CA_FILE", "/ca.pem")],
+                "not TLS",
+            ),
+            (
+                vec![
+                    ("REDIS_URL", "rediss://h"),
+                    ("REDIS_TLS_KEY_FILE", "/k.pem"),
+                ],
+                "REDIS_TLS_CERT_FILE",
+            ),
+        ] {
+            let error = from(&vars).unwrap_err().to_string();
+            assert!(error.contains(expected), "{vars:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn builder_tls_files_reach_the_redis_store_given_before_or_after_them() {
+        let before = CacheServiceBuilder::default()
+            .redis_url("rediss://h")
+            .tls_ca_file("/ca.pem")
+            .into_config()
+            .unwrap();
+        let after = CacheServiceBuilder::default()
+            .tls_ca_file("/ca.pem")
+            .redis_url("rediss://h")
+            .into_config()
+            .unwrap();
+        for c in [before, after] {
+            let tls = &redis_of(&c).tls_options;
+            assert_eq!(
+                tls.ca_file.as_deref(),
+                Some(std::path::Path::new("/ca.pem"))
+            );
+            assert_eq!(tls.client_cert_file, None);
+        }
     }
 
     #[test]

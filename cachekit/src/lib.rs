@@ -45,6 +45,8 @@
 //! | `REDIS_USERNAME` | — | ACL user name |
 //! | `REDIS_PASSWORD` | — | password (never logged) |
 //! | `REDIS_SSL` | `false` | connect with TLS |
+//! | `REDIS_TLS_CA_FILE` | — | PEM file of the CA(s) to trust instead of the system's trust store (a private CA); needs TLS |
+//! | `REDIS_TLS_CERT_FILE`, `REDIS_TLS_KEY_FILE` | — | PEM client certificate and private key, for a server that requires mutual TLS; needs TLS |
 //! | `REDIS_ENABLED` | set when `REDIS_URL` or `REDIS_HOST` is | `false`: no Redis; the embedded store if `CACHE_FALLBACK=memory`, else no caching |
 //! | `CACHE_BACKEND` | inferred | `redis`, `memory` or `none`: overrides the inference above |
 //! | `CACHE_TTL` | `300` | default TTL in seconds (`REDIS_DEFAULT_TTL` is read when `CACHE_TTL` is unset) |
@@ -169,7 +171,7 @@ pub use config::{
     CacheConfig, CacheServiceBuilder, DEFAULT_ADMIN_TIMEOUT, DEFAULT_BREAKER_OPEN_FOR,
     DEFAULT_BREAKER_THRESHOLD, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FALLBACK_TTL, DEFAULT_LEASE_TTL,
     DEFAULT_LOCAL_MAX_BYTES, DEFAULT_MAX_VALUE_BYTES, DEFAULT_PREFIX, DEFAULT_TIMEOUT, DEFAULT_TTL,
-    Fallback, MAX_TTL, RedisConfig, StoreConfig,
+    Fallback, MAX_TTL, RedisConfig, StoreConfig, TlsOptions,
 };
 pub use error::{CacheError, FaultKind};
 pub use invalidate::MAX_DEFERRED;

@@ -43,6 +43,8 @@ pub(crate) struct Inner {
     pub(crate) guard: Arc<Guard>,
     pub(crate) kind: BackendKind,
     endpoint: Option<String>,
+    /// Whether the store is reached over TLS, for the hint of a connection that times out.
+    tls: bool,
     /// `{prefix}:`, prepended to every key.
     key_prefix: String,
     /// The prefix glob-escaped, then `:`, prepended to every pattern.
@@ -254,10 +256,9 @@ impl CacheService {
             _ => None,
         };
         let remote = endpoint.is_some() || matches!(config.store, StoreConfig::Custom(_));
-        let tls = matches!(&config.store, StoreConfig::Redis(r) if r.tls);
         let connect_timeout = config.connect_timeout;
         let service = Self::assemble(config, backend, endpoint, channel, direct);
-        service.announce(tls);
+        service.announce();
         if remote {
             service.connect_or_degrade(connect_timeout).await;
         }
@@ -325,6 +326,7 @@ impl CacheService {
             deferred: Deferred::default(),
             max_value_bytes: config.max_value_bytes,
             redact_keys: config.redact_keys,
+            tls: matches!(&config.store, StoreConfig::Redis(r) if r.tls),
             tier,
             reads: Reads::default(),
             redis: direct,
@@ -335,8 +337,9 @@ impl CacheService {
     }
 
     /// The one start-up line saying which backend is in use.
-    fn announce(&self, tls: bool) {
+    fn announce(&self) {
         let inner = &self.inner;
+        let tls = inner.tls;
         let prefix = self.prefix();
         match (&inner.kind, &inner.endpoint) {
             (BackendKind::Redis, Some(endpoint)) => tracing::info!(
@@ -367,6 +370,7 @@ impl CacheService {
         };
         tracing::warn!(
             error = %error.detail(),
+            hint = self.hint(&error),
             endpoint = inner.endpoint.as_deref().unwrap_or(""),
             "cachekit: backend unreachable at start-up; running degraded and reconnecting in the background"
         );
@@ -378,6 +382,16 @@ impl CacheService {
             Arc::downgrade(&inner.guard),
             inner.endpoint.clone(),
         ));
+    }
+
+    /// What a connection error may mean beyond its own words, or `""`: a TLS client whose
+    /// handshake a plain-text server leaves unanswered sees only a timeout.
+    fn hint(&self, error: &CacheError) -> &'static str {
+        if self.inner.tls && matches!(error, CacheError::Timeout { .. }) {
+            "no answer over TLS: check that the server speaks TLS on this port"
+        } else {
+            ""
+        }
     }
 
     pub(crate) fn guard(&self) -> &Guard {
@@ -768,7 +782,10 @@ impl CacheService {
             connected,
             latency_us: connected.then(|| u64::try_from(latency.as_micros()).unwrap_or(u64::MAX)),
             breaker: inner.guard.breaker_state(),
-            error: error.map(|e| e.to_string()),
+            error: error.map(|e| match self.hint(&e) {
+                "" => e.to_string(),
+                hint => format!("{e} ({hint})"),
+            }),
             server,
         }
     }

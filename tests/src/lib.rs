@@ -30,6 +30,7 @@ mod port;
 pub mod proxy;
 pub mod raw;
 mod server;
+pub mod tls;
 
 pub use proxy::FaultProxy;
 pub use server::RedisServer;
