@@ -147,6 +147,7 @@
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;
+mod acl;
 pub mod backend;
 mod breaker;
 mod coalesce;
@@ -165,6 +166,7 @@ mod service;
 mod stats;
 mod tier;
 
+pub use acl::{ACL_COMMANDS, acl_rules};
 pub use backend::{Backend, BackendKind, ServerInfo};
 pub use breaker::BreakerState;
 pub use config::{

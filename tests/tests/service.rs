@@ -711,6 +711,11 @@ async fn credentials_work_and_never_leak() {
         assert_eq!(health.latency_us, None);
         let error = health.error.clone().expect("health says why");
         assert!(!error.contains(WRONG_PASSWORD), "{error}");
+        // The cause is named.
+        assert!(
+            error.to_lowercase().contains("authentication failed"),
+            "{prefix}: {error}"
+        );
         let try_error = cache.try_get::<String>("k").await.unwrap_err();
         let try_error = format!("{try_error} / {try_error:?}");
         assert!(!try_error.contains(WRONG_PASSWORD), "{try_error}");
