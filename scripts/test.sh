@@ -32,15 +32,25 @@ as_root() {
   fi
 }
 
+# redis-cli creates the cluster of the cluster tests (`redis-cli --cluster create`).
+has_redis_cli() {
+  command -v redis-cli >/dev/null 2>&1 && return 0
+  local dir
+  for dir in /usr/bin /usr/local/bin /opt/homebrew/bin; do
+    [[ -x "$dir/redis-cli" ]] && return 0
+  done
+  return 1
+}
+
 install_redis_server() {
-  has_redis_server && return 0
+  has_redis_server && has_redis_cli && return 0
   case "$(uname -s)" in
     Linux)
       command -v apt-get >/dev/null 2>&1 ||
         die "redis-server is missing and this is not Debian/Ubuntu (no apt-get): install redis-server with your package manager"
       step "installing redis-server (apt-get)"
       as_root apt-get update
-      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server redis-tools
       ;;
     Darwin)
       command -v brew >/dev/null 2>&1 ||
@@ -53,6 +63,7 @@ install_redis_server() {
       ;;
   esac
   has_redis_server || die "redis-server is still not found after installing it"
+  has_redis_cli || die "redis-cli is still not found after installing redis-tools"
 }
 
 ensure_rust_components() {

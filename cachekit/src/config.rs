@@ -144,6 +144,8 @@ impl Fallback {
 pub enum StoreConfig {
     /// A Redis server.
     Redis(RedisConfig),
+    /// A Redis Cluster.
+    RedisCluster(RedisClusterConfig),
     /// The embedded in-process store, bounded to `max_bytes`.
     Memory {
         /// The bound in bytes: keys, values and an estimated per-entry overhead.
@@ -159,6 +161,7 @@ impl fmt::Debug for StoreConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Redis(redis) => f.debug_tuple("Redis").field(redis).finish(),
+            Self::RedisCluster(cluster) => f.debug_tuple("RedisCluster").field(cluster).finish(),
             Self::Memory { max_bytes } => f
                 .debug_struct("Memory")
                 .field("max_bytes", max_bytes)
@@ -468,6 +471,35 @@ impl RedisConfig {
         &self,
         protocol: redis::ProtocolVersion,
     ) -> Result<redis::Client, CacheError> {
+        let info = self.connection_info(protocol)?;
+        #[cfg(feature = "tls")]
+        if self.tls && self.tls_options.is_set() {
+            let certificates = self.tls_options.certificates()?;
+            return info
+                .and_then(|info| redis::Client::build_with_tls(info, certificates))
+                .map_err(|e| {
+                    CacheError::Config(format!(
+                        "Redis client rejected the TLS configuration ({:?})",
+                        e.kind()
+                    ))
+                });
+        }
+        // The error text of an invalid client configuration names no credentials, but do not
+        // rely on that: report our own words.
+        info.and_then(redis::Client::open).map_err(|e| {
+            CacheError::Config(format!(
+                "Redis client rejected the configuration ({:?})",
+                e.kind()
+            ))
+        })
+    }
+
+    /// Where and how to connect, in redis-rs's form. `Err` only from a check of this
+    /// configuration; redis-rs's own refusal is the inner `Err`, reported by the caller.
+    fn connection_info(
+        &self,
+        protocol: redis::ProtocolVersion,
+    ) -> Result<redis::RedisResult<redis::ConnectionInfo>, CacheError> {
         self.validate()?;
         if self.tls {
             install_crypto_provider();
@@ -491,28 +523,8 @@ impl RedisConfig {
         if let Some(password) = &self.password {
             settings = settings.set_password(password);
         }
-        let info = redis::IntoConnectionInfo::into_connection_info(addr)
-            .map(|info| info.set_redis_settings(settings));
-        #[cfg(feature = "tls")]
-        if self.tls && self.tls_options.is_set() {
-            let certificates = self.tls_options.certificates()?;
-            return info
-                .and_then(|info| redis::Client::build_with_tls(info, certificates))
-                .map_err(|e| {
-                    CacheError::Config(format!(
-                        "Redis client rejected the TLS configuration ({:?})",
-                        e.kind()
-                    ))
-                });
-        }
-        // The error text of an invalid client configuration names no credentials, but do not
-        // rely on that: report our own words.
-        info.and_then(redis::Client::open).map_err(|e| {
-            CacheError::Config(format!(
-                "Redis client rejected the configuration ({:?})",
-                e.kind()
-            ))
-        })
+        Ok(redis::IntoConnectionInfo::into_connection_info(addr)
+            .map(|info| info.set_redis_settings(settings)))
     }
 }
 
@@ -527,6 +539,139 @@ impl fmt::Debug for RedisConfig {
             .field("tls", &self.tls)
             .field("tls_options", &self.tls_options)
             .finish()
+    }
+}
+
+/// A Redis Cluster: the nodes to start from, of which any one that answers is enough (the
+/// others are learned from it). Every node shares the credentials, the TLS setting and files,
+/// and database 0, the only one a cluster has. `Debug` and logs never show the password.
+///
+/// ```
+/// use cachekit::RedisClusterConfig;
+/// let c = RedisClusterConfig::from_urls(["redis://:s3cret@10.0.0.1:7000", "redis://10.0.0.2:7000"]).unwrap();
+/// assert_eq!(c.endpoint(), "cluster 10.0.0.1:7000,10.0.0.2:7000");
+/// assert!(!format!("{c:?}").contains("s3cret"));
+/// assert!(RedisClusterConfig::from_urls(["redis://10.0.0.1:7000/2"]).is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisClusterConfig {
+    /// The nodes to start from. Credentials given on one apply to all.
+    pub nodes: Vec<RedisConfig>,
+}
+
+impl RedisClusterConfig {
+    /// Parses each of `urls` as [`RedisConfig::from_url`] does.
+    pub fn from_urls<S: AsRef<str>>(urls: impl IntoIterator<Item = S>) -> Result<Self, CacheError> {
+        let nodes = urls
+            .into_iter()
+            .map(|url| RedisConfig::from_url(url.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let config = Self { nodes };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// `cluster host:port,host:port`, for logs: no credentials.
+    pub fn endpoint(&self) -> String {
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|node| {
+                let endpoint = node.endpoint();
+                endpoint
+                    .strip_suffix(&format!("/{}", node.db))
+                    .map_or(endpoint.clone(), str::to_owned)
+            })
+            .collect();
+        format!("cluster {}", nodes.join(","))
+    }
+
+    /// Whether the nodes are reached over TLS.
+    pub fn tls(&self) -> bool {
+        self.nodes.first().is_some_and(|node| node.tls)
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), CacheError> {
+        let Some(first) = self.nodes.first() else {
+            return Err(CacheError::Config(
+                "a Redis Cluster needs at least one node URL".into(),
+            ));
+        };
+        let credentials = |n: &RedisConfig| (n.username.clone(), n.password.clone());
+        let given: Vec<_> = self
+            .nodes
+            .iter()
+            .filter(|n| n.password.is_some() || n.username.is_some())
+            .map(credentials)
+            .collect();
+        if given.windows(2).any(|pair| pair[0] != pair[1]) {
+            return Err(CacheError::Config(
+                "the Redis Cluster node URLs give different user names or passwords: give them \
+                 once, or the same on every node"
+                    .into(),
+            ));
+        }
+        for node in &self.nodes {
+            node.validate()?;
+            if node.db != 0 {
+                return Err(CacheError::Config(
+                    "a Redis Cluster has only database 0: drop the `/db` from the node URLs".into(),
+                ));
+            }
+            if node.tls != first.tls || node.tls_options != first.tls_options {
+                return Err(CacheError::Config(
+                    "the Redis Cluster node URLs mix redis:// and rediss://".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The redis-rs cluster client: each node's connection made within `connect_timeout`,
+    /// and no answer awaited longer than `response_timeout`. Connects nothing.
+    pub(crate) fn client(
+        &self,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Result<redis::cluster::ClusterClient, CacheError> {
+        self.validate()?;
+        let reject = |e: redis::RedisError| {
+            CacheError::Config(format!(
+                "Redis Cluster client rejected the configuration ({:?})",
+                e.kind()
+            ))
+        };
+        let (username, password) = self
+            .nodes
+            .iter()
+            .find(|n| n.password.is_some() || n.username.is_some())
+            .map(|n| (n.username.clone(), n.password.clone()))
+            .unwrap_or_default();
+        let mut infos = Vec::with_capacity(self.nodes.len());
+        for node in &self.nodes {
+            let node = RedisConfig {
+                username: username.clone(),
+                password: password.clone(),
+                ..node.clone()
+            };
+            infos.push(
+                node.connection_info(redis::ProtocolVersion::RESP2)?
+                    .map_err(reject)?,
+            );
+        }
+        #[allow(unused_mut, reason = "TLS files are set only with the `tls` feature")]
+        let mut builder = redis::cluster::ClusterClientBuilder::new(infos)
+            .connection_timeout(connect_timeout)
+            .response_timeout(response_timeout);
+        #[cfg(feature = "tls")]
+        if let Some(first) = self.nodes.first()
+            && first.tls
+            && first.tls_options.is_set()
+        {
+            builder = builder.certs(first.tls_options.certificates()?);
+        }
+        builder.build().map_err(reject)
     }
 }
 
@@ -673,6 +818,12 @@ impl CacheConfig {
 
         let url = var("REDIS_URL");
         let host = var("REDIS_HOST");
+        let cluster_nodes = var("REDIS_CLUSTER_NODES");
+        if cluster_nodes.is_some() && url.is_some() {
+            return Err(CacheError::Config(
+                "REDIS_CLUSTER_NODES and REDIS_URL are both set: give one".into(),
+            ));
+        }
         let enabled = var("REDIS_ENABLED")
             .map(|v| parse_bool("REDIS_ENABLED", &v))
             .transpose()?;
@@ -738,11 +889,41 @@ impl CacheConfig {
             Ok(redis)
         };
 
+        let cluster = || -> Result<StoreConfig, CacheError> {
+            let nodes = cluster_nodes.as_deref().unwrap_or_default();
+            let mut cluster = RedisClusterConfig::from_urls(
+                nodes.split(',').map(str::trim).filter(|n| !n.is_empty()),
+            )
+            .map_err(|e| match e {
+                CacheError::Config(msg) => {
+                    CacheError::Config(format!("REDIS_CLUSTER_NODES: {msg}"))
+                }
+                other => other,
+            })?;
+            let (username, password) = (var("REDIS_USERNAME"), var("REDIS_PASSWORD"));
+            for node in &mut cluster.nodes {
+                if node.username.is_none() && node.password.is_none() {
+                    node.username.clone_from(&username);
+                    node.password.clone_from(&password);
+                }
+                node.tls_options = tls_options.clone();
+            }
+            cluster.validate()?;
+            Ok(StoreConfig::RedisCluster(cluster))
+        };
+        let redis_store = || -> Result<StoreConfig, CacheError> {
+            if cluster_nodes.is_some() {
+                cluster()
+            } else {
+                Ok(StoreConfig::Redis(redis()?))
+            }
+        };
+
         config.store = match var("CACHE_BACKEND")
             .map(|b| b.to_ascii_lowercase())
             .as_deref()
         {
-            Some("redis") => StoreConfig::Redis(redis()?),
+            Some("redis") => redis_store()?,
             Some("memory") => StoreConfig::Memory {
                 max_bytes: memory_max_bytes,
             },
@@ -759,8 +940,10 @@ impl CacheConfig {
                     },
                     Fallback::Passthrough => StoreConfig::Disabled,
                 },
-                Some(true) => StoreConfig::Redis(redis()?),
-                None if url.is_some() || host.is_some() => StoreConfig::Redis(redis()?),
+                Some(true) => redis_store()?,
+                None if url.is_some() || host.is_some() || cluster_nodes.is_some() => {
+                    redis_store()?
+                }
                 None => StoreConfig::Memory {
                     max_bytes: memory_max_bytes,
                 },
@@ -886,8 +1069,16 @@ impl CacheConfig {
                 ));
             }
         }
+        if self.local_ttl.is_some() && matches!(self.store, StoreConfig::RedisCluster(_)) {
+            return Err(CacheError::Config(
+                "the local tier does not work on a Redis Cluster yet: it would need client \
+                 tracking on every primary"
+                    .into(),
+            ));
+        }
         match &self.store {
             StoreConfig::Redis(redis) => redis.validate(),
+            StoreConfig::RedisCluster(cluster) => cluster.validate(),
             StoreConfig::Memory { max_bytes: 0 } => Err(CacheError::Config(
                 "the memory store's max_bytes must be above zero".into(),
             )),
@@ -1036,6 +1227,32 @@ impl CacheServiceBuilder {
     pub fn tls_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
         self.tls.client_cert_file = Some(cert.into());
         self.tls.client_key_file = Some(key.into());
+        self
+    }
+
+    /// Uses the Redis Cluster reached through any of `urls` (`redis://` or `rediss://`, as
+    /// for [`redis_url`](Self::redis_url), without a `/db`): one node that answers is enough,
+    /// the others are learned from it. An invalid URL makes [`build`](Self::build) fail.
+    ///
+    /// On a cluster, pattern invalidations and `clear_all` walk every primary with `SCAN`
+    /// (the invalidation index is not used), and the in-process tier is not available.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), cachekit::CacheError> {
+    /// let cache = cachekit::CacheService::builder()
+    ///     .redis_cluster(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"])
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn redis_cluster<S: AsRef<str>>(mut self, urls: impl IntoIterator<Item = S>) -> Self {
+        match RedisClusterConfig::from_urls(urls) {
+            Ok(cluster) => {
+                self.config.store = StoreConfig::RedisCluster(cluster);
+                self.url_error = None;
+            }
+            Err(e) => self.url_error = Some(e.to_string()),
+        }
         self
     }
 
@@ -1223,24 +1440,30 @@ impl CacheServiceBuilder {
             return Err(CacheError::Config(message));
         }
         if self.tls.is_set() {
-            let StoreConfig::Redis(redis) = &mut self.config.store else {
-                return Err(CacheError::Config(
-                    "a TLS CA file or client certificate was given, but the store is not Redis"
-                        .into(),
-                ));
+            let nodes = match &mut self.config.store {
+                StoreConfig::Redis(redis) => std::slice::from_mut(redis),
+                StoreConfig::RedisCluster(cluster) => cluster.nodes.as_mut_slice(),
+                _ => {
+                    return Err(CacheError::Config(
+                        "a TLS CA file or client certificate was given, but the store is not \
+                         Redis"
+                            .into(),
+                    ));
+                }
             };
-            let TlsOptions {
-                ca_file,
-                client_cert_file,
-                client_key_file,
-            } = self.tls;
-            let options = &mut redis.tls_options;
-            if ca_file.is_some() {
-                options.ca_file = ca_file;
-            }
-            if client_cert_file.is_some() {
-                options.client_cert_file = client_cert_file;
-                options.client_key_file = client_key_file;
+            for node in nodes {
+                let options = &mut node.tls_options;
+                if self.tls.ca_file.is_some() {
+                    options.ca_file.clone_from(&self.tls.ca_file);
+                }
+                if self.tls.client_cert_file.is_some() {
+                    options
+                        .client_cert_file
+                        .clone_from(&self.tls.client_cert_file);
+                    options
+                        .client_key_file
+                        .clone_from(&self.tls.client_key_file);
+                }
             }
         }
         Ok(self.config)

@@ -173,7 +173,7 @@ pub use config::{
     CacheConfig, CacheServiceBuilder, DEFAULT_ADMIN_TIMEOUT, DEFAULT_BREAKER_OPEN_FOR,
     DEFAULT_BREAKER_THRESHOLD, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FALLBACK_TTL, DEFAULT_LEASE_TTL,
     DEFAULT_LOCAL_MAX_BYTES, DEFAULT_MAX_VALUE_BYTES, DEFAULT_PREFIX, DEFAULT_TIMEOUT, DEFAULT_TTL,
-    Fallback, MAX_TTL, RedisConfig, StoreConfig, TlsOptions,
+    Fallback, MAX_TTL, RedisClusterConfig, RedisConfig, StoreConfig, TlsOptions,
 };
 pub use error::{CacheError, FaultKind};
 pub use invalidate::MAX_DEFERRED;

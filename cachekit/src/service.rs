@@ -242,6 +242,21 @@ impl CacheService {
                 direct = Some(backend.clone());
                 (Arc::new(backend), Some(endpoint))
             }
+            StoreConfig::RedisCluster(cluster) => {
+                let endpoint = cluster.endpoint();
+                let options = RedisOptions {
+                    connect_timeout: config.connect_timeout,
+                    max_value_bytes: config.max_value_bytes,
+                    indexed: false,
+                    step_timeout: config.admin_timeout,
+                };
+                // No answer is awaited longer than the longest bound of any call.
+                let response_timeout = config.timeout.max(config.admin_timeout);
+                let client = cluster.client(config.connect_timeout, response_timeout)?;
+                let backend = RedisBackend::cluster_lazy(client, endpoint.clone(), &options);
+                direct = Some(backend.clone());
+                (Arc::new(backend), Some(endpoint))
+            }
             StoreConfig::Memory { max_bytes } => (Arc::new(MemoryBackend::new(*max_bytes)), None),
             StoreConfig::Disabled => (Arc::new(DisabledBackend), None),
             StoreConfig::Custom(backend) => (backend.clone(), None),
@@ -326,7 +341,11 @@ impl CacheService {
             deferred: Deferred::default(),
             max_value_bytes: config.max_value_bytes,
             redact_keys: config.redact_keys,
-            tls: matches!(&config.store, StoreConfig::Redis(r) if r.tls),
+            tls: match &config.store {
+                StoreConfig::Redis(redis) => redis.tls,
+                StoreConfig::RedisCluster(cluster) => cluster.tls(),
+                _ => false,
+            },
             tier,
             reads: Reads::default(),
             redis: direct,

@@ -58,3 +58,34 @@ fn missing_message() -> String {
         dirs = EXTRA_DIRS.join(", "),
     )
 }
+
+/// The `redis-cli` to run: beside `redis-server`, else on `PATH`; panics with installation
+/// instructions if there is none.
+pub(crate) fn redis_cli() -> &'static Path {
+    static FOUND: OnceLock<Option<PathBuf>> = OnceLock::new();
+    let found = FOUND.get_or_init(|| {
+        let beside = redis_server().parent().map(|dir| dir.join("redis-cli"));
+        let path_dirs = env::var_os("PATH")
+            .map(|paths| env::split_paths(&paths).collect::<Vec<_>>())
+            .unwrap_or_default();
+        beside
+            .into_iter()
+            .chain(
+                path_dirs
+                    .into_iter()
+                    .chain(EXTRA_DIRS.iter().map(PathBuf::from))
+                    .map(|dir| dir.join("redis-cli")),
+            )
+            .find(|candidate| is_executable(candidate))
+    });
+    match found {
+        Some(path) => path,
+        None => panic!(
+            "redis-cli was not found beside redis-server nor on PATH. The cluster tests create \
+             their cluster with `redis-cli --cluster create`:\n\
+             \x20 Debian/Ubuntu: sudo apt-get install -y redis-tools (installed with redis-server)\n\
+             \x20 macOS:         brew install redis\n\
+             or run `bash scripts/test.sh` from the repository root."
+        ),
+    }
+}

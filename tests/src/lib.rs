@@ -25,6 +25,7 @@
 
 mod binary;
 pub mod checker;
+pub mod cluster;
 pub mod logs;
 mod port;
 pub mod proxy;
@@ -32,6 +33,7 @@ pub mod raw;
 mod server;
 pub mod tls;
 
+pub use cluster::RedisCluster;
 pub use proxy::FaultProxy;
 pub use server::RedisServer;
 

@@ -1,5 +1,6 @@
 //! The standalone Redis store, on redis-rs's auto-reconnecting multiplexed connection.
 
+use super::conn::{ClusterLink, Conn, Primary};
 use super::{Backend, BackendKind, LEASE_MARKER_PREFIX, Lease, ServerInfo, is_lease_marker};
 use crate::CacheError;
 use crate::index::{self, Scope};
@@ -289,19 +290,20 @@ return added",
 });
 
 /// One `SCAN` step: the next cursor (0 when the walk is done) and the matching keys.
+/// On a cluster, of the node `primary`.
 async fn scan_step(
-    conn: &mut ConnectionManager,
+    conn: &Conn,
+    primary: Option<&Primary>,
     cursor: u64,
     pattern: &str,
 ) -> Result<(u64, Vec<Vec<u8>>), CacheError> {
-    Ok(redis::cmd("SCAN")
-        .arg(cursor)
+    let mut scan = redis::cmd("SCAN");
+    scan.arg(cursor)
         .arg("MATCH")
         .arg(pattern)
         .arg("COUNT")
-        .arg(SCAN_COUNT)
-        .query_async(conn)
-        .await?)
+        .arg(SCAN_COUNT);
+    conn.on_node(primary, &scan).await
 }
 
 /// This machine's clock in ms since the Unix epoch: the base of index scores, which only order
@@ -430,7 +432,7 @@ struct IndexState {
 /// the connection for every other key: it reads as [`CacheError::TooLarge`].
 #[derive(Clone)]
 pub struct RedisBackend {
-    conn: ConnectionManager,
+    conn: Conn,
     endpoint: String,
     max_value_bytes: u64,
     /// Whether writes file keys in the index and patterns use it (off only for benchmarks).
@@ -473,7 +475,7 @@ impl RedisBackend {
             .set_pipeline_buffer_size(1024);
         let conn = ConnectionManager::new_lazy_with_config(client, config)?;
         Ok(Self {
-            conn,
+            conn: Conn::Single(conn),
             endpoint,
             max_value_bytes: options.max_value_bytes.max(1),
             indexed: options.indexed,
@@ -481,6 +483,25 @@ impl RedisBackend {
             index: Arc::default(),
             writes: Arc::default(),
         })
+    }
+
+    /// Creates the backend on a Redis Cluster without connecting: the connection is made on
+    /// first use. Keys are not filed in the invalidation index (its keys could not share a
+    /// slot with every entry), so patterns walk every primary with `SCAN`.
+    pub(crate) fn cluster_lazy(
+        client: redis::cluster::ClusterClient,
+        endpoint: String,
+        options: &RedisOptions,
+    ) -> Self {
+        Self {
+            conn: Conn::Cluster(Arc::new(ClusterLink::new(client))),
+            endpoint,
+            max_value_bytes: options.max_value_bytes.max(1),
+            indexed: false,
+            step_timeout: options.step_timeout,
+            index: Arc::default(),
+            writes: Arc::default(),
+        }
     }
 
     /// The server's address as `host:port/db` (never with credentials).
@@ -569,24 +590,34 @@ impl RedisBackend {
     }
 
     /// Removes the matches of `pattern` by walking the keyspace: `SCAN ... MATCH`, `UNLINK`.
+    /// On a cluster, every primary is walked; the keys one step finds are unlinked on the
+    /// primaries of their slots.
     async fn walk_delete(&self, pattern: &str) -> Result<u64, CacheError> {
         let mut conn = self.conn.clone();
-        let mut cursor = 0;
+        let primaries = conn.primaries().await?;
+        let nodes: Vec<Option<&Primary>> = match &primaries {
+            Some(primaries) => primaries.iter().map(Some).collect(),
+            None => vec![None],
+        };
         let mut removed = 0;
-        loop {
-            let (next, keys) = scan_step(&mut conn, cursor, pattern).await?;
-            if !keys.is_empty() {
-                let n: u64 = redis::cmd("UNLINK")
-                    .arg(&keys)
-                    .query_async(&mut conn)
-                    .await?;
-                removed += n;
+        for node in nodes {
+            let mut cursor = 0;
+            loop {
+                let (next, keys) = scan_step(&conn, node, cursor, pattern).await?;
+                if !keys.is_empty() {
+                    let n: u64 = redis::cmd("UNLINK")
+                        .arg(&keys)
+                        .query_async(&mut conn)
+                        .await?;
+                    removed += n;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            if next == 0 {
-                return Ok(removed);
-            }
-            cursor = next;
         }
+        Ok(removed)
     }
 
     /// Whether the index under `head` can answer patterns: rebuilt, and on a server that cannot
@@ -735,7 +766,7 @@ impl RedisBackend {
         let mut cursor = 0;
         let mut filed = 0;
         loop {
-            let (next, keys) = bounded(limit, scan_step(&mut conn, cursor, &pattern)).await?;
+            let (next, keys) = bounded(limit, scan_step(&conn, None, cursor, &pattern)).await?;
             let mut groups: HashMap<String, Vec<&str>> = HashMap::new();
             let keys: Vec<&str> = keys
                 .iter()
@@ -1187,17 +1218,41 @@ impl Backend for RedisBackend {
 
     async fn ping(&self) -> Result<(), CacheError> {
         let mut conn = self.conn.clone();
-        redis::cmd("PING").exec_async(&mut conn).await?;
-        Ok(())
+        if !conn.is_cluster() {
+            redis::cmd("PING").exec_async(&mut conn).await?;
+            return Ok(());
+        }
+        // A cluster answers when it serves every slot.
+        let info: String = conn
+            .on_node(None, &redis::cmd("CLUSTER").arg("INFO").clone())
+            .await?;
+        if info.lines().any(|line| line.trim() == "cluster_state:ok") {
+            Ok(())
+        } else {
+            Err(CacheError::Backend(Box::new(std::io::Error::other(
+                "the cluster does not serve every slot (cluster_state is not ok)",
+            ))))
+        }
     }
 
     async fn server_info(&self, _prefix_pattern: &str) -> Result<Option<ServerInfo>, CacheError> {
         let mut conn = self.conn.clone();
-        let (text, db_keys): (String, u64) = redis::pipe()
-            .cmd("INFO")
-            .cmd("DBSIZE")
-            .query_async(&mut conn)
-            .await?;
+        let (text, db_keys): (String, u64) = if let Some(primaries) = conn.primaries().await? {
+            // One primary's INFO; DBSIZE summed over every primary.
+            let text: String = conn.on_node(primaries.first(), &redis::cmd("INFO")).await?;
+            let mut keys = 0u64;
+            for primary in &primaries {
+                let n: u64 = conn.on_node(Some(primary), &redis::cmd("DBSIZE")).await?;
+                keys += n;
+            }
+            (text, keys)
+        } else {
+            redis::pipe()
+                .cmd("INFO")
+                .cmd("DBSIZE")
+                .query_async(&mut conn)
+                .await?
+        };
         let field = |name: &str| {
             text.lines().find_map(|line| {
                 let (k, v) = line.split_once(':')?;

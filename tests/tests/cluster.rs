@@ -1,0 +1,256 @@
+//! cachekit on a real Redis Cluster (3 primaries, 3 replicas, started by the harness): every
+//! operation, pattern invalidation and `clear_all` reaching keys on every primary, leases,
+//! configuration from `REDIS_CLUSTER_NODES`, and a primary killed under load.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use cachekit::{CacheConfig, CacheService};
+use cachekit_tests::{RedisCluster, RedisServer, within};
+
+const BOUND: Duration = Duration::from_secs(10);
+
+/// The keys under `prefix` on each running primary, counted with `SCAN` on that node alone.
+async fn keys_per_primary(cluster: &RedisCluster, prefix: &str) -> Vec<(u16, usize)> {
+    let mut counts = Vec::new();
+    for node in cluster.primaries() {
+        counts.push((node.port(), keys_on(node, prefix).await.len()));
+    }
+    counts
+}
+
+async fn keys_on(node: &RedisServer, prefix: &str) -> Vec<String> {
+    let mut conn = node.connection().await;
+    let mut keys = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+            .expect("SCAN on a node");
+        keys.extend(batch);
+        if next == 0 {
+            return keys;
+        }
+        cursor = next;
+    }
+}
+
+async fn service(cluster: &RedisCluster, prefix: &str) -> CacheService {
+    within(
+        BOUND,
+        "build",
+        CacheService::builder()
+            .redis_cluster(cluster.urls())
+            .prefix(prefix)
+            .build(),
+    )
+    .await
+    .expect("a cluster service builds")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_reaches_every_primary() {
+    cachekit_tests::init_tracing();
+    let cluster = RedisCluster::start();
+    let cache = service(&cluster, "app").await;
+
+    let health = cache.health().await;
+    assert!(health.connected, "{:?}", health.error);
+    assert!(
+        health
+            .endpoint
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("cluster ")
+    );
+    let server = health.server.expect("server info");
+    assert_eq!(server.db_keys, Some(0));
+
+    // Keys in every slot range: 600 users spread over all three primaries.
+    for id in 0..600 {
+        assert!(
+            cache.set(&format!("users:{id}"), &id, None).await,
+            "users:{id}"
+        );
+    }
+    for id in 0..50 {
+        assert!(cache.set(&format!("orders:{id}"), &id, None).await);
+    }
+    let counts = keys_per_primary(&cluster, "app").await;
+    assert_eq!(counts.len(), 3);
+    assert!(counts.iter().all(|(_, n)| *n > 100), "{counts:?}");
+    assert_eq!(counts.iter().map(|(_, n)| n).sum::<usize>(), 650);
+    assert_eq!(cache.health().await.server.unwrap().db_keys, Some(650));
+
+    for id in [0, 299, 599] {
+        assert_eq!(cache.get::<u32>(&format!("users:{id}")).await, Some(id));
+    }
+    assert!(cache.delete("users:0").await);
+    assert_eq!(cache.get::<u32>("users:0").await, None);
+
+    // Leases on every primary: a miss takes one, the fill goes through it.
+    let loads = AtomicUsize::new(0);
+    for id in 0..30 {
+        let key = format!("carts:{id}");
+        let value = cache
+            .get_or_load(&key, None, || async {
+                loads.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, std::io::Error>(id * 10)
+            })
+            .await
+            .unwrap();
+        assert_eq!(value, id * 10);
+        let again = cache
+            .get_or_load_with_status(&key, None, || async { Ok::<_, std::io::Error>(u32::MAX) })
+            .await
+            .unwrap();
+        assert_eq!((again.value, again.from_cache), (id * 10, true));
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 30);
+
+    // A glob within a namespace, a whole namespace, and everything: none survives anywhere.
+    assert_eq!(cache.invalidate_pattern("users:1??").await, 100);
+    assert_eq!(cache.invalidate_pattern("users:*").await, 499);
+    let counts = keys_per_primary(&cluster, "app").await;
+    assert_eq!(
+        counts.iter().map(|(_, n)| n).sum::<usize>(),
+        80,
+        "{counts:?}"
+    );
+    for node in cluster.primaries() {
+        let left = keys_on(node, "app").await;
+        assert!(
+            left.iter().all(|k| !k.starts_with("app:users:")),
+            "{left:?}"
+        );
+    }
+    assert_eq!(cache.clear_all().await, 80);
+    assert_eq!(
+        keys_per_primary(&cluster, "app")
+            .await
+            .iter()
+            .map(|(_, n)| n)
+            .sum::<usize>(),
+        0
+    );
+    assert_eq!(cache.stats().errors, 0, "{:?}", cache.stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_list_comes_from_the_environment() {
+    cachekit_tests::init_tracing();
+    let cluster = RedisCluster::start();
+    let nodes = cluster.urls()[..2].join(",");
+    let vars = HashMap::from([
+        ("REDIS_CLUSTER_NODES", nodes),
+        ("CACHE_PREFIX", "env".to_string()),
+    ]);
+    let config = CacheConfig::from_lookup(|name| vars.get(name).cloned()).unwrap();
+    let cache = within(BOUND, "build", CacheService::from_config(config))
+        .await
+        .unwrap();
+    assert!(cache.health().await.connected);
+    assert!(cache.set("users:1", &"ada", None).await);
+    assert_eq!(cache.get::<String>("users:1").await.as_deref(), Some("ada"));
+    assert_eq!(cache.clear_all().await, 1);
+
+    // A database other than 0, and a tier, are configuration errors on a cluster.
+    let error = CacheConfig::from_lookup(|name| match name {
+        "REDIS_CLUSTER_NODES" => Some("redis://127.0.0.1:7000/2".into()),
+        _ => None,
+    })
+    .unwrap_err();
+    assert!(error.to_string().contains("database 0"), "{error}");
+    let error = within(
+        BOUND,
+        "build",
+        CacheService::builder()
+            .redis_cluster(cluster.urls())
+            .local_tier(Duration::from_secs(1))
+            .build(),
+    )
+    .await
+    .unwrap_err();
+    assert!(error.to_string().contains("Redis Cluster"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_is_replaced_and_hits_resume() {
+    cachekit_tests::init_tracing();
+    let cluster = Arc::new(RedisCluster::start());
+    let cache = service(&cluster, "fo").await;
+    for id in 0..300 {
+        assert!(cache.set(&format!("users:{id}"), &id, None).await);
+    }
+    // The victim: a primary, with its keys copied to its replica before it dies.
+    let victim = cluster.primaries()[0];
+    let mut conn = victim.connection().await;
+    let deadline = Instant::now() + BOUND;
+    loop {
+        // Short waits: the harness's connection times out a reply after 500 ms.
+        let acked: u64 = redis::cmd("WAIT")
+            .arg(1)
+            .arg(200)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if acked == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replica never caught up");
+    }
+    let on_victim = keys_on(victim, "fo").await;
+    assert!(!on_victim.is_empty());
+    let keys: Vec<String> = on_victim
+        .iter()
+        .take(20)
+        .map(|k| k.strip_prefix("fo:").unwrap().to_owned())
+        .collect();
+
+    let killed = Instant::now();
+    victim.kill();
+    let mut answered = 0usize;
+    let mut from_loader = 0usize;
+    let resumed = loop {
+        let key = &keys[answered % keys.len()];
+        let expected: u32 = key.strip_prefix("users:").unwrap().parse().unwrap();
+        let fetched = within(
+            BOUND,
+            "get_or_load during failover",
+            cache
+                .get_or_load_with_status(key, None, || async { Ok::<_, std::io::Error>(expected) }),
+        )
+        .await
+        .expect("the loader answers while the primary is gone");
+        assert_eq!(fetched.value, expected);
+        answered += 1;
+        if fetched.from_cache {
+            break killed.elapsed();
+        }
+        from_loader += 1;
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "hits never resumed after the failover"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    eprintln!(
+        "failover: hits resumed {resumed:?} after the primary was killed; {answered} calls \
+         answered meanwhile, {from_loader} of them by the loader"
+    );
+    cluster.wait_ok();
+    // Every key the dead primary held is served from its promoted replica.
+    for key in &keys {
+        let expected: u32 = key.strip_prefix("users:").unwrap().parse().unwrap();
+        assert_eq!(cache.get::<u32>(key).await, Some(expected), "{key}");
+    }
+    assert!(cache.health().await.connected);
+}
