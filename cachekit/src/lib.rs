@@ -44,6 +44,7 @@
 //! | `REDIS_DB` | `0` | database number |
 //! | `REDIS_USERNAME` | — | ACL user name |
 //! | `REDIS_PASSWORD` | — | password (never logged) |
+//! | `REDIS_CLUSTER_NODES` | — | a Redis Cluster: comma-separated node URLs, `redis://[user[:password]@]host:port` (or `rediss://`), no `/db`; any node that answers is enough. Credentials from the URLs or `REDIS_USERNAME`/`REDIS_PASSWORD`. Not with `REDIS_URL` |
 //! | `REDIS_SSL` | `false` | connect with TLS |
 //! | `REDIS_TLS_CA_FILE` | — | PEM file of the CA(s) to trust instead of the system's trust store (a private CA); needs TLS |
 //! | `REDIS_TLS_CERT_FILE`, `REDIS_TLS_KEY_FILE` | — | PEM client certificate and private key, for a server that requires mutual TLS; needs TLS |

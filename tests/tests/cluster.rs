@@ -217,6 +217,17 @@ async fn a_killed_primary_is_replaced_and_hits_resume() {
 
     let killed = Instant::now();
     victim.kill();
+    // When the cluster has three primaries again: the replica's promotion.
+    let watcher = {
+        let cluster = cluster.clone();
+        std::thread::spawn(move || {
+            while cluster.primaries().len() < 3 {
+                assert!(killed.elapsed() < Duration::from_secs(60), "no promotion");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            killed.elapsed()
+        })
+    };
     let mut answered = 0usize;
     let mut from_loader = 0usize;
     let resumed = loop {
@@ -242,9 +253,11 @@ async fn a_killed_primary_is_replaced_and_hits_resume() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
+    let promoted = watcher.join().expect("the promotion watcher");
     eprintln!(
-        "failover: hits resumed {resumed:?} after the primary was killed; {answered} calls \
-         answered meanwhile, {from_loader} of them by the loader"
+        "failover: a replica was promoted {promoted:?} and hits resumed {resumed:?} after the \
+         primary was killed; {answered} calls answered meanwhile, {from_loader} of them by the \
+         loader"
     );
     cluster.wait_ok();
     // Every key the dead primary held is served from its promoted replica.
@@ -253,4 +266,60 @@ async fn a_killed_primary_is_replaced_and_hits_resume() {
         assert_eq!(cache.get::<u32>(key).await, Some(expected), "{key}");
     }
     assert!(cache.health().await.connected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_limited_to_the_acl_rules_runs_everything_on_a_cluster() {
+    cachekit_tests::init_tracing();
+    let cluster = RedisCluster::start();
+    // ACL users are per node: create it on each.
+    for node in cluster.nodes() {
+        let mut conn = node.connection().await;
+        let mut setuser = redis::cmd("ACL");
+        setuser.arg("SETUSER").arg("app").arg("on").arg(">pw");
+        for rule in cachekit::acl_rules("acl") {
+            setuser.arg(rule);
+        }
+        let () = setuser.query_async(&mut conn).await.unwrap();
+    }
+    let urls: Vec<String> = cluster
+        .nodes()
+        .iter()
+        .map(|node| format!("redis://app:pw@{}", node.addr()))
+        .collect();
+    let cache = within(
+        BOUND,
+        "build",
+        CacheService::builder()
+            .redis_cluster(urls)
+            .prefix("acl")
+            .build(),
+    )
+    .await
+    .unwrap();
+    let health = cache.health().await;
+    assert_eq!(health.error, None);
+    for id in 0..60 {
+        assert!(cache.set(&format!("users:{id}"), &id, None).await);
+    }
+    let loaded = cache
+        .get_or_load("orders:1", None, || async { Ok::<_, std::io::Error>(5u8) })
+        .await
+        .unwrap();
+    assert_eq!(loaded, 5);
+    assert_eq!(cache.get::<u32>("users:7").await, Some(7));
+    assert!(cache.delete("users:0").await);
+    assert_eq!(cache.invalidate_pattern("users:*").await, 59);
+    assert_eq!(cache.clear_all().await, 1);
+    assert!(cache.health().await.server.is_some());
+    assert_eq!(cache.stats().errors, 0, "{:?}", cache.stats());
+    for node in cluster.nodes() {
+        let mut conn = node.connection().await;
+        let log: Vec<redis::Value> = redis::cmd("ACL")
+            .arg("LOG")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(log.is_empty(), "node {} refused: {log:?}", node.port());
+    }
 }
