@@ -8,14 +8,16 @@
 //! leases off the checker must find violations (the stale sets every hand-built cache-aside
 //! layer has), which proves it can fail; with them on it must find none.
 //!
+//! The run with leases on is repeated on a Redis Cluster (3 primaries, 3 replicas).
+//!
 //! With the in-process tier on, reads are checked against the writes of their own instance
 //! (none may be stale), and across instances each stale read's lag behind the write it missed
 //! is measured: the window in which the other instance's tier had not yet heard of the
 //! write.
 
 use cachekit::{CacheService, HasCache, cached, invalidates};
-use cachekit_tests::RedisServer;
 use cachekit_tests::checker::{Db, Read, Write, stale_lags, violations};
+use cachekit_tests::{RedisCluster, RedisServer};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -64,17 +66,30 @@ struct Outcome {
 }
 
 async fn run(leases: bool) -> Outcome {
-    run_with(leases, false).await
+    run_with(leases, false, false).await
 }
 
-async fn run_with(leases: bool, tier: bool) -> Outcome {
+/// The Redis a run uses, kept alive for the run.
+enum Store {
+    Server(RedisServer),
+    Cluster(RedisCluster),
+}
+
+async fn run_with(leases: bool, tier: bool, cluster: bool) -> Outcome {
     cachekit_tests::init_tracing();
-    let server = RedisServer::start();
+    let store = if cluster {
+        Store::Cluster(RedisCluster::start())
+    } else {
+        Store::Server(RedisServer::start())
+    };
     let db = Arc::new(Db::new(KEYS));
     let mut repos = Vec::new();
     for _ in 0..2 {
-        let mut builder = CacheService::builder()
-            .redis_url(server.url())
+        let builder = match &store {
+            Store::Server(server) => CacheService::builder().redis_url(server.url()),
+            Store::Cluster(cluster) => CacheService::builder().redis_cluster(cluster.urls()),
+        };
+        let mut builder = builder
             .prefix("checker")
             .leases(leases)
             .timeout(Duration::from_secs(2));
@@ -203,11 +218,12 @@ async fn run_with(leases: bool, tier: bool) -> Outcome {
         lags.get(rank.clamp(1, lags.len().max(1)) - 1).copied()
     };
     eprintln!(
-        "consistency checker (leases {}, tier {}): {} operations ({} reads, {} writes) in {:.1} s, \
+        "consistency checker (leases {}, tier {}, {}): {} operations ({} reads, {} writes) in {:.1} s, \
          {} violations ({} against the reader's own instance; lag p50 {:?} p99 {:?} max {:?}); \
          service 0: hits {} local hits {} misses {} coalesced {} stale sets prevented {}",
         if leases { "on" } else { "off" },
         if tier { "on" } else { "off" },
+        if cluster { "cluster" } else { "one server" },
         outcome.operations,
         reads.len(),
         writes.len(),
@@ -249,7 +265,7 @@ async fn with_leases_no_read_sees_a_version_older_than_a_completed_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_tier_no_read_is_older_than_its_own_instances_completed_write() {
-    let outcome = run_with(true, true).await;
+    let outcome = run_with(true, true, false).await;
     assert!(
         outcome.operations >= TARGET_OPS,
         "only {} operations ran within {TIME_LIMIT:?}",
@@ -265,4 +281,15 @@ async fn with_the_tier_no_read_is_older_than_its_own_instances_completed_write()
         outcome.own_instance, 0,
         "stale reads after the reader's own instance's invalidation returned"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_no_read_sees_a_version_older_than_a_completed_write() {
+    let outcome = run_with(true, false, true).await;
+    assert!(
+        outcome.operations >= TARGET_OPS,
+        "only {} operations ran within {TIME_LIMIT:?}",
+        outcome.operations
+    );
+    assert_eq!(outcome.violations, 0, "stale reads on the cluster");
 }
