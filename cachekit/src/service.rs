@@ -387,9 +387,12 @@ impl CacheService {
                 timeout: connect_timeout,
             },
         };
+        let described = match self.hint(&error) {
+            "" => error.detail().to_string(),
+            hint => format!("{} ({hint})", error.detail()),
+        };
         tracing::warn!(
-            error = %error.detail(),
-            hint = self.hint(&error),
+            error = %described,
             endpoint = inner.endpoint.as_deref().unwrap_or(""),
             "cachekit: backend unreachable at start-up; running degraded and reconnecting in the background"
         );

@@ -6,6 +6,7 @@
 //! knows all six. A node timeout of 1 s makes a killed primary's replica take over within a
 //! few seconds. Every node is killed when the cluster is dropped.
 
+use std::ffi::OsString;
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use crate::RedisServer;
 use crate::binary;
 use crate::port::PortReservation;
+use crate::tls::Pki;
 
 /// How long the cluster may take to form, or to recover after a fault.
 const FORM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -23,6 +25,8 @@ const NODE_TIMEOUT_MS: &str = "1000";
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
     _bus_ports: Vec<PortReservation>,
+    /// The nodes' TLS ports, in node order, for a cluster started with TLS.
+    tls_ports: Vec<PortReservation>,
 }
 
 impl RedisCluster {
@@ -33,11 +37,24 @@ impl RedisCluster {
     /// If `redis-server` or `redis-cli` is missing (the message says how to install them), or
     /// if the cluster does not form within 30 seconds.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// [`start`](Self::start), with every node also listening for TLS with the server
+    /// certificate of `pki` (which must name `127.0.0.1`, the address nodes announce), and the
+    /// nodes talking to each other over TLS (`tls-cluster`, `tls-replication`). Clients reach
+    /// it at [`tls_urls`](Self::tls_urls); the plain ports stay open for the harness.
+    pub fn start_tls(pki: &Pki) -> Self {
+        Self::start_with(Some(pki))
+    }
+
+    fn start_with(pki: Option<&Pki>) -> Self {
         let mut nodes = Vec::with_capacity(6);
         let mut bus_ports = Vec::with_capacity(6);
+        let mut tls_ports = Vec::new();
         for _ in 0..6 {
             let bus = PortReservation::new();
-            let node = RedisServer::start_with_args(&[
+            let mut args: Vec<OsString> = [
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
@@ -46,13 +63,37 @@ impl RedisCluster {
                 NODE_TIMEOUT_MS,
                 "--cluster-port",
                 &bus.port().to_string(),
-            ]);
-            nodes.push(node);
+            ]
+            .iter()
+            .map(OsString::from)
+            .collect();
+            if let Some(pki) = pki {
+                let tls = PortReservation::new();
+                args.extend([
+                    "--tls-port".into(),
+                    tls.port().to_string().into(),
+                    "--tls-cert-file".into(),
+                    pki.server_cert().into(),
+                    "--tls-key-file".into(),
+                    pki.server_key().into(),
+                    "--tls-ca-cert-file".into(),
+                    pki.ca_file().into(),
+                    "--tls-auth-clients".into(),
+                    "no".into(),
+                    "--tls-cluster".into(),
+                    "yes".into(),
+                    "--tls-replication".into(),
+                    "yes".into(),
+                ]);
+                tls_ports.push(tls);
+            }
+            nodes.push(RedisServer::start_with_args(&args));
             bus_ports.push(bus);
         }
         let cluster = Self {
             nodes,
             _bus_ports: bus_ports,
+            tls_ports,
         };
         let addresses: Vec<String> = cluster.nodes.iter().map(|n| n.addr().to_string()).collect();
         let output = Command::new(binary::redis_cli())
@@ -122,6 +163,15 @@ impl RedisCluster {
         self.nodes
             .iter()
             .map(|node| format!("redis://{}", node.addr()))
+            .collect()
+    }
+
+    /// `rediss://127.0.0.1:tls-port` of every node of a cluster started with
+    /// [`start_tls`](Self::start_tls); empty otherwise.
+    pub fn tls_urls(&self) -> Vec<String> {
+        self.tls_ports
+            .iter()
+            .map(|port| format!("rediss://127.0.0.1:{}", port.port()))
             .collect()
     }
 

@@ -40,6 +40,13 @@ impl Pki {
     ///
     /// If a key or certificate cannot be made or written.
     pub fn generate() -> Self {
+        Self::generate_for(&["localhost"])
+    }
+
+    /// Like [`generate`](Self::generate), with a server certificate for `names` (host names
+    /// or IP addresses): a cluster's nodes announce themselves by address, so a client that
+    /// follows a redirect checks the certificate against `127.0.0.1`.
+    pub fn generate_for(names: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("cachekit-pki-")
             .tempdir()
@@ -61,12 +68,26 @@ impl Pki {
         write("ca.pem", ca_cert.pem());
         let issuer = Issuer::new(ca, ca_key);
 
-        for (name, purpose, common_name) in [
-            ("server", ExtendedKeyUsagePurpose::ServerAuth, "localhost"),
-            ("client", ExtendedKeyUsagePurpose::ClientAuth, "cachekit"),
+        let server_names: Vec<String> = names.iter().map(|n| (*n).to_string()).collect();
+        for (name, purposes, common_name, names) in [
+            // Cluster nodes and replicas also connect to each other with it: client use too.
+            (
+                "server",
+                vec![
+                    ExtendedKeyUsagePurpose::ServerAuth,
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                ],
+                names.first().copied().unwrap_or("localhost"),
+                server_names.clone(),
+            ),
+            (
+                "client",
+                vec![ExtendedKeyUsagePurpose::ClientAuth],
+                "cachekit",
+                vec!["localhost".to_string()],
+            ),
         ] {
-            let mut params =
-                CertificateParams::new(vec!["localhost".to_string()]).expect("a valid name");
+            let mut params = CertificateParams::new(names).expect("valid names");
             params
                 .distinguished_name
                 .push(DnType::CommonName, common_name);
@@ -74,7 +95,7 @@ impl Pki {
                 KeyUsagePurpose::DigitalSignature,
                 KeyUsagePurpose::KeyEncipherment,
             ];
-            params.extended_key_usages = vec![purpose];
+            params.extended_key_usages = purposes;
             params.use_authority_key_identifier_extension = true;
             let key = KeyPair::generate().expect("a key");
             let cert = params

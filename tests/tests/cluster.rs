@@ -323,3 +323,64 @@ async fn a_user_limited_to_the_acl_rules_runs_everything_on_a_cluster() {
         assert!(log.is_empty(), "node {} refused: {log:?}", node.port());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_private_ca_works_on_a_cluster() {
+    cachekit_tests::init_tracing();
+    let pki = cachekit_tests::tls::Pki::generate_for(&["127.0.0.1", "localhost"]);
+    let cluster = RedisCluster::start_tls(&pki);
+    let cache = within(
+        BOUND,
+        "build",
+        CacheService::builder()
+            .redis_cluster(cluster.tls_urls())
+            .tls_ca_file(pki.ca_file())
+            .prefix("tls")
+            .build(),
+    )
+    .await
+    .unwrap();
+    let health = cache.health().await;
+    assert!(health.connected, "{:?}", health.error);
+    for id in 0..300 {
+        assert!(
+            cache.set(&format!("users:{id}"), &id, None).await,
+            "users:{id}"
+        );
+    }
+    let counts = keys_per_primary(&cluster, "tls").await;
+    assert!(counts.iter().all(|(_, n)| *n > 0), "{counts:?}");
+    assert_eq!(cache.get::<u32>("users:42").await, Some(42));
+    let loaded = cache
+        .get_or_load("orders:1", None, || async { Ok::<_, std::io::Error>(3u8) })
+        .await
+        .unwrap();
+    assert_eq!(loaded, 3);
+    assert_eq!(cache.invalidate_pattern("users:*").await, 300);
+    assert_eq!(cache.clear_all().await, 1);
+    assert_eq!(cache.stats().errors, 0, "{:?}", cache.stats());
+
+    // Without the CA, the handshake fails and the service degrades.
+    let untrusted = within(
+        BOUND,
+        "build",
+        CacheService::builder()
+            .redis_cluster(cluster.tls_urls())
+            .prefix("untrusted")
+            .build(),
+    )
+    .await
+    .unwrap();
+    let loaded = within(
+        BOUND,
+        "get_or_load",
+        untrusted.get_or_load("k", None, || async { Ok::<_, std::io::Error>(1u8) }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(loaded, 1);
+    let health = untrusted.health().await;
+    assert!(!health.connected);
+    let error = health.error.unwrap_or_default();
+    assert!(error.to_lowercase().contains("certificate"), "{error}");
+}
