@@ -10,7 +10,7 @@ use serde::Serialize;
 use std::fmt;
 use std::time::Duration;
 
-mod conn;
+pub(crate) mod conn;
 pub mod memory;
 pub mod redis;
 

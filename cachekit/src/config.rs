@@ -628,6 +628,32 @@ impl RedisClusterConfig {
         Ok(())
     }
 
+    /// A node's settings with the cluster's credentials, for connections to nodes learned
+    /// from the cluster (whose host and port replace these).
+    pub(crate) fn tracking_template(&self) -> RedisConfig {
+        let (username, password) = self.credentials();
+        let first = self
+            .nodes
+            .first()
+            .cloned()
+            .unwrap_or_else(RedisConfig::localhost);
+        RedisConfig {
+            username,
+            password,
+            db: 0,
+            ..first
+        }
+    }
+
+    /// The user name and password given on any node.
+    fn credentials(&self) -> (Option<String>, Option<String>) {
+        self.nodes
+            .iter()
+            .find(|n| n.password.is_some() || n.username.is_some())
+            .map(|n| (n.username.clone(), n.password.clone()))
+            .unwrap_or_default()
+    }
+
     /// The redis-rs cluster client: each node's connection made within `connect_timeout`,
     /// and no answer awaited longer than `response_timeout`. Connects nothing.
     pub(crate) fn client(
@@ -642,12 +668,7 @@ impl RedisClusterConfig {
                 e.kind()
             ))
         };
-        let (username, password) = self
-            .nodes
-            .iter()
-            .find(|n| n.password.is_some() || n.username.is_some())
-            .map(|n| (n.username.clone(), n.password.clone()))
-            .unwrap_or_default();
+        let (username, password) = self.credentials();
         let mut infos = Vec::with_capacity(self.nodes.len());
         for node in &self.nodes {
             let node = RedisConfig {
@@ -1069,13 +1090,6 @@ impl CacheConfig {
                 ));
             }
         }
-        if self.local_ttl.is_some() && matches!(self.store, StoreConfig::RedisCluster(_)) {
-            return Err(CacheError::Config(
-                "the local tier does not work on a Redis Cluster yet: it would need client \
-                 tracking on every primary"
-                    .into(),
-            ));
-        }
         match &self.store {
             StoreConfig::Redis(redis) => redis.validate(),
             StoreConfig::RedisCluster(cluster) => cluster.validate(),
@@ -1235,7 +1249,7 @@ impl CacheServiceBuilder {
     /// the others are learned from it. An invalid URL makes [`build`](Self::build) fail.
     ///
     /// On a cluster, pattern invalidations and `clear_all` walk every primary with `SCAN`
-    /// (the invalidation index is not used), and the in-process tier is not available.
+    /// (the invalidation index is not used); the in-process tier tracks every primary.
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), cachekit::CacheError> {

@@ -17,7 +17,7 @@ use crate::key::{LogKey, escape_glob};
 use crate::lease::Beat;
 use crate::stats::{CacheStats, Counters};
 use crate::tier::Tier;
-use crate::tier::tracking::Channel;
+use crate::tier::tracking::{Channel, Nodes};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::future::Future;
@@ -261,9 +261,18 @@ impl CacheService {
             StoreConfig::Disabled => (Arc::new(DisabledBackend), None),
             StoreConfig::Custom(backend) => (backend.clone(), None),
         };
-        let channel = match (&config.store, config.local_ttl) {
-            (StoreConfig::Redis(redis), Some(_)) => Some(Channel {
-                client: redis.tracking_client()?,
+        let channel = match (&config.store, config.local_ttl, &direct) {
+            (StoreConfig::Redis(redis), Some(_), _) => Some(Channel {
+                nodes: Nodes::One(redis.tracking_client()?),
+                key_prefix: format!("{}:", config.prefix),
+                connect_timeout: config.connect_timeout,
+                timeout: config.timeout,
+            }),
+            (StoreConfig::RedisCluster(cluster), Some(_), Some(backend)) => Some(Channel {
+                nodes: Nodes::Cluster {
+                    conn: backend.conn().clone(),
+                    template: cluster.tracking_template(),
+                },
                 key_prefix: format!("{}:", config.prefix),
                 connect_timeout: config.connect_timeout,
                 timeout: config.timeout,

@@ -115,7 +115,8 @@ impl RedisCluster {
     }
 
     /// Waits until every running node reports `cluster_state:ok` and knows every running
-    /// node, and the cluster has three primaries that answer.
+    /// node, every replica is in sync with its primary, and the cluster has three primaries
+    /// that answer.
     ///
     /// # Panics
     ///
@@ -131,7 +132,12 @@ impl RedisCluster {
                     .lines()
                     .filter(|line| !line.contains("fail") && !line.contains("handshake"))
                     .count();
-                info.contains("cluster_state:ok") && known >= running.len()
+                // A replica that has not finished its first sync could not take over.
+                let role = query(node, &["ROLE"]).unwrap_or_default();
+                let synced = role != "slave"
+                    || query(node, &["INFO", "replication"])
+                        .is_some_and(|info| info.contains("master_link_status:up"));
+                info.contains("cluster_state:ok") && known >= running.len() && synced
             }) && self.primaries().len() == 3;
             if ok {
                 return;

@@ -162,24 +162,159 @@ async fn the_node_list_comes_from_the_environment() {
     assert_eq!(cache.get::<String>("users:1").await.as_deref(), Some("ada"));
     assert_eq!(cache.clear_all().await, 1);
 
-    // A database other than 0, and a tier, are configuration errors on a cluster.
+    // A database other than 0 is a configuration error on a cluster.
     let error = CacheConfig::from_lookup(|name| match name {
         "REDIS_CLUSTER_NODES" => Some("redis://127.0.0.1:7000/2".into()),
         _ => None,
     })
     .unwrap_err();
     assert!(error.to_string().contains("database 0"), "{error}");
-    let error = within(
-        BOUND,
-        "build",
-        CacheService::builder()
-            .redis_cluster(cluster.urls())
-            .local_tier(Duration::from_secs(1))
-            .build(),
-    )
-    .await
-    .unwrap_err();
-    assert!(error.to_string().contains("Redis Cluster"), "{error}");
+}
+
+/// Reads `key` through `cache` until it returns `expected`, or fails the test after `BOUND`.
+async fn until_reads(cache: &CacheService, key: &str, expected: u32) -> Duration {
+    let started = Instant::now();
+    loop {
+        if cache.get::<u32>(key).await == Some(expected) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < BOUND,
+            "{key} never read {expected}: the tier kept an old value"
+        );
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+}
+
+/// Reads `keys` through `cache` until its tier serves them all (it serves once every
+/// primary's tracking connection is up).
+async fn until_tier_serves(cache: &CacheService, keys: &[String]) {
+    let started = Instant::now();
+    loop {
+        let before = cache.stats().local_hits;
+        for key in keys {
+            let _ = cache.get::<u32>(key).await;
+            let _ = cache.get::<u32>(key).await;
+        }
+        if cache.stats().local_hits >= before + keys.len() as u64 {
+            return;
+        }
+        assert!(
+            started.elapsed() < BOUND,
+            "the tier never served on the cluster"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tier_tracks_every_primary_and_follows_a_failover() {
+    cachekit_tests::init_tracing();
+    let cluster = RedisCluster::start();
+    let tiered = || async {
+        within(
+            BOUND,
+            "build",
+            CacheService::builder()
+                .redis_cluster(cluster.urls())
+                .prefix("tier")
+                .local_tier(Duration::from_secs(600))
+                .build(),
+        )
+        .await
+        .unwrap()
+    };
+    let (writer, reader) = (tiered().await, tiered().await);
+    // One key on each primary.
+    let mut keys = Vec::new();
+    for id in 0..60 {
+        assert!(writer.set(&format!("users:{id}"), &id, None).await);
+    }
+    for node in cluster.primaries() {
+        let key = keys_on(node, "tier")
+            .await
+            .pop()
+            .expect("a key on every primary");
+        keys.push(key.strip_prefix("tier:").unwrap().to_owned());
+    }
+    until_tier_serves(&reader, &keys).await;
+
+    // Another instance's writes evict, on every primary, each by its own message: the tier
+    // is never flushed meanwhile.
+    let flushes = reader.stats().local_flushes;
+    let mut delays = Vec::new();
+    for round in 0..20u32 {
+        for key in &keys {
+            let value = 1000 + round;
+            assert!(writer.set(key, &value, None).await);
+            delays.push(until_reads(&reader, key, value).await);
+        }
+    }
+    delays.sort();
+    eprintln!(
+        "cluster tier: cross-instance eviction p50 {:?}, max {:?} over {} writes",
+        delays[delays.len() / 2],
+        delays[delays.len() - 1],
+        delays.len()
+    );
+    // So do another client's, made through the cluster.
+    let mut raw = cluster.connection().await;
+    for key in &keys {
+        let () = redis::cmd("SET")
+            .arg(format!("tier:{key}"))
+            .arg("7")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        until_reads(&reader, key, 7).await;
+    }
+    assert_eq!(
+        reader.stats().local_flushes,
+        flushes,
+        "the tier was flushed instead of evicting key by key"
+    );
+
+    // A primary dies: the tier is flushed, and serves again once it tracks the new primary;
+    // a write there then still evicts.
+    let flushes = reader.stats().local_flushes;
+    let victim = cluster.primaries()[0];
+    let victim_key = keys_on(victim, "tier").await.pop().unwrap();
+    let victim_key = victim_key.strip_prefix("tier:").unwrap().to_owned();
+    victim.kill();
+    let started = Instant::now();
+    while reader.stats().local_flushes == flushes {
+        assert!(
+            started.elapsed() < BOUND,
+            "the tier was not flushed when a primary died"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cluster.wait_ok();
+    let started = Instant::now();
+    loop {
+        let hits = reader.stats().local_hits;
+        let _ = reader.get::<u32>(&victim_key).await;
+        let _ = reader.get::<u32>(&victim_key).await;
+        if reader.stats().local_hits > hits {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the tier never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "cluster tier: serving again {:?} after the cluster recovered",
+        started.elapsed()
+    );
+    let () = redis::cmd("SET")
+        .arg(format!("tier:{victim_key}"))
+        .arg("8")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    until_reads(&reader, &victim_key, 8).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

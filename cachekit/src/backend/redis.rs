@@ -504,6 +504,11 @@ impl RedisBackend {
         }
     }
 
+    /// The connection its commands go through.
+    pub(crate) fn conn(&self) -> &Conn {
+        &self.conn
+    }
+
     /// The server's address as `host:port/db` (never with credentials).
     pub fn endpoint(&self) -> &str {
         &self.endpoint

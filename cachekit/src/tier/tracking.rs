@@ -18,8 +18,19 @@
 //!   timeout, a dropped connection, or a closed channel flushes the tier and bypasses it until
 //!   a new channel is up. So a stalled or partitioned channel can leave the tier serving for at
 //!   most one heartbeat plus one timeout after the last proof.
+//!
+//! On a Redis Cluster each primary reports the writes to its own keys, so the channel is one
+//! connection per primary (found with `CLUSTER NODES`), and the tier is vouched for only while
+//! all of them are up: the heartbeat goes to each. A primary that dies drops its connection,
+//! which flushes the tier before its replica can take a write. A replica promoted while the
+//! old primary stays up is found by comparing the primaries every [`TOPOLOGY_EVERY`]
+//! heartbeats (1 s), which flushes the tier and tracks the new set. Slots moving between
+//! tracked primaries need nothing: the key's new owner reports its writes.
 
 use super::Tier;
+use crate::CacheError;
+use crate::RedisConfig;
+use crate::backend::conn::{Conn, Primary};
 use crate::stats::Counters;
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 use std::sync::{Arc, Weak};
@@ -36,11 +47,64 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// The client name the channel's connection gives itself (`CLIENT LIST` shows it).
 pub(crate) const CLIENT_NAME: &str = "cachekit-tracking";
 
+/// How often, in heartbeats, a cluster's channel checks that it still tracks every primary:
+/// a replica promoted while the old primary stays up (a manual failover) is noticed this late.
+const TOPOLOGY_EVERY: u32 = 10;
+
+/// Where the channel's connections go.
+#[derive(Clone)]
+pub(crate) enum Nodes {
+    /// One server: one connection, from this RESP3 client.
+    One(redis::Client),
+    /// A cluster: one connection to each primary, found through `conn`, made with the
+    /// credentials and TLS settings of `template` (whose host and port are replaced).
+    Cluster { conn: Conn, template: RedisConfig },
+}
+
+impl Nodes {
+    /// The clients to track with, and (on a cluster) the primaries they are for.
+    async fn clients(&self) -> Result<(Vec<redis::Client>, Vec<Primary>), String> {
+        match self {
+            Self::One(client) => Ok((vec![client.clone()], Vec::new())),
+            Self::Cluster { conn, template } => {
+                let primaries = primaries(conn).await?;
+                let clients = primaries
+                    .iter()
+                    .map(|primary| {
+                        RedisConfig {
+                            host: primary.host.clone(),
+                            port: primary.port,
+                            ..template.clone()
+                        }
+                        .tracking_client()
+                        .map_err(|e| e.to_string())
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((clients, primaries))
+            }
+        }
+    }
+}
+
+/// A cluster's primaries, sorted, or why they could not be listed.
+async fn primaries(conn: &Conn) -> Result<Vec<Primary>, String> {
+    let listed = conn.primaries().await.map_err(|e: CacheError| match e {
+        CacheError::Redis(e) => describe(&e),
+        other => other.to_string(),
+    })?;
+    let mut primaries = listed.unwrap_or_default();
+    if primaries.is_empty() {
+        return Err("the cluster lists no primary".into());
+    }
+    primaries.sort_by(|a, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
+    Ok(primaries)
+}
+
 /// How the channel connects and how long it waits.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Channel {
-    /// A RESP3 client for the service's Redis.
-    pub(crate) client: redis::Client,
+    /// The server, or the cluster's primaries.
+    pub(crate) nodes: Nodes,
     /// `{prefix}:`.
     pub(crate) key_prefix: String,
     pub(crate) connect_timeout: Duration,
@@ -103,22 +167,22 @@ impl Channel {
         }
     }
 
-    /// One channel, from connecting until it fails. Also says whether it got as far as
-    /// vouching for the tier.
-    async fn session(&self, tier: &Weak<Tier>) -> (Ended, bool) {
-        let (sender, mut pushes) = mpsc::unbounded_channel::<PushInfo>();
+    /// One tracking connection to the node of `client`, its pushes sent to `sender`.
+    async fn track(
+        &self,
+        client: &redis::Client,
+        sender: mpsc::UnboundedSender<PushInfo>,
+    ) -> Result<redis::aio::MultiplexedConnection, String> {
         let config = AsyncConnectionConfig::new()
             .set_push_sender(sender)
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.timeout));
-        let connecting = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config);
-        // The config holds a sender too: dropped, the connection's end closes the channel.
+        let connecting = client.get_multiplexed_async_connection_with_config(&config);
+        // The config holds a sender too: dropped, the connections' end closes the channel.
         let mut conn = match tokio::time::timeout(self.connect_timeout, connecting).await {
             Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return (Ended::Lost(describe(&e)), false),
-            Err(_) => return (Ended::Lost("connecting timed out".into()), false),
+            Ok(Err(e)) => return Err(describe(&e)),
+            Err(_) => return Err("connecting timed out".into()),
         };
         drop(config);
         // A name for `CLIENT LIST`; an ACL that refuses it costs nothing but the name.
@@ -133,10 +197,30 @@ impl Channel {
             .arg("PREFIX")
             .arg(&self.key_prefix);
         match tokio::time::timeout(self.timeout, track.exec_async(&mut conn)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return (Ended::Lost(describe(&e)), false),
-            Err(_) => return (Ended::Lost("CLIENT TRACKING timed out".into()), false),
+            Ok(Ok(())) => Ok(conn),
+            Ok(Err(e)) => Err(describe(&e)),
+            Err(_) => Err("CLIENT TRACKING timed out".into()),
         }
+    }
+
+    /// One channel, from connecting until it fails. Also says whether it got as far as
+    /// vouching for the tier. On a cluster, it is one connection per primary, all of which
+    /// must be up for the tier to be vouched for.
+    async fn session(&self, tier: &Weak<Tier>) -> (Ended, bool) {
+        let (sender, mut pushes) = mpsc::unbounded_channel::<PushInfo>();
+        let (clients, tracked) = match self.nodes.clients().await {
+            Ok(found) => found,
+            Err(why) => return (Ended::Lost(why), false),
+        };
+        let mut conns = Vec::with_capacity(clients.len());
+        for client in &clients {
+            match self.track(client, sender.clone()).await {
+                Ok(conn) => conns.push(conn),
+                Err(why) => return (Ended::Lost(why), false),
+            }
+        }
+        // Only the connections hold senders now: once they are all gone, the channel closes.
+        drop(sender);
         match tier.upgrade() {
             Some(live) => live.vouch(true),
             None => return (Ended::TierDropped, false),
@@ -144,6 +228,7 @@ impl Channel {
         tracing::debug!("cachekit: the in-process tier's invalidation channel is up");
         let mut beat = tokio::time::interval(HEARTBEAT);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut beats = 0u32;
         loop {
             tokio::select! {
                 push = pushes.recv() => {
@@ -166,10 +251,28 @@ impl Channel {
                         return (Ended::TierDropped, true);
                     }
                     let ping = redis::cmd("PING");
-                    match tokio::time::timeout(self.timeout, ping.exec_async(&mut conn)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => return (Ended::Lost(describe(&e)), true),
-                        Err(_) => return (Ended::Lost("heartbeat timed out".into()), true),
+                    for conn in &mut conns {
+                        match tokio::time::timeout(self.timeout, ping.exec_async(conn)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => return (Ended::Lost(describe(&e)), true),
+                            Err(_) => return (Ended::Lost("heartbeat timed out".into()), true),
+                        }
+                    }
+                    beats = beats.wrapping_add(1);
+                    if let Nodes::Cluster { conn, .. } = &self.nodes
+                        && beats.is_multiple_of(TOPOLOGY_EVERY)
+                    {
+                        let listed = tokio::time::timeout(self.timeout, primaries(conn)).await;
+                        match listed {
+                            Ok(Ok(now)) if now == tracked => {}
+                            Ok(Ok(_)) => {
+                                return (Ended::Lost("the cluster's primaries changed".into()), true);
+                            }
+                            Ok(Err(why)) => return (Ended::Lost(why), true),
+                            Err(_) => {
+                                return (Ended::Lost("listing the primaries timed out".into()), true);
+                            }
+                        }
                     }
                 }
             }
