@@ -130,6 +130,28 @@
 //! reply of a request sent after it arrived, decoded once per type and cloned for the others
 //! ([`CacheStats::reads_coalesced`]).
 //!
+//! ## Production Redis: TLS, ACL users, Redis Cluster
+//!
+//! - `rediss://` (or `REDIS_SSL=true`) connects with TLS, verified against the system's trust
+//!   store, or against a private CA given with [`CacheServiceBuilder::tls_ca_file`]
+//!   (`REDIS_TLS_CA_FILE`); [`CacheServiceBuilder::tls_client_cert`] presents a client
+//!   certificate for mutual TLS. See [`TlsOptions`].
+//! - [`acl_rules`] gives the ACL rules of a Redis user limited to the service's prefix and to
+//!   the commands cachekit sends.
+//! - [`CacheServiceBuilder::redis_cluster`] (`REDIS_CLUSTER_NODES`) runs on a Redis Cluster:
+//!   keys keep their format, patterns and `clear_all` walk every primary with `SCAN` (the
+//!   index is not used there), and the in-process tier tracks every primary.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), cachekit::CacheError> {
+//! let cache = cachekit::CacheService::builder()
+//!     .redis_cluster(["rediss://10.0.0.1:7000", "rediss://10.0.0.2:7000"])
+//!     .tls_ca_file("/etc/redis/ca.pem")
+//!     .build()
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
 //! ## Failure handling
 //!
 //! - Every Redis call is bounded by a timeout; repeated failures open a circuit breaker that
