@@ -519,3 +519,75 @@ async fn tls_with_a_private_ca_works_on_a_cluster() {
     let error = health.error.unwrap_or_default();
     assert!(error.to_lowercase().contains("certificate"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_failover_flushes_the_tier_within_the_topology_check() {
+    cachekit_tests::init_tracing();
+    let cluster = RedisCluster::start();
+    let cache = within(
+        BOUND,
+        "build",
+        CacheService::builder()
+            .redis_cluster(cluster.urls())
+            .prefix("manual")
+            .local_tier(Duration::from_secs(600))
+            .build(),
+    )
+    .await
+    .unwrap();
+    for id in 0..60 {
+        assert!(cache.set(&format!("users:{id}"), &id, None).await);
+    }
+    let old_primary = cluster.primaries()[0];
+    let key = keys_on(old_primary, "manual").await.pop().unwrap();
+    let key = key.strip_prefix("manual:").unwrap().to_owned();
+    until_tier_serves(&cache, std::slice::from_ref(&key)).await;
+
+    // The old primary's replica takes over while the old primary stays up, as a replica.
+    let flushes = cache.stats().local_flushes;
+    let replica = cluster
+        .nodes()
+        .iter()
+        .find(|node| replica_of(node) == Some(old_primary.port()))
+        .expect("the old primary's replica");
+    let mut conn = replica.connection().await;
+    let () = redis::cmd("CLUSTER")
+        .arg("FAILOVER")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while cache.stats().local_flushes == flushes {
+        assert!(
+            started.elapsed() < BOUND,
+            "a manual failover did not flush the tier"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!(
+        "manual failover: the tier was flushed {:?} after CLUSTER FAILOVER was sent",
+        started.elapsed()
+    );
+    cluster.wait_ok();
+    // A write on the new primary by another client still evicts.
+    until_tier_serves(&cache, std::slice::from_ref(&key)).await;
+    let mut raw = cluster.connection().await;
+    let () = redis::cmd("SET")
+        .arg(format!("manual:{key}"))
+        .arg("99")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    until_reads(&cache, &key, 99).await;
+}
+
+/// For a replica, its primary's port (from `ROLE`); `None` for a primary.
+fn replica_of(node: &RedisServer) -> Option<u16> {
+    let mut conn = node.client().get_connection().expect("a connection");
+    let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut conn).expect("ROLE");
+    let name: String = redis::from_redis_value(role[0].clone()).ok()?;
+    if name != "slave" {
+        return None;
+    }
+    redis::from_redis_value::<u16>(role[2].clone()).ok()
+}
