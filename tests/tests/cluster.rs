@@ -591,3 +591,111 @@ fn replica_of(node: &RedisServer) -> Option<u16> {
     }
     redis::from_redis_value::<u16>(role[2].clone()).ok()
 }
+
+/// One command on one node, over a blocking connection.
+fn on(node: &RedisServer, cmd: &redis::Cmd) -> redis::Value {
+    let mut conn = node.client().get_connection().expect("a connection");
+    cmd.query(&mut conn)
+        .unwrap_or_else(|e| panic!("{cmd:?} on {}: {e}", node.port()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tier_follows_a_slot_moved_to_another_primary() {
+    cachekit_tests::init_tracing();
+    let cluster = RedisCluster::start();
+    let cache = within(
+        BOUND,
+        "build",
+        CacheService::builder()
+            .redis_cluster(cluster.urls())
+            .prefix("moved")
+            .local_tier(Duration::from_secs(600))
+            .build(),
+    )
+    .await
+    .unwrap();
+    for id in 0..60 {
+        assert!(cache.set(&format!("users:{id}"), &id, None).await);
+    }
+    let primaries = cluster.primaries();
+    let (from, to) = (primaries[0], primaries[1]);
+    let physical = keys_on(from, "moved").await.pop().unwrap();
+    let key = physical.strip_prefix("moved:").unwrap().to_owned();
+    until_tier_serves(&cache, std::slice::from_ref(&key)).await;
+    let flushes = cache.stats().local_flushes;
+
+    // Move the key's slot from one primary to another, as `redis-cli --cluster reshard` does.
+    let slot: u16 = redis::from_redis_value(on(
+        from,
+        redis::cmd("CLUSTER").arg("KEYSLOT").arg(&physical),
+    ))
+    .unwrap();
+    let id = |node: &RedisServer| -> String {
+        redis::from_redis_value(on(node, redis::cmd("CLUSTER").arg("MYID"))).unwrap()
+    };
+    let (from_id, to_id) = (id(from), id(to));
+    on(
+        to,
+        redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("IMPORTING")
+            .arg(&from_id),
+    );
+    on(
+        from,
+        redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("MIGRATING")
+            .arg(&to_id),
+    );
+    let keys: Vec<String> = redis::from_redis_value(on(
+        from,
+        redis::cmd("CLUSTER")
+            .arg("GETKEYSINSLOT")
+            .arg(slot)
+            .arg(1000),
+    ))
+    .unwrap();
+    on(
+        from,
+        redis::cmd("MIGRATE")
+            .arg("127.0.0.1")
+            .arg(to.port())
+            .arg("")
+            .arg(0)
+            .arg(5000)
+            .arg("KEYS")
+            .arg(&keys),
+    );
+    for node in cluster.primaries() {
+        on(
+            node,
+            redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg("NODE")
+                .arg(&to_id),
+        );
+    }
+    cluster.wait_ok();
+    assert!(keys_on(to, "moved").await.contains(&physical));
+
+    // The key's new owner reports writes to it: another client's write evicts, with no flush.
+    let mut raw = cluster.connection().await;
+    let () = redis::cmd("SET")
+        .arg(&physical)
+        .arg("77")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    until_reads(&cache, &key, 77).await;
+    assert!(cache.set(&key, &78u32, None).await);
+    assert_eq!(cache.get::<u32>(&key).await, Some(78));
+    assert_eq!(
+        cache.stats().local_flushes,
+        flushes,
+        "the move flushed the tier"
+    );
+}
