@@ -21,12 +21,14 @@ pub mod roles_api;
 pub mod users;
 
 /// Logs to stdout through `tracing`, filtered by `RUST_LOG`, or by `default_filter` (such as
-/// `"info"`) when it is unset: what each example binary calls first.
+/// `"info"`) when it is unset: what each example binary calls first. Colours only when stdout
+/// is a terminal, so a log file or a pipe gets plain text.
 pub fn init_tracing(default_filter: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| default_filter.into()),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
 }

@@ -141,3 +141,19 @@ fn with_its_redis_down_it_still_answers_every_read() {
         "{output}"
     );
 }
+
+#[test]
+fn its_logs_to_a_pipe_carry_no_colour_codes() {
+    init_tracing();
+    let server = RedisServer::start();
+    let url = server.url();
+    server.kill();
+    // Info level, Redis down: the start-up line and the fallback warnings are logged.
+    let output = run(&[("REDIS_URL", &url), ("RUST_LOG", "info")]);
+    assert!(output.contains("cachekit: using Redis at"), "{output}");
+    assert!(output.contains("WARN"), "{output}");
+    assert!(
+        !output.contains('\u{1b}'),
+        "ANSI escape codes in piped logs:\n{output}"
+    );
+}
