@@ -93,5 +93,10 @@ step "cargo check -p cachekit (alone; default features, then none)"
 cargo check -p cachekit --all-targets
 cargo check -p cachekit --no-default-features
 
+# The API docs as docs.rs builds them (every feature), with broken links and other warnings as
+# errors, so they cannot rot.
+step "cargo doc -p cachekit -p cachekit-macros (all features, warnings denied)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features -p cachekit -p cachekit-macros
+
 step "cargo test --workspace $*"
 cargo test --workspace "$@"
