@@ -1090,6 +1090,13 @@ impl CacheConfig {
                 ));
             }
         }
+        if matches!(self.store, StoreConfig::RedisCluster(_)) && self.prefix.contains(['{', '}']) {
+            return Err(CacheError::Config(
+                "on a Redis Cluster the key prefix must not contain `{` or `}`: the invalidation \
+                 index names its keys with a hash tag after the prefix"
+                    .into(),
+            ));
+        }
         match &self.store {
             StoreConfig::Redis(redis) => redis.validate(),
             StoreConfig::RedisCluster(cluster) => cluster.validate(),

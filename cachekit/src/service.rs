@@ -247,7 +247,7 @@ impl CacheService {
                 let options = RedisOptions {
                     connect_timeout: config.connect_timeout,
                     max_value_bytes: config.max_value_bytes,
-                    indexed: false,
+                    indexed: !config.unindexed,
                     step_timeout: config.admin_timeout,
                 };
                 // No answer is awaited longer than the longest bound of any call.

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cachekit::{CacheConfig, CacheService};
-use cachekit_tests::{RedisCluster, RedisServer, within};
+use cachekit_tests::{RedisCluster, RedisServer, raw, within};
 
 const BOUND: Duration = Duration::from_secs(10);
 
@@ -88,7 +88,13 @@ async fn every_operation_reaches_every_primary() {
     assert_eq!(counts.len(), 3);
     assert!(counts.iter().all(|(_, n)| *n > 100), "{counts:?}");
     assert_eq!(counts.iter().map(|(_, n)| n).sum::<usize>(), 650);
-    assert_eq!(cache.health().await.server.unwrap().db_keys, Some(650));
+    // DBSIZE summed over the primaries: the entries and the index's keys.
+    let mut total = 0u64;
+    for node in cluster.primaries() {
+        total += raw::dbsize(&mut node.connection().await).await;
+    }
+    assert!(total > 650);
+    assert_eq!(cache.health().await.server.unwrap().db_keys, Some(total));
 
     for id in [0, 299, 599] {
         assert_eq!(cache.get::<u32>(&format!("users:{id}")).await, Some(id));
@@ -697,5 +703,209 @@ async fn the_tier_follows_a_slot_moved_to_another_primary() {
         cache.stats().local_flushes,
         flushes,
         "the move flushed the tier"
+    );
+}
+
+/// How many `SCAN` commands the primaries have run.
+async fn scans(cluster: &RedisCluster) -> u64 {
+    let mut calls = 0;
+    for node in cluster.primaries() {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut node.connection().await)
+            .await
+            .expect("INFO commandstats");
+        calls += info
+            .lines()
+            .find_map(|line| line.strip_prefix("cmdstat_scan:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse::<u64>().expect("a call count"));
+    }
+    calls
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_index_answers_patterns_on_every_primary_without_scan() {
+    cachekit_tests::init_tracing();
+    let cluster = RedisCluster::start();
+    let cache = service(&cluster, "ix").await;
+    for id in 0..1000 {
+        assert!(cache.set(&format!("users:{id}"), &id, None).await);
+    }
+    for id in 0..100 {
+        assert!(cache.set(&format!("orders:{id}"), &id, None).await);
+    }
+    // Every entry was filed as it was written: the rebuild finds none missing.
+    assert_eq!(cache.rebuild_index().await.unwrap(), 0);
+    let index_keys = {
+        let mut n = 0;
+        for node in cluster.primaries() {
+            n += keys_on(node, "ix").await.len();
+            let mut conn = node.connection().await;
+            let (_, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(0)
+                .arg("MATCH")
+                .arg("ix#*#ix:users")
+                .arg("COUNT")
+                .arg(100_000)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert!(!found.is_empty(), "no index of users on {}", node.port());
+        }
+        n
+    };
+    assert_eq!(index_keys, 1100);
+
+    let before = scans(&cluster).await;
+    assert_eq!(cache.invalidate_pattern("users:1??").await, 100);
+    assert_eq!(cache.invalidate_pattern("users:*").await, 900);
+    assert_eq!(
+        scans(&cluster).await,
+        before,
+        "a pattern walked the keyspace instead of using the index"
+    );
+    for node in cluster.primaries() {
+        let left = keys_on(node, "ix").await;
+        assert!(left.iter().all(|k| k.starts_with("ix:orders:")), "{left:?}");
+    }
+    assert_eq!(
+        keys_per_primary(&cluster, "ix")
+            .await
+            .iter()
+            .map(|(_, n)| n)
+            .sum::<usize>(),
+        100
+    );
+
+    // A lease taken before an invalidation is found by it, and its fill refused.
+    let loading = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            cache
+                .get_or_load("users:5", None, || async {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Ok::<_, std::io::Error>(5u32)
+                })
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        cache.invalidate_pattern("users:*").await,
+        1,
+        "the lease marker"
+    );
+    assert_eq!(loading.await.unwrap().unwrap(), 5);
+    assert_eq!(
+        cache.get::<u32>("users:5").await,
+        None,
+        "a fill raced an invalidation and was written after it"
+    );
+    assert_eq!(cache.stats().errors, 0, "{:?}", cache.stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_never_outlive_an_invalidation_on_a_cluster() {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+    const KEY_COUNT: u64 = 64;
+    const INVALIDATIONS: usize = 120;
+    const MINUTE: Option<Duration> = Some(Duration::from_secs(60));
+    cachekit_tests::init_tracing();
+    let cluster = RedisCluster::start();
+    let fleet = [
+        service(&cluster, "app").await,
+        service(&cluster, "app").await,
+    ];
+    fleet[0].rebuild_index().await.unwrap();
+    // Per version, the clock reading after which an invalidation must remove it: when its
+    // `set` returned, or when its load began (its lease was taken before that).
+    let clock = Arc::new(AtomicU64::new(1));
+    let marks: Arc<Mutex<HashMap<u64, u64>>> = Arc::default();
+    let done = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..6u64 {
+        let (cache, clock, marks, done) = (
+            fleet[w as usize % 2].clone(),
+            clock.clone(),
+            marks.clone(),
+            done.clone(),
+        );
+        writers.push(tokio::spawn(async move {
+            let mut n = w;
+            while !done.load(Ordering::Relaxed) {
+                n = n
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                let key = format!("c:{}", (n >> 33) % KEY_COUNT);
+                let version = clock.fetch_add(1, Ordering::SeqCst);
+                if (n >> 20) % 2 == 0 {
+                    if cache.set(&key, &version, MINUTE).await {
+                        let at = clock.fetch_add(1, Ordering::SeqCst);
+                        marks.lock().unwrap().insert(version, at);
+                    }
+                } else {
+                    let (clock, marks) = (clock.clone(), marks.clone());
+                    let _ = cache
+                        .get_or_load(&key, MINUTE, || async move {
+                            let at = clock.fetch_add(1, Ordering::SeqCst);
+                            marks.lock().unwrap().insert(version, at);
+                            tokio::time::sleep(Duration::from_micros(200)).await;
+                            Ok::<_, std::io::Error>(version)
+                        })
+                        .await;
+                }
+            }
+        }));
+    }
+    let mut conn = cluster.connection().await;
+    let mut violations = Vec::new();
+    let mut removed = 0;
+    for i in 0..INVALIDATIONS {
+        let (pattern, matches): (&str, fn(u64) -> bool) = if i % 2 == 0 {
+            ("c:*", |_| true)
+        } else {
+            ("c:1*", |k| k.to_string().starts_with('1'))
+        };
+        let began = clock.fetch_add(1, Ordering::SeqCst);
+        removed += fleet[i % 2]
+            .try_invalidate_pattern(pattern)
+            .await
+            .expect("invalidate");
+        for k in (0..KEY_COUNT).filter(|&k| matches(k)) {
+            let value: Option<Vec<u8>> = redis::cmd("GET")
+                .arg(format!("app:c:{k}"))
+                .query_async(&mut conn)
+                .await
+                .expect("GET");
+            let Some(version) = value.and_then(|v| serde_json::from_slice::<u64>(&v).ok()) else {
+                continue;
+            };
+            if marks
+                .lock()
+                .unwrap()
+                .get(&version)
+                .is_some_and(|&at| at < began)
+            {
+                violations.push((k, version, pattern));
+            }
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.await.expect("writer task");
+    }
+    eprintln!(
+        "cluster: {INVALIDATIONS} invalidations removed {removed} entries amid {} writes; \
+         violations: {}",
+        clock.load(Ordering::SeqCst) / 2,
+        violations.len()
+    );
+    assert!(removed > 0, "the invalidations raced no writes");
+    assert_eq!(
+        violations,
+        [],
+        "entries outlived an invalidation that began after them"
     );
 }

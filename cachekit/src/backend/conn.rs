@@ -7,7 +7,7 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, Pipeline, RedisFuture, Value};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use tokio::sync::OnceCell;
 
 /// One server or a cluster, behind redis-rs's `ConnectionLike`, so every command is written
@@ -44,6 +44,42 @@ impl ClusterLink {
     }
 }
 
+/// The number of hash slots of a Redis Cluster.
+pub(crate) const SLOTS: u16 = 16_384;
+
+/// The hash slot of `key`: CRC16/XMODEM of its hash tag (the part between its first `{` and
+/// the next `}`, if not empty) or of the whole key, modulo 16,384.
+pub(crate) fn slot_of(key: &[u8]) -> u16 {
+    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        let close = rest.iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    crc16::State::<crc16::XMODEM>::calculate(tagged.unwrap_or(key)) % SLOTS
+}
+
+/// For each slot, a short tag whose slot it is: `{tag}` in a key name puts the key there.
+static SLOT_TAGS: LazyLock<Vec<String>> = LazyLock::new(|| {
+    let mut tags = vec![String::new(); usize::from(SLOTS)];
+    let mut missing = usize::from(SLOTS);
+    let mut n = 0u64;
+    while missing > 0 {
+        let tag = format!("{n:x}");
+        let slot = usize::from(slot_of(tag.as_bytes()));
+        if tags[slot].is_empty() {
+            tags[slot] = tag;
+            missing -= 1;
+        }
+        n += 1;
+    }
+    tags
+});
+
+/// The tag of `slot` (see [`SLOT_TAGS`]).
+pub(crate) fn slot_tag(slot: u16) -> &'static str {
+    &SLOT_TAGS[usize::from(slot % SLOTS)]
+}
+
 /// A primary of a cluster, as its peers announce it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Primary {
@@ -73,6 +109,84 @@ impl Conn {
             .await?;
         let text: String = redis::from_redis_value(value).map_err(redis::RedisError::from)?;
         Ok(Some(parse_primaries(&text)))
+    }
+
+    /// Which slots each primary serves, from `CLUSTER SLOTS`; `None` for one server.
+    pub(crate) async fn slot_owners(&self) -> Result<Option<Vec<(Primary, Vec<u16>)>>, CacheError> {
+        let Self::Cluster(link) = self else {
+            return Ok(None);
+        };
+        let mut conn = link.get().await?;
+        let value = conn
+            .route_command(
+                redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+            )
+            .await?;
+        let ranges: Vec<(u16, u16, Vec<Value>)> = match value {
+            Value::Array(ranges) => ranges
+                .into_iter()
+                .filter_map(|range| match range {
+                    Value::Array(fields) if fields.len() >= 3 => {
+                        let start = redis::from_redis_value::<u16>(fields[0].clone()).ok()?;
+                        let end = redis::from_redis_value::<u16>(fields[1].clone()).ok()?;
+                        match &fields[2] {
+                            Value::Array(node) => Some((start, end, node.clone())),
+                            _ => None,
+                        }
+                    }
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let mut owners: Vec<(Primary, Vec<u16>)> = Vec::new();
+        for (start, end, node) in ranges {
+            let (Some(host), Some(port)) = (node.first(), node.get(1)) else {
+                continue;
+            };
+            let (Ok(host), Ok(port)) = (
+                redis::from_redis_value::<String>(host.clone()),
+                redis::from_redis_value::<u16>(port.clone()),
+            ) else {
+                continue;
+            };
+            let primary = Primary { host, port };
+            let slots = (start..=end.min(SLOTS - 1)).collect::<Vec<_>>();
+            match owners.iter_mut().find(|(p, _)| *p == primary) {
+                Some((_, owned)) => owned.extend(slots),
+                None => owners.push((primary, slots)),
+            }
+        }
+        Ok(Some(owners))
+    }
+
+    /// Sends `pipeline` (not a transaction) to the node at `primary` as it is, whatever slots
+    /// its keys are in: each reply says how its command went there. On one server, to that
+    /// server.
+    pub(crate) async fn pipeline_on_node(
+        &self,
+        primary: Option<&Primary>,
+        pipeline: &Pipeline,
+        count: usize,
+    ) -> Result<Vec<Value>, CacheError> {
+        match (self, primary) {
+            (Self::Cluster(link), Some(primary)) => {
+                let mut conn = link.get().await?;
+                Ok(conn
+                    .route_pipeline(
+                        pipeline.clone(),
+                        0,
+                        count,
+                        SingleNodeRoutingInfo::ByAddress {
+                            host: primary.host.clone(),
+                            port: primary.port,
+                        },
+                    )
+                    .await?)
+            }
+            (conn, _) => Ok(pipeline.query_async(&mut conn.clone()).await?),
+        }
     }
 
     /// Sends `cmd` to the node at `primary` only (for commands that are not about one key,
@@ -164,6 +278,21 @@ impl ConnectionLike for Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slots_follow_the_cluster_spec_and_every_slot_has_a_tag() {
+        // The examples of the Redis Cluster specification.
+        assert_eq!(slot_of(b"123456789"), 0x31C3);
+        assert_eq!(slot_of(b"{user1000}.following"), slot_of(b"user1000"));
+        assert_eq!(slot_of(b"foo{}{bar}"), slot_of(b"foo{}{bar}"));
+        assert_ne!(slot_of(b"foo{}{bar}"), slot_of(b"bar"));
+        assert_eq!(slot_of(b"foo{{bar}}zap"), slot_of(b"{bar"));
+        assert_eq!(slot_of(b"foo{bar}{zap}"), slot_of(b"bar"));
+        for slot in [0, 1, 5461, 12_182, SLOTS - 1] {
+            let key = format!("app#{{{}}}#ix:users", slot_tag(slot));
+            assert_eq!(slot_of(key.as_bytes()), slot, "{key}");
+        }
+    }
 
     #[test]
     fn primaries_are_the_masters_not_failed() {

@@ -1,6 +1,6 @@
 //! The standalone Redis store, on redis-rs's auto-reconnecting multiplexed connection.
 
-use super::conn::{ClusterLink, Conn, Primary};
+use super::conn::{self, ClusterLink, Conn, Primary};
 use super::{Backend, BackendKind, LEASE_MARKER_PREFIX, Lease, ServerInfo, is_lease_marker};
 use crate::CacheError;
 use crate::index::{self, Scope};
@@ -332,6 +332,9 @@ const TRIM_LIMIT: u32 = 128;
 /// How many entries one step of a namespace invalidation removes.
 const DRAIN_CHUNK: usize = 1000;
 
+/// On a cluster, how many slots' index sets one invalidation drains at once.
+const SWEEP_CONCURRENCY: usize = 32;
+
 /// How long a check that the index can answer patterns holds before it is made again: a
 /// server whose eviction policy changes to one that can evict the index is noticed this late.
 const TRUST_FOR: Duration = Duration::from_secs(1);
@@ -398,6 +401,16 @@ struct Filing<'a> {
     registry: String,
     ready: String,
     member: &'a str,
+    /// The head the index keys are named under: the prefix's head on one server; on a
+    /// cluster, that head and the tag of the key's slot (see [`names_in_slot`]).
+    names: String,
+}
+
+/// On a cluster, the head the index keys of slot `slot` are named under: `{head}#{tag}`, where
+/// the tag puts them in that slot, beside the entries they list. So a write and its filing stay
+/// one transaction in one slot, and entry keys keep their format.
+fn names_in_slot(head: &str, slot: u16) -> String {
+    format!("{head}#{{{}}}", conn::slot_tag(slot))
 }
 
 /// What this process knows about the indexes of the heads it has invalidated under.
@@ -486,8 +499,7 @@ impl RedisBackend {
     }
 
     /// Creates the backend on a Redis Cluster without connecting: the connection is made on
-    /// first use. Keys are not filed in the invalidation index (its keys could not share a
-    /// slot with every entry), so patterns walk every primary with `SCAN`.
+    /// first use. The invalidation index is kept per slot (see [`names_in_slot`]).
     pub(crate) fn cluster_lazy(
         client: redis::cluster::ClusterClient,
         endpoint: String,
@@ -497,7 +509,7 @@ impl RedisBackend {
             conn: Conn::Cluster(Arc::new(ClusterLink::new(client))),
             endpoint,
             max_value_bytes: options.max_value_bytes.max(1),
-            indexed: false,
+            indexed: options.indexed,
             step_timeout: options.step_timeout,
             index: Arc::default(),
             writes: Arc::default(),
@@ -520,11 +532,17 @@ impl RedisBackend {
             return None;
         }
         let place = index::place(key)?;
+        let names = if self.conn.is_cluster() {
+            names_in_slot(place.head, conn::slot_of(key.as_bytes()))
+        } else {
+            place.head.to_owned()
+        };
         Some(Filing {
-            index: place.index_key(),
-            registry: registry_key(place.head),
-            ready: ready_key(place.head),
+            index: index::index_key(&names, place.ns),
+            registry: registry_key(&names),
+            ready: ready_key(&names),
             member: place.member,
+            names,
         })
     }
 
@@ -766,44 +784,96 @@ impl RedisBackend {
         let mut conn = self.conn.clone();
         let pattern = format!("{}:*", escape_glob(head));
         let key_head = format!("{head}:");
-        let registry = registry_key(head);
         let limit = step_timeout.unwrap_or(Duration::MAX);
-        let mut cursor = 0;
+        let cluster = conn.is_cluster();
+        // On a cluster every primary is walked, and the keys one step finds (all on that node)
+        // are filed in one pipeline sent there, the script loaded on every node first.
+        let primaries = bounded(limit, conn.primaries()).await?;
+        let nodes: Vec<Option<&Primary>> = match &primaries {
+            Some(primaries) => primaries.iter().map(Some).collect(),
+            None => vec![None],
+        };
+        if cluster {
+            let _: String = bounded(limit, async {
+                Ok(FILE_EXISTING.prepare_invoke().load_async(&mut conn).await?)
+            })
+            .await?;
+        }
         let mut filed = 0;
-        loop {
-            let (next, keys) = bounded(limit, scan_step(&conn, None, cursor, &pattern)).await?;
-            let mut groups: HashMap<String, Vec<&str>> = HashMap::new();
-            let keys: Vec<&str> = keys
-                .iter()
-                .filter_map(|k| std::str::from_utf8(k).ok())
-                .collect();
-            for key in &keys {
-                if let Some(place) = index::place(key)
-                    && place.head == head
-                {
-                    groups
-                        .entry(place.index_key())
-                        .or_default()
-                        .push(place.member);
+        for node in nodes {
+            let mut cursor = 0;
+            loop {
+                let (next, keys) = bounded(limit, scan_step(&conn, node, cursor, &pattern)).await?;
+                // Index key -> (registry, members).
+                let mut groups: HashMap<String, (String, Vec<&str>)> = HashMap::new();
+                let keys: Vec<&str> = keys
+                    .iter()
+                    .filter_map(|k| std::str::from_utf8(k).ok())
+                    .collect();
+                for key in &keys {
+                    if let Some(place) = index::place(key)
+                        && place.head == head
+                    {
+                        let names = if cluster {
+                            names_in_slot(head, conn::slot_of(key.as_bytes()))
+                        } else {
+                            head.to_owned()
+                        };
+                        groups
+                            .entry(index::index_key(&names, place.ns))
+                            .or_insert_with(|| (registry_key(&names), Vec::new()))
+                            .1
+                            .push(place.member);
+                    }
                 }
+                if cluster && !groups.is_empty() {
+                    let mut pipeline = redis::pipe();
+                    for (index, (registry, members)) in &groups {
+                        pipeline
+                            .cmd("EVALSHA")
+                            .arg(FILE_EXISTING.get_hash())
+                            .arg(2)
+                            .arg(index)
+                            .arg(registry)
+                            .arg(&key_head)
+                            .arg(now_ms())
+                            .arg(members);
+                    }
+                    let replies =
+                        bounded(limit, conn.pipeline_on_node(node, &pipeline, groups.len()))
+                            .await?;
+                    for reply in replies {
+                        match reply {
+                            redis::Value::Int(n) => filed += u64::try_from(n).unwrap_or(0),
+                            other => {
+                                return Err(CacheError::Redis(redis::RedisError::from((
+                                    redis::ErrorKind::UnexpectedReturnType,
+                                    "filing existing keys failed on a cluster node",
+                                    format!("{:?}", std::mem::discriminant(&other)),
+                                ))));
+                            }
+                        }
+                    }
+                } else if !cluster {
+                    for (index, (registry, members)) in groups {
+                        let mut invocation = FILE_EXISTING.key(&index);
+                        invocation
+                            .key(&registry)
+                            .arg(&key_head)
+                            .arg(now_ms())
+                            .arg(&members);
+                        let added: u64 = bounded(limit, async {
+                            Ok(invocation.invoke_async(&mut conn).await?)
+                        })
+                        .await?;
+                        filed += added;
+                    }
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            for (index, members) in groups {
-                let mut invocation = FILE_EXISTING.key(&index);
-                invocation
-                    .key(&registry)
-                    .arg(&key_head)
-                    .arg(now_ms())
-                    .arg(&members);
-                let added: u64 = bounded(limit, async {
-                    Ok(invocation.invoke_async(&mut conn).await?)
-                })
-                .await?;
-                filed += added;
-            }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
         }
         bounded(limit, async {
             redis::cmd("SET")
@@ -825,14 +895,16 @@ impl RedisBackend {
     /// Removes every entry of the index `index` under `head`: moves the index to its drain set,
     /// then drains that set a chunk at a time. Returns how many keys existed, or `None` if the
     /// index was unusable (of a foreign type) and the caller must walk.
-    async fn drain(&self, head: &str, index: &str) -> Result<Option<u64>, CacheError> {
+    ///
+    /// `names` is the head the index keys are named under: `head` itself on one server.
+    async fn drain(&self, head: &str, names: &str, index: &str) -> Result<Option<u64>, CacheError> {
         let mut conn = self.conn.clone();
-        let drain = drain_key(head, index);
-        let registry = registry_key(head);
+        let drain = drain_key(names, index);
+        let registry = registry_key(names);
         let key_head = format!("{head}:");
         // What the set's members must start with: `{ns}:`, or nothing for keys in no namespace.
         let belongs = index
-            .strip_prefix(head)
+            .strip_prefix(names)
             .and_then(|k| k.strip_prefix("#ix:"))
             .map(|ns| format!("{ns}:"))
             .unwrap_or_default();
@@ -841,7 +913,7 @@ impl RedisBackend {
             let held: i64 = SWAP
                 .key(index)
                 .key(&drain)
-                .key(ready_key(head))
+                .key(ready_key(names))
                 .invoke_async(&mut conn)
                 .await?;
             if held == -1 {
@@ -875,12 +947,13 @@ impl RedisBackend {
     async fn remove_within(
         &self,
         head: &str,
+        names: &str,
         ns: &str,
         member_pattern: &str,
     ) -> Result<Option<u64>, CacheError> {
         let mut conn = self.conn.clone();
-        let index = index::index_key(head, Some(ns));
-        let drain = drain_key(head, &index);
+        let index = index::index_key(names, Some(ns));
+        let drain = drain_key(names, &index);
         let key_head = format!("{head}:");
         let mut removed = 0;
         for set in [&index, &drain] {
@@ -921,6 +994,84 @@ impl RedisBackend {
         Ok(Some(removed))
     }
 
+    /// On a cluster, removes the entries of namespace `ns` under `head` (those whose member
+    /// matches `within`, if given) from every slot: each primary is asked, in one pipeline,
+    /// which of its slots hold an index or a drain set of the namespace, and only those are
+    /// drained (or scanned), [`SWEEP_CONCURRENCY`] at a time. An entry written before the sweep
+    /// began is in a set that existed when it looked. `None` if a set was unusable or the
+    /// slots moved meanwhile: the caller walks instead.
+    async fn sweep_slots(
+        &self,
+        head: &str,
+        ns: &str,
+        within: Option<&str>,
+    ) -> Result<Option<u64>, CacheError> {
+        let Some(owners) = self.conn.slot_owners().await? else {
+            return Ok(None);
+        };
+        if owners.iter().map(|(_, slots)| slots.len()).sum::<usize>() != usize::from(conn::SLOTS) {
+            return Ok(None);
+        }
+        let mut found: Vec<String> = Vec::new();
+        for (primary, slots) in &owners {
+            let mut pipeline = redis::pipe();
+            let mut names = Vec::with_capacity(slots.len());
+            for &slot in slots {
+                let slot_names = names_in_slot(head, slot);
+                let index = index::index_key(&slot_names, Some(ns));
+                pipeline
+                    .cmd("EXISTS")
+                    .arg(&index)
+                    .arg(drain_key(&slot_names, &index));
+                names.push(slot_names);
+            }
+            let replies = self
+                .conn
+                .pipeline_on_node(Some(primary), &pipeline, slots.len())
+                .await?;
+            for (reply, slot_names) in replies.into_iter().zip(names) {
+                match reply {
+                    redis::Value::Int(0) => {}
+                    redis::Value::Int(_) => found.push(slot_names),
+                    // `MOVED`: the slot changed hands since `CLUSTER SLOTS`.
+                    _ => return Ok(None),
+                }
+            }
+        }
+        let limit = Arc::new(tokio::sync::Semaphore::new(SWEEP_CONCURRENCY));
+        let mut tasks = tokio::task::JoinSet::new();
+        for names in found {
+            let (this, head, ns, within, limit) = (
+                self.clone(),
+                head.to_owned(),
+                ns.to_owned(),
+                within.map(str::to_owned),
+                limit.clone(),
+            );
+            tasks.spawn(async move {
+                let _permit = limit.acquire_owned().await;
+                match within {
+                    Some(pattern) => this.remove_within(&head, &names, &ns, &pattern).await,
+                    None => {
+                        let index = index::index_key(&names, Some(&ns));
+                        this.drain(&head, &names, &index).await
+                    }
+                }
+            });
+        }
+        let mut removed = 0;
+        let mut answered = true;
+        while let Some(outcome) = tasks.join_next().await {
+            match outcome {
+                Ok(Ok(Some(n))) => removed += n,
+                Ok(Ok(None)) => answered = false,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => answered = false,
+            }
+        }
+        Ok(answered.then_some(removed))
+    }
+
     /// Removes every entry under `head`: drains every index in the registry. `None` if the
     /// registry or an index was unusable (of a foreign type) and the caller must walk.
     async fn drain_everything(&self, head: &str) -> Result<Option<u64>, CacheError> {
@@ -947,7 +1098,7 @@ impl RedisBackend {
             .filter_map(|i| std::str::from_utf8(i).ok())
             .filter(own)
         {
-            match self.drain(head, index).await? {
+            match self.drain(head, head, index).await? {
                 Some(n) => removed += n,
                 None => return Ok(None),
             }
@@ -1029,7 +1180,7 @@ impl Backend for RedisBackend {
                 .arg(key_head)
                 .arg(now)
                 .arg(TRIM_LIMIT)
-                .arg(key_head.trim_end_matches(':'));
+                .arg(&filing.names);
         }
         let replies: Vec<redis::Value> = match transaction.query_async(&mut conn).await {
             Ok(replies) => replies,
@@ -1114,12 +1265,24 @@ impl Backend for RedisBackend {
             return self.walk_delete(pattern).await;
         }
         let answered = match scope {
-            Scope::Namespace { ns, .. } => {
-                self.drain(head, &index::index_key(head, Some(&ns))).await?
+            Scope::Namespace { ns, .. } if self.conn.is_cluster() => {
+                self.sweep_slots(head, &ns, None).await?
             }
             Scope::Within {
                 ns, member_pattern, ..
-            } => self.remove_within(head, &ns, member_pattern).await?,
+            } if self.conn.is_cluster() => {
+                self.sweep_slots(head, &ns, Some(member_pattern)).await?
+            }
+            // On a cluster, the registry of every namespace would have to be one per slot too:
+            // a rare `clear_all` walks instead.
+            Scope::Everything { .. } if self.conn.is_cluster() => None,
+            Scope::Namespace { ns, .. } => {
+                self.drain(head, head, &index::index_key(head, Some(&ns)))
+                    .await?
+            }
+            Scope::Within {
+                ns, member_pattern, ..
+            } => self.remove_within(head, head, &ns, member_pattern).await?,
             Scope::Everything { .. } => self.drain_everything(head).await?,
             Scope::Exact(_) | Scope::Walk => None,
         };
