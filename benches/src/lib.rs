@@ -55,6 +55,9 @@ pub mod names {
     pub const SEQUENTIAL_FILL: &str = "sequential fill";
     /// The invalidation index's memory in Redis.
     pub const INDEX_MEMORY: &str = "index memory";
+    /// Removing `users:*` among many other keys on a Redis Cluster of 3 primaries; ratios are
+    /// to the walk (the service with its index off), not to raw redis-rs.
+    pub const CLUSTER_INVALIDATION: &str = "invalidate users:* on a cluster (ratio to the walk)";
     /// One task reading the user from an in-process cache, each call timed.
     pub const LOCAL: &str = "in-process hit";
 
@@ -124,6 +127,9 @@ pub mod names {
     /// The sorted set of the `users` namespace holding the matching entries: `MEMORY USAGE`
     /// divided by its members.
     pub const INDEX_PER_ENTRY: &str = "users index (MEMORY USAGE / members)";
+    /// On a cluster: every index key's `MEMORY USAGE` (one index, drain set and registry per
+    /// slot and namespace) over the entries filed.
+    pub const CLUSTER_INDEX_PER_ENTRY: &str = "cluster index (MEMORY USAGE of its keys / entries)";
 }
 
 /// How to run the comparison.
@@ -145,9 +151,16 @@ pub struct Options {
 }
 
 /// The scenario groups `--only` can pick: the hit scenarios (sequential, embedded,
-/// concurrent), the in-process hits, the stampede, the sequential writes and fills, and the
-/// invalidation.
-pub const GROUPS: [&str; 5] = ["hits", "local", "stampede", "writes", "invalidation"];
+/// concurrent), the in-process hits, the stampede, the sequential writes and fills, the
+/// invalidation, and the invalidation on a private Redis Cluster.
+pub const GROUPS: [&str; 6] = [
+    "hits",
+    "local",
+    "stampede",
+    "writes",
+    "invalidation",
+    "cluster",
+];
 
 /// Why the comparison could not run.
 #[derive(Debug)]

@@ -327,6 +327,9 @@ impl Runner {
         if self.runs("invalidation") {
             self.invalidation().await?;
         }
+        if self.runs("cluster") {
+            self.cluster_invalidation().await?;
+        }
         machine.load_after = load_average();
         Ok(Report {
             mode: mode.to_owned(),
@@ -877,6 +880,95 @@ impl Runner {
         Ok(())
     }
 
+    /// The invalidation scenario on a private Redis Cluster (3 primaries, 3 replicas): the
+    /// service with its index (kept per slot there), against the same service with its index
+    /// off (a `SCAN` walk of every primary, the baseline) and `UNLINK` of the names known in
+    /// advance; and the index's memory per entry. The other keys are written directly and
+    /// filed by one rebuild, as in the single-server scenario.
+    async fn cluster_invalidation(&mut self) -> Result<(), Error> {
+        let plan = self.plan.clone();
+        self.say("cluster: starting 3 primaries and 3 replicas");
+        let cluster = tokio::task::spawn_blocking(cachekit_tests::RedisCluster::start)
+            .await
+            .map_err(|e| Error::new(format!("the cluster did not start: {e}")))?;
+        let service_with = |indexed: bool| {
+            let mut builder = CacheService::builder()
+                .redis_cluster(cluster.urls())
+                .prefix(PREFIX);
+            if !indexed {
+                builder = builder.__diagnostic_unindexed();
+            }
+            builder.build()
+        };
+        let (service, unindexed) = (service_with(true).await?, service_with(false).await?);
+        if let Some(error) = service.health().await.error {
+            return Err(Error::new(format!(
+                "cachekit cannot reach the cluster: {error}"
+            )));
+        }
+        let mut raw = cluster.connection().await;
+        self.say(&format!(
+            "cluster: writing {} other keys",
+            plan.invalidation_others
+        ));
+        populate_others_across_slots(&mut raw, plan.invalidation_others).await?;
+        let rebuilding = Instant::now();
+        let filed = service.rebuild_index().await?;
+        self.say(&format!(
+            "cluster: rebuilt the index ({filed} keys filed) in {:.1} s",
+            rebuilding.elapsed().as_secs_f64()
+        ));
+        let names = [
+            SERVICE_INVALIDATE_UNINDEXED,
+            SERVICE_INVALIDATE,
+            RAW_UNLINK_KNOWN,
+        ];
+        let n = names.len();
+        let (mut time, mut removed) = (vec![Vec::new(); n], vec![Vec::new(); n]);
+        let mut per_entry = Vec::new();
+        for round in 0..plan.invalidation_rounds {
+            self.say(&format!(
+                "cluster: round {}/{}",
+                round + 1,
+                plan.invalidation_rounds
+            ));
+            for k in 0..n {
+                let i = (round + k) % n;
+                populate_matching(&service, plan.invalidation_matching).await?;
+                if per_entry.len() <= round {
+                    let entries = plan.invalidation_others + plan.invalidation_matching;
+                    per_entry.push(cluster_index_bytes(&cluster).await? / entries as f64);
+                }
+                let started = Instant::now();
+                let count = match i {
+                    0 => unindexed.try_invalidate_pattern("users:*").await?,
+                    1 => service.try_invalidate_pattern("users:*").await?,
+                    _ => unlink_known(&mut raw, plan.invalidation_matching).await?,
+                };
+                time[i].push(started.elapsed().as_secs_f64() * 1000.0);
+                if count != plan.invalidation_matching as u64 {
+                    return Err(Error::new(format!(
+                        "{} on the cluster removed {count} keys, not {}",
+                        names[i], plan.invalidation_matching
+                    )));
+                }
+                removed[i].push(count as f64);
+            }
+        }
+        for (i, name) in names.iter().enumerate() {
+            for (figure, unit, values) in
+                [("time", "ms", &time), ("keys removed", "keys", &removed)]
+            {
+                let row = Row::new(CLUSTER_INVALIDATION, name, figure, unit);
+                self.rows.push(by_round(row, &values[i], &values[0]));
+            }
+        }
+        let mut row = Row::new(INDEX_MEMORY, CLUSTER_INDEX_PER_ENTRY, "per entry", "bytes");
+        row.value = median(&per_entry);
+        self.rows.push(row);
+        Ok(())
+    }
+
     /// Removes every key the run wrote (for a Redis the runner did not start).
     pub(crate) async fn clean_up(&mut self) -> Result<u64, Error> {
         self.say("removing the benchmark's keys");
@@ -1045,6 +1137,22 @@ async fn populate_others(conn: &mut MultiplexedConnection, count: usize) -> Resu
     Ok(())
 }
 
+/// [`populate_others`] on a cluster: one `MSET` of 1,000 keys at a time, which redis-rs splits
+/// by slot (a cluster pipeline must stay in one slot).
+async fn populate_others_across_slots(
+    conn: &mut (impl redis::aio::ConnectionLike + Send),
+    count: usize,
+) -> Result<(), Error> {
+    for start in (0..count).step_by(1000) {
+        let mut mset = redis::cmd("MSET");
+        for i in start..(start + 1000).min(count) {
+            mset.arg(format!("{PREFIX}:orders:{i}")).arg(i);
+        }
+        mset.exec_async(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 /// Writes the matching entries `users:{i}`, each holding the user record, through the
 /// service (so that its index files them), 256 at a time.
 async fn populate_matching(service: &CacheService, count: usize) -> Result<(), Error> {
@@ -1068,16 +1176,57 @@ async fn populate_matching(service: &CacheService, count: usize) -> Result<(), E
 }
 
 /// `UNLINK` of `{PREFIX}:users:{i}` for `i` below `count`, 1,000 names a command, pipelined.
-async fn unlink_known(conn: &mut MultiplexedConnection, count: usize) -> Result<u64, Error> {
-    let mut pipe = redis::pipe();
+/// On a cluster, one `UNLINK` of 1,000 names at a time, which redis-rs splits by slot.
+async fn unlink_known(
+    conn: &mut (impl redis::aio::ConnectionLike + Send),
+    count: usize,
+) -> Result<u64, Error> {
+    let mut removed = 0;
     for start in (0..count).step_by(1000) {
         let names: Vec<String> = (start..(start + 1000).min(count))
             .map(|i| format!("{PREFIX}:users:{i}"))
             .collect();
-        pipe.cmd("UNLINK").arg(names);
+        let n: u64 = redis::cmd("UNLINK").arg(names).query_async(conn).await?;
+        removed += n;
     }
-    let counts: Vec<u64> = pipe.query_async(conn).await?;
-    Ok(counts.iter().sum())
+    Ok(removed)
+}
+
+/// The memory of every key of the index on the cluster's primaries (`{PREFIX}#*`: the index,
+/// drain sets and registries of each slot), by `MEMORY USAGE` with every element sampled.
+async fn cluster_index_bytes(cluster: &cachekit_tests::RedisCluster) -> Result<f64, Error> {
+    let mut bytes = 0u64;
+    for node in cluster.primaries() {
+        let mut conn = node.connection().await;
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{PREFIX}#*"))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            if !keys.is_empty() {
+                let mut pipe = redis::pipe();
+                for key in &keys {
+                    pipe.cmd("MEMORY")
+                        .arg("USAGE")
+                        .arg(key)
+                        .arg("SAMPLES")
+                        .arg(0);
+                }
+                let sizes: Vec<Option<u64>> = pipe.query_async(&mut conn).await?;
+                bytes += sizes.into_iter().flatten().sum::<u64>();
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    Ok(bytes as f64)
 }
 
 /// The `users` index's memory per member: `MEMORY USAGE` (all of it sampled) over `ZCARD`.

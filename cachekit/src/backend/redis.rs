@@ -997,9 +997,11 @@ impl RedisBackend {
     /// On a cluster, removes the entries of namespace `ns` under `head` (those whose member
     /// matches `within`, if given) from every slot: each primary is asked, in one pipeline,
     /// which of its slots hold an index or a drain set of the namespace, and only those are
-    /// drained (or scanned), [`SWEEP_CONCURRENCY`] at a time. An entry written before the sweep
-    /// began is in a set that existed when it looked. `None` if a set was unusable or the
-    /// slots moved meanwhile: the caller walks instead.
+    /// drained: moved to their drain sets in one pipeline and drained by a chunk in another.
+    /// What that leaves (a pattern to match, a drain set found in place, a set larger than a
+    /// chunk) goes one set at a time, [`SWEEP_CONCURRENCY`] at once. An entry written before
+    /// the sweep began is in a set that existed when it looked. `None` if a set was unusable
+    /// or the slots moved meanwhile: the caller walks instead.
     async fn sweep_slots(
         &self,
         head: &str,
@@ -1012,7 +1014,17 @@ impl RedisBackend {
         if owners.iter().map(|(_, slots)| slots.len()).sum::<usize>() != usize::from(conn::SLOTS) {
             return Ok(None);
         }
-        let mut found: Vec<String> = Vec::new();
+        let mut removed = 0;
+        // Sets left for one at a time: a patterned removal, a drain set already there (another
+        // invalidation's, or one stopped half-way), or one larger than a chunk.
+        let mut single: Vec<String> = Vec::new();
+        let mut conn = self.conn.clone();
+        if within.is_none() {
+            let _: String = SWAP.prepare_invoke().load_async(&mut conn).await?;
+            let _: String = DRAIN.prepare_invoke().load_async(&mut conn).await?;
+        }
+        let key_head = format!("{head}:");
+        let belongs = format!("{ns}:");
         for (primary, slots) in &owners {
             let mut pipeline = redis::pipe();
             let mut names = Vec::with_capacity(slots.len());
@@ -1029,6 +1041,7 @@ impl RedisBackend {
                 .conn
                 .pipeline_on_node(Some(primary), &pipeline, slots.len())
                 .await?;
+            let mut found = Vec::new();
             for (reply, slot_names) in replies.into_iter().zip(names) {
                 match reply {
                     redis::Value::Int(0) => {}
@@ -1037,10 +1050,69 @@ impl RedisBackend {
                     _ => return Ok(None),
                 }
             }
+            if within.is_some() || found.is_empty() {
+                single.extend(found);
+                continue;
+            }
+            // Every set of this node moved to its drain set in one pipeline, then drained by a
+            // chunk in another: three round trips for the node, however many slots.
+            let mut swaps = redis::pipe();
+            for names in &found {
+                let index = index::index_key(names, Some(ns));
+                swaps
+                    .cmd("EVALSHA")
+                    .arg(SWAP.get_hash())
+                    .arg(3)
+                    .arg(&index)
+                    .arg(drain_key(names, &index))
+                    .arg(ready_key(names));
+            }
+            let held = self
+                .conn
+                .pipeline_on_node(Some(primary), &swaps, found.len())
+                .await?;
+            let mut drains = redis::pipe();
+            let mut draining = Vec::new();
+            for (reply, names) in held.into_iter().zip(found) {
+                match reply {
+                    redis::Value::Int(-1) => return Ok(None),
+                    redis::Value::Int(n) if n >= 0 => {
+                        let index = index::index_key(&names, Some(ns));
+                        drains
+                            .cmd("EVALSHA")
+                            .arg(DRAIN.get_hash())
+                            .arg(3)
+                            .arg(drain_key(&names, &index))
+                            .arg(&index)
+                            .arg(registry_key(&names))
+                            .arg(&key_head)
+                            .arg(DRAIN_CHUNK)
+                            .arg(&belongs);
+                        draining.push(names);
+                    }
+                    redis::Value::Int(_) => single.push(names),
+                    _ => return Ok(None),
+                }
+            }
+            if draining.is_empty() {
+                continue;
+            }
+            let drained = self
+                .conn
+                .pipeline_on_node(Some(primary), &drains, draining.len())
+                .await?;
+            for (reply, names) in drained.into_iter().zip(draining) {
+                let (taken, existed): (usize, u64) = redis::from_redis_value(reply)
+                    .map_err(|e| CacheError::Redis(redis::RedisError::from(e)))?;
+                removed += existed;
+                if taken >= DRAIN_CHUNK {
+                    single.push(names);
+                }
+            }
         }
         let limit = Arc::new(tokio::sync::Semaphore::new(SWEEP_CONCURRENCY));
         let mut tasks = tokio::task::JoinSet::new();
-        for names in found {
+        for names in single {
             let (this, head, ns, within, limit) = (
                 self.clone(),
                 head.to_owned(),
@@ -1059,7 +1131,6 @@ impl RedisBackend {
                 }
             });
         }
-        let mut removed = 0;
         let mut answered = true;
         while let Some(outcome) = tasks.join_next().await {
             match outcome {
