@@ -1023,91 +1023,25 @@ impl RedisBackend {
             let _: String = SWAP.prepare_invoke().load_async(&mut conn).await?;
             let _: String = DRAIN.prepare_invoke().load_async(&mut conn).await?;
         }
-        let key_head = format!("{head}:");
-        let belongs = format!("{ns}:");
-        for (primary, slots) in &owners {
-            let mut pipeline = redis::pipe();
-            let mut names = Vec::with_capacity(slots.len());
-            for &slot in slots {
-                let slot_names = names_in_slot(head, slot);
-                let index = index::index_key(&slot_names, Some(ns));
-                pipeline
-                    .cmd("EXISTS")
-                    .arg(&index)
-                    .arg(drain_key(&slot_names, &index));
-                names.push(slot_names);
-            }
-            let replies = self
-                .conn
-                .pipeline_on_node(Some(primary), &pipeline, slots.len())
-                .await?;
-            let mut found = Vec::new();
-            for (reply, slot_names) in replies.into_iter().zip(names) {
-                match reply {
-                    redis::Value::Int(0) => {}
-                    redis::Value::Int(_) => found.push(slot_names),
-                    // `MOVED`: the slot changed hands since `CLUSTER SLOTS`.
-                    _ => return Ok(None),
+        // The primaries at once: each is its own server.
+        let mut nodes = tokio::task::JoinSet::new();
+        for (primary, slots) in owners {
+            let (this, head, ns, within) = (
+                self.clone(),
+                head.to_owned(),
+                ns.to_owned(),
+                within.is_some(),
+            );
+            nodes.spawn(async move { this.sweep_node(&primary, &slots, &head, &ns, within).await });
+        }
+        while let Some(outcome) = nodes.join_next().await {
+            match outcome {
+                Ok(Ok(Some((n, left)))) => {
+                    removed += n;
+                    single.extend(left);
                 }
-            }
-            if within.is_some() || found.is_empty() {
-                single.extend(found);
-                continue;
-            }
-            // Every set of this node moved to its drain set in one pipeline, then drained by a
-            // chunk in another: three round trips for the node, however many slots.
-            let mut swaps = redis::pipe();
-            for names in &found {
-                let index = index::index_key(names, Some(ns));
-                swaps
-                    .cmd("EVALSHA")
-                    .arg(SWAP.get_hash())
-                    .arg(3)
-                    .arg(&index)
-                    .arg(drain_key(names, &index))
-                    .arg(ready_key(names));
-            }
-            let held = self
-                .conn
-                .pipeline_on_node(Some(primary), &swaps, found.len())
-                .await?;
-            let mut drains = redis::pipe();
-            let mut draining = Vec::new();
-            for (reply, names) in held.into_iter().zip(found) {
-                match reply {
-                    redis::Value::Int(-1) => return Ok(None),
-                    redis::Value::Int(n) if n >= 0 => {
-                        let index = index::index_key(&names, Some(ns));
-                        drains
-                            .cmd("EVALSHA")
-                            .arg(DRAIN.get_hash())
-                            .arg(3)
-                            .arg(drain_key(&names, &index))
-                            .arg(&index)
-                            .arg(registry_key(&names))
-                            .arg(&key_head)
-                            .arg(DRAIN_CHUNK)
-                            .arg(&belongs);
-                        draining.push(names);
-                    }
-                    redis::Value::Int(_) => single.push(names),
-                    _ => return Ok(None),
-                }
-            }
-            if draining.is_empty() {
-                continue;
-            }
-            let drained = self
-                .conn
-                .pipeline_on_node(Some(primary), &drains, draining.len())
-                .await?;
-            for (reply, names) in drained.into_iter().zip(draining) {
-                let (taken, existed): (usize, u64) = redis::from_redis_value(reply)
-                    .map_err(|e| CacheError::Redis(redis::RedisError::from(e)))?;
-                removed += existed;
-                if taken >= DRAIN_CHUNK {
-                    single.push(names);
-                }
+                Ok(Ok(None)) | Err(_) => return Ok(None),
+                Ok(Err(e)) => return Err(e),
             }
         }
         let limit = Arc::new(tokio::sync::Semaphore::new(SWEEP_CONCURRENCY));
@@ -1141,6 +1075,105 @@ impl RedisBackend {
             }
         }
         Ok(answered.then_some(removed))
+    }
+
+    /// One primary's part of [`sweep_slots`](Self::sweep_slots): which of its `slots` hold a set
+    /// of namespace `ns`, and unless `within` (a pattern to match, left to the caller), those
+    /// sets swapped and drained a chunk each, in two pipelines. Returns the keys removed and the
+    /// sets left for the caller; `None` if the slots moved or a set was unusable.
+    async fn sweep_node(
+        &self,
+        primary: &Primary,
+        slots: &[u16],
+        head: &str,
+        ns: &str,
+        within: bool,
+    ) -> Result<Option<(u64, Vec<String>)>, CacheError> {
+        let mut pipeline = redis::pipe();
+        let mut names = Vec::with_capacity(slots.len());
+        for &slot in slots {
+            let slot_names = names_in_slot(head, slot);
+            let index = index::index_key(&slot_names, Some(ns));
+            pipeline
+                .cmd("EXISTS")
+                .arg(&index)
+                .arg(drain_key(&slot_names, &index));
+            names.push(slot_names);
+        }
+        let replies = self
+            .conn
+            .pipeline_on_node(Some(primary), &pipeline, slots.len())
+            .await?;
+        let mut found = Vec::new();
+        for (reply, slot_names) in replies.into_iter().zip(names) {
+            match reply {
+                redis::Value::Int(0) => {}
+                redis::Value::Int(_) => found.push(slot_names),
+                // `MOVED`: the slot changed hands since `CLUSTER SLOTS`.
+                _ => return Ok(None),
+            }
+        }
+        if within || found.is_empty() {
+            return Ok(Some((0, found)));
+        }
+        // Every set of this node moved to its drain set in one pipeline, then drained by a
+        // chunk in another: three round trips for the node, however many slots.
+        let mut swaps = redis::pipe();
+        for names in &found {
+            let index = index::index_key(names, Some(ns));
+            swaps
+                .cmd("EVALSHA")
+                .arg(SWAP.get_hash())
+                .arg(3)
+                .arg(&index)
+                .arg(drain_key(names, &index))
+                .arg(ready_key(names));
+        }
+        let held = self
+            .conn
+            .pipeline_on_node(Some(primary), &swaps, found.len())
+            .await?;
+        let (key_head, belongs) = (format!("{head}:"), format!("{ns}:"));
+        let mut single = Vec::new();
+        let mut drains = redis::pipe();
+        let mut draining = Vec::new();
+        for (reply, names) in held.into_iter().zip(found) {
+            match reply {
+                redis::Value::Int(-1) => return Ok(None),
+                redis::Value::Int(n) if n >= 0 => {
+                    let index = index::index_key(&names, Some(ns));
+                    drains
+                        .cmd("EVALSHA")
+                        .arg(DRAIN.get_hash())
+                        .arg(3)
+                        .arg(drain_key(&names, &index))
+                        .arg(&index)
+                        .arg(registry_key(&names))
+                        .arg(&key_head)
+                        .arg(DRAIN_CHUNK)
+                        .arg(&belongs);
+                    draining.push(names);
+                }
+                redis::Value::Int(_) => single.push(names),
+                _ => return Ok(None),
+            }
+        }
+        let mut removed = 0;
+        if !draining.is_empty() {
+            let drained = self
+                .conn
+                .pipeline_on_node(Some(primary), &drains, draining.len())
+                .await?;
+            for (reply, names) in drained.into_iter().zip(draining) {
+                let (taken, existed): (usize, u64) = redis::from_redis_value(reply)
+                    .map_err(|e| CacheError::Redis(redis::RedisError::from(e)))?;
+                removed += existed;
+                if taken >= DRAIN_CHUNK {
+                    single.push(names);
+                }
+            }
+        }
+        Ok(Some((removed, single)))
     }
 
     /// Removes every entry under `head`: drains every index in the registry. `None` if the
