@@ -1255,8 +1255,9 @@ impl CacheServiceBuilder {
     /// for [`redis_url`](Self::redis_url), without a `/db`): one node that answers is enough,
     /// the others are learned from it. An invalid URL makes [`build`](Self::build) fail.
     ///
-    /// On a cluster, pattern invalidations and `clear_all` walk every primary with `SCAN`
-    /// (the invalidation index is not used); the in-process tier tracks every primary.
+    /// On a cluster the invalidation index is kept per slot: a namespace pattern drains only
+    /// the slots that hold it, while `clear_all` walks every primary with `SCAN`. The prefix
+    /// may hold no `{` or `}`. The in-process tier tracks every primary.
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), cachekit::CacheError> {

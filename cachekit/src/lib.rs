@@ -139,8 +139,9 @@
 //! - [`acl_rules`] gives the ACL rules of a Redis user limited to the service's prefix and to
 //!   the commands cachekit sends.
 //! - [`CacheServiceBuilder::redis_cluster`] (`REDIS_CLUSTER_NODES`) runs on a Redis Cluster:
-//!   keys keep their format, patterns and `clear_all` walk every primary with `SCAN` (the
-//!   index is not used there), and the in-process tier tracks every primary.
+//!   keys keep their format, the invalidation index is kept per slot (a namespace pattern
+//!   drains only the slots that hold it; `clear_all` walks every primary with `SCAN`), and the
+//!   in-process tier tracks every primary.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), cachekit::CacheError> {

@@ -909,3 +909,74 @@ async fn concurrent_writers_never_outlive_an_invalidation_on_a_cluster() {
         "entries outlived an invalidation that began after them"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_index_of_a_foreign_type_makes_patterns_walk_until_a_rebuild() {
+    cachekit_tests::init_tracing();
+    let cluster = RedisCluster::start();
+    let cache = service(&cluster, "fx").await;
+    // Sequential names rarely share a slot (CRC16 spreads them); a hash tag puts 20 in one.
+    for id in 0..2980 {
+        assert!(cache.set(&format!("users:{id}"), &id, None).await);
+    }
+    for id in 0..20 {
+        assert!(cache.set(&format!("users:{{team}}:{id}"), &id, None).await);
+    }
+    cache.rebuild_index().await.unwrap();
+    // A slot's index of users holding two entries or more, on the node that serves it.
+    let mut victim = None;
+    'nodes: for node in cluster.primaries() {
+        let mut conn = node.connection().await;
+        let (_, indexes): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(0)
+            .arg("MATCH")
+            .arg("fx#*#ix:users")
+            .arg("COUNT")
+            .arg(1_000_000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        for index in indexes {
+            let members: Vec<String> = redis::cmd("ZRANGE")
+                .arg(&index)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            if members.len() >= 2 {
+                victim = Some((conn, index, members));
+                break 'nodes;
+            }
+        }
+    }
+    let (mut conn, index, members) = victim.expect("a slot with two users");
+    // Another program overwrites it; the next write there replaces it, and with it the slot's
+    // record of the other entries.
+    raw::set(&mut conn, &index, "not an index").await;
+    assert!(cache.set(&members[0], &0u32, None).await);
+    let zcard: u64 = redis::cmd("ZCARD")
+        .arg(&index)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(zcard, 1, "the repaired index holds only the new write");
+
+    // The invalidation still removes every entry (it walks), and the next rebuild restores
+    // the index.
+    assert_eq!(cache.invalidate_pattern("users:*").await, 3000);
+    for node in cluster.primaries() {
+        assert_eq!(keys_on(node, "fx").await, Vec::<String>::new());
+    }
+    cache.rebuild_index().await.unwrap();
+    for id in 0..100 {
+        assert!(cache.set(&format!("users:{id}"), &id, None).await);
+    }
+    let before = scans(&cluster).await;
+    assert_eq!(cache.invalidate_pattern("users:*").await, 100);
+    assert_eq!(
+        scans(&cluster).await,
+        before,
+        "the rebuilt index answers again"
+    );
+}

@@ -875,6 +875,24 @@ impl RedisBackend {
                 cursor = next;
             }
         }
+        // On a cluster, each slot's index is marked complete too: a script that replaces a set
+        // of a foreign type there deletes its slot's marker, which the sweep notices.
+        if let Some(owners) = bounded(limit, conn.slot_owners()).await? {
+            for (primary, slots) in &owners {
+                let mut marks = redis::pipe();
+                for &slot in slots {
+                    marks
+                        .cmd("SET")
+                        .arg(ready_key(&names_in_slot(head, slot)))
+                        .arg("rebuilt");
+                }
+                bounded(
+                    limit,
+                    conn.pipeline_on_node(Some(primary), &marks, slots.len()),
+                )
+                .await?;
+            }
+        }
         bounded(limit, async {
             redis::cmd("SET")
                 .arg(ready_key(head))
@@ -1023,25 +1041,41 @@ impl RedisBackend {
             let _: String = SWAP.prepare_invoke().load_async(&mut conn).await?;
             let _: String = DRAIN.prepare_invoke().load_async(&mut conn).await?;
         }
-        // The primaries at once: each is its own server.
-        let mut nodes = tokio::task::JoinSet::new();
+        // The primaries at once, each its own server: first every one says which sets it
+        // holds, so that nothing is removed unless the index can answer on all of them.
+        let mut surveys = tokio::task::JoinSet::new();
         for (primary, slots) in owners {
-            let (this, head, ns, within) = (
-                self.clone(),
-                head.to_owned(),
-                ns.to_owned(),
-                within.is_some(),
-            );
-            nodes.spawn(async move { this.sweep_node(&primary, &slots, &head, &ns, within).await });
+            let (this, head, ns) = (self.clone(), head.to_owned(), ns.to_owned());
+            surveys.spawn(async move {
+                let found = this.survey_node(&primary, &slots, &head, &ns).await;
+                (primary, found)
+            });
         }
-        while let Some(outcome) = nodes.join_next().await {
+        let mut surveyed = Vec::new();
+        while let Some(outcome) = surveys.join_next().await {
             match outcome {
-                Ok(Ok(Some((n, left)))) => {
-                    removed += n;
-                    single.extend(left);
+                Ok((primary, Ok(Some(found)))) => surveyed.push((primary, found)),
+                Ok((_, Ok(None))) | Err(_) => return Ok(None),
+                Ok((_, Err(e))) => return Err(e),
+            }
+        }
+        if within.is_some() {
+            single.extend(surveyed.into_iter().flat_map(|(_, found)| found));
+        } else {
+            let mut nodes = tokio::task::JoinSet::new();
+            for (primary, found) in surveyed {
+                let (this, head, ns) = (self.clone(), head.to_owned(), ns.to_owned());
+                nodes.spawn(async move { this.drain_node(&primary, found, &head, &ns).await });
+            }
+            while let Some(outcome) = nodes.join_next().await {
+                match outcome {
+                    Ok(Ok(Some((n, left)))) => {
+                        removed += n;
+                        single.extend(left);
+                    }
+                    Ok(Ok(None)) | Err(_) => return Ok(None),
+                    Ok(Err(e)) => return Err(e),
                 }
-                Ok(Ok(None)) | Err(_) => return Ok(None),
-                Ok(Err(e)) => return Err(e),
             }
         }
         let limit = Arc::new(tokio::sync::Semaphore::new(SWEEP_CONCURRENCY));
@@ -1077,18 +1111,17 @@ impl RedisBackend {
         Ok(answered.then_some(removed))
     }
 
-    /// One primary's part of [`sweep_slots`](Self::sweep_slots): which of its `slots` hold a set
-    /// of namespace `ns`, and unless `within` (a pattern to match, left to the caller), those
-    /// sets swapped and drained a chunk each, in two pipelines. Returns the keys removed and the
-    /// sets left for the caller; `None` if the slots moved or a set was unusable.
-    async fn sweep_node(
+    /// The first half of one primary's sweep (see [`sweep_slots`](Self::sweep_slots)): which of
+    /// its `slots` hold a set of namespace `ns`, by the names the sets are under. `None` if the
+    /// slots moved, or if a slot's index is not complete, which also makes the next pattern
+    /// start a rebuild.
+    async fn survey_node(
         &self,
         primary: &Primary,
         slots: &[u16],
         head: &str,
         ns: &str,
-        within: bool,
-    ) -> Result<Option<(u64, Vec<String>)>, CacheError> {
+    ) -> Result<Option<Vec<String>>, CacheError> {
         let mut pipeline = redis::pipe();
         let mut names = Vec::with_capacity(slots.len());
         for &slot in slots {
@@ -1097,27 +1130,61 @@ impl RedisBackend {
             pipeline
                 .cmd("EXISTS")
                 .arg(&index)
-                .arg(drain_key(&slot_names, &index));
+                .arg(drain_key(&slot_names, &index))
+                .cmd("EXISTS")
+                .arg(ready_key(&slot_names));
             names.push(slot_names);
         }
         let replies = self
             .conn
-            .pipeline_on_node(Some(primary), &pipeline, slots.len())
+            .pipeline_on_node(Some(primary), &pipeline, 2 * slots.len())
             .await?;
         let mut found = Vec::new();
-        for (reply, slot_names) in replies.into_iter().zip(names) {
-            match reply {
-                redis::Value::Int(0) => {}
-                redis::Value::Int(_) => found.push(slot_names),
+        let mut replies = replies.into_iter();
+        for slot_names in names {
+            match (replies.next(), replies.next()) {
+                (Some(redis::Value::Int(sets)), Some(redis::Value::Int(1))) => {
+                    if sets > 0 {
+                        found.push(slot_names);
+                    }
+                }
+                // The slot's index is not complete (a set of a foreign type was replaced, or
+                // the slot was never rebuilt): walk, and rebuild.
+                (Some(redis::Value::Int(_)), Some(redis::Value::Int(0))) => {
+                    let mut conn = self.conn.clone();
+                    redis::cmd("DEL")
+                        .arg(ready_key(head))
+                        .exec_async(&mut conn)
+                        .await?;
+                    self.index
+                        .trusted
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(head);
+                    return Ok(None);
+                }
                 // `MOVED`: the slot changed hands since `CLUSTER SLOTS`.
                 _ => return Ok(None),
             }
         }
-        if within || found.is_empty() {
+        Ok(Some(found))
+    }
+
+    /// The second half of one primary's sweep: its sets `found`, moved to their drain sets in
+    /// one pipeline and drained by a chunk in another. Returns the keys removed and the sets
+    /// left for the caller; `None` if a set was unusable.
+    async fn drain_node(
+        &self,
+        primary: &Primary,
+        found: Vec<String>,
+        head: &str,
+        ns: &str,
+    ) -> Result<Option<(u64, Vec<String>)>, CacheError> {
+        if found.is_empty() {
             return Ok(Some((0, found)));
         }
         // Every set of this node moved to its drain set in one pipeline, then drained by a
-        // chunk in another: three round trips for the node, however many slots.
+        // chunk in another: two round trips for the node, however many slots.
         let mut swaps = redis::pipe();
         for names in &found {
             let index = index::index_key(names, Some(ns));
