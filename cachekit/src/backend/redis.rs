@@ -193,21 +193,24 @@ return 0"
 /// progress, or one stopped half-way by a fault: drain it first, then swap again), or -1 if
 /// either key is of a foreign type: both are removed with the ready marker `KEYS[3]`, and the
 /// caller walks instead.
-static SWAP: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"local function foreign(k)
-  local t = redis.call('TYPE', k)['ok']
-  return t ~= 'zset' and t ~= 'none'
+static SWAP: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{SWAP_FN}return swap(KEYS[1], KEYS[2], KEYS[3])")));
+
+/// [`SWAP`] as a Lua function: `swap(index, drain set, ready marker)`.
+const SWAP_FN: &str = r"local function swap(ix, dr, ready)
+  local function foreign(k)
+    local t = redis.call('TYPE', k)['ok']
+    return t ~= 'zset' and t ~= 'none'
+  end
+  if foreign(ix) or foreign(dr) then
+    redis.call('DEL', ix, dr, ready)
+    return -1
+  end
+  if redis.call('EXISTS', dr) == 1 then return -2 end
+  if redis.call('EXISTS', ix) == 1 then redis.call('RENAME', ix, dr) end
+  return redis.call('ZCARD', dr)
 end
-if foreign(KEYS[1]) or foreign(KEYS[2]) then
-  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-  return -1
-end
-if redis.call('EXISTS', KEYS[2]) == 1 then return -2 end
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RENAME', KEYS[1], KEYS[2]) end
-return redis.call('ZCARD', KEYS[2])",
-    )
-});
+";
 
 /// The indexes registered in `KEYS[1]`; a registry of a foreign type is removed with the ready
 /// marker `KEYS[2]`, and false returned: walk instead.
@@ -229,28 +232,47 @@ return redis.call('SMEMBERS', KEYS[1])",
 /// outside the namespace. When the set and the namespace's index `KEYS[2]` are both gone, the
 /// index leaves the registry `KEYS[3]`. Returns {members taken, keys that existed}.
 static DRAIN: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"local m = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
-local removed = 0
-if #m > 0 then
-  local keys = {}
-  for _, v in ipairs(m) do
-    local belongs
-    if ARGV[3] == '' then
-      belongs = string.find(v, ':', 1, true) == nil
-    else
-      belongs = string.sub(v, 1, #ARGV[3]) == ARGV[3]
+    Script::new(&format!(
+        "{DRAIN_FN}return drain(KEYS[1], KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[2]), ARGV[3])"
+    ))
+});
+
+/// [`DRAIN`] as a Lua function: `drain(drain set, index, registry, key head, chunk, namespace
+/// and its colon)`.
+const DRAIN_FN: &str = r"local function drain(dr, ix, reg, head, chunk, ns)
+  local m = redis.call('ZRANGE', dr, 0, chunk - 1)
+  local removed = 0
+  if #m > 0 then
+    local keys = {}
+    for _, v in ipairs(m) do
+      local belongs
+      if ns == '' then
+        belongs = string.find(v, ':', 1, true) == nil
+      else
+        belongs = string.sub(v, 1, #ns) == ns
+      end
+      if belongs then keys[#keys + 1] = head .. v end
     end
-    if belongs then keys[#keys + 1] = ARGV[1] .. v end
+    if #keys > 0 then removed = redis.call('UNLINK', unpack(keys)) end
+    redis.call('ZREMRANGEBYRANK', dr, 0, #m - 1)
   end
-  if #keys > 0 then removed = redis.call('UNLINK', unpack(keys)) end
-  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, #m - 1)
+  if redis.call('EXISTS', dr) == 0 and redis.call('EXISTS', ix) == 0 then
+    redis.call('SREM', reg, ix)
+  end
+  return {#m, removed}
 end
-if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[2]) == 0 then
-  redis.call('SREM', KEYS[3], KEYS[2])
-end
-return {#m, removed}",
-    )
+";
+
+/// [`SWAP`] then one [`DRAIN`] step, in one call, for a cluster's sweep: `KEYS` the index, its
+/// drain set, the ready marker and the registry, `ARGV` as for `DRAIN`. Returns {what `SWAP`
+/// returned, members taken, keys that existed}; nothing is drained when the first is negative.
+static SWAP_DRAIN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{SWAP_FN}{DRAIN_FN}local held = swap(KEYS[1], KEYS[2], KEYS[3])
+if held < 0 then return {{held, 0, 0}} end
+local r = drain(KEYS[2], KEYS[1], KEYS[4], ARGV[1], tonumber(ARGV[2]), ARGV[3])
+return {{held, r[1], r[2]}}"
+    ))
 });
 
 /// Remove the entries `ARGV[1] .. member` for the members `ARGV[2..]` of the set `KEYS[1]`,
@@ -1038,8 +1060,7 @@ impl RedisBackend {
         let mut single: Vec<String> = Vec::new();
         let mut conn = self.conn.clone();
         if within.is_none() {
-            let _: String = SWAP.prepare_invoke().load_async(&mut conn).await?;
-            let _: String = DRAIN.prepare_invoke().load_async(&mut conn).await?;
+            let _: String = SWAP_DRAIN.prepare_invoke().load_async(&mut conn).await?;
         }
         // The primaries at once, each its own server: first every one says which sets it
         // holds, so that nothing is removed unless the index can answer on all of them.
@@ -1170,8 +1191,8 @@ impl RedisBackend {
         Ok(Some(found))
     }
 
-    /// The second half of one primary's sweep: its sets `found`, moved to their drain sets in
-    /// one pipeline and drained by a chunk in another. Returns the keys removed and the sets
+    /// The second half of one primary's sweep: its sets `found`, each moved to its drain set
+    /// and drained by a chunk in one call, all in one pipeline. Returns the keys removed and the sets
     /// left for the caller; `None` if a set was unusable.
     async fn drain_node(
         &self,
@@ -1183,60 +1204,41 @@ impl RedisBackend {
         if found.is_empty() {
             return Ok(Some((0, found)));
         }
-        // Every set of this node moved to its drain set in one pipeline, then drained by a
-        // chunk in another: two round trips for the node, however many slots.
-        let mut swaps = redis::pipe();
+        // Every set of this node moved to its drain set and drained by a chunk, in one
+        // pipeline: one round trip for the node, however many slots.
+        let (key_head, belongs) = (format!("{head}:"), format!("{ns}:"));
+        let mut pipeline = redis::pipe();
         for names in &found {
             let index = index::index_key(names, Some(ns));
-            swaps
+            pipeline
                 .cmd("EVALSHA")
-                .arg(SWAP.get_hash())
-                .arg(3)
+                .arg(SWAP_DRAIN.get_hash())
+                .arg(4)
                 .arg(&index)
                 .arg(drain_key(names, &index))
-                .arg(ready_key(names));
+                .arg(ready_key(names))
+                .arg(registry_key(names))
+                .arg(&key_head)
+                .arg(DRAIN_CHUNK)
+                .arg(&belongs);
         }
-        let held = self
+        let replies = self
             .conn
-            .pipeline_on_node(Some(primary), &swaps, found.len())
+            .pipeline_on_node(Some(primary), &pipeline, found.len())
             .await?;
-        let (key_head, belongs) = (format!("{head}:"), format!("{ns}:"));
-        let mut single = Vec::new();
-        let mut drains = redis::pipe();
-        let mut draining = Vec::new();
-        for (reply, names) in held.into_iter().zip(found) {
-            match reply {
-                redis::Value::Int(-1) => return Ok(None),
-                redis::Value::Int(n) if n >= 0 => {
-                    let index = index::index_key(&names, Some(ns));
-                    drains
-                        .cmd("EVALSHA")
-                        .arg(DRAIN.get_hash())
-                        .arg(3)
-                        .arg(drain_key(&names, &index))
-                        .arg(&index)
-                        .arg(registry_key(&names))
-                        .arg(&key_head)
-                        .arg(DRAIN_CHUNK)
-                        .arg(&belongs);
-                    draining.push(names);
-                }
-                redis::Value::Int(_) => single.push(names),
-                _ => return Ok(None),
-            }
-        }
-        let mut removed = 0;
-        if !draining.is_empty() {
-            let drained = self
-                .conn
-                .pipeline_on_node(Some(primary), &drains, draining.len())
-                .await?;
-            for (reply, names) in drained.into_iter().zip(draining) {
-                let (taken, existed): (usize, u64) = redis::from_redis_value(reply)
-                    .map_err(|e| CacheError::Redis(redis::RedisError::from(e)))?;
-                removed += existed;
-                if taken >= DRAIN_CHUNK {
-                    single.push(names);
+        let (mut removed, mut single) = (0, Vec::new());
+        for (reply, names) in replies.into_iter().zip(found) {
+            let (held, taken, existed): (i64, usize, u64) = redis::from_redis_value(reply)
+                .map_err(|e| CacheError::Redis(redis::RedisError::from(e)))?;
+            match held {
+                -1 => return Ok(None),
+                // A drain set found in place: drained one set at a time.
+                held if held < 0 => single.push(names),
+                _ => {
+                    removed += existed;
+                    if taken >= DRAIN_CHUNK {
+                        single.push(names);
+                    }
                 }
             }
         }
