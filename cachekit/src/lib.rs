@@ -189,6 +189,7 @@ mod load;
 mod service;
 mod stats;
 mod tier;
+mod warm;
 
 pub use acl::{ACL_COMMANDS, acl_rules};
 pub use backend::{Backend, BackendKind, ServerInfo};
@@ -203,6 +204,7 @@ pub use error::{CacheError, FaultKind};
 pub use invalidate::MAX_DEFERRED;
 pub use service::{CacheService, Fetched, HasCache, Health, global, set_global};
 pub use stats::{CacheStats, FaultStats};
+pub use warm::{WarmUp, WarmUpReport};
 
 pub use cachekit_macros::{cached, invalidates};
 
