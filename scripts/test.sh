@@ -93,6 +93,15 @@ step "cargo check -p cachekit (alone; default features, then none)"
 cargo check -p cachekit --all-targets
 cargo check -p cachekit --no-default-features
 
+# The published crates build on the oldest Rust they declare (`rust-version` in Cargo.toml).
+msrv="$(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)"
+[[ -n "$msrv" ]] || die "no rust-version in Cargo.toml"
+command -v rustup >/dev/null 2>&1 ||
+  die "checking the declared rust-version ($msrv) needs rustup: see https://rustup.rs"
+step "cargo +$msrv check -p cachekit -p cachekit-macros (the declared rust-version)"
+rustup toolchain install "$msrv" --profile minimal >/dev/null
+cargo "+$msrv" check -p cachekit -p cachekit-macros
+
 # The API docs as docs.rs builds them (every feature), with broken links and other warnings as
 # errors, so they cannot rot.
 step "cargo doc -p cachekit -p cachekit-macros (all features, warnings denied)"
