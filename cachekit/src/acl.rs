@@ -6,7 +6,7 @@ use crate::key::escape_glob;
 /// (its scripts run with the caller's permissions, so the commands they call are here too),
 /// health, and the in-process tier's tracking connection. `+hello` and `+auth` are part of
 /// making a connection; `+select` of using a database other than 0; the `+cluster|...`
-/// commands of a Redis Cluster (its slot map, its primaries, its state).
+/// commands of a Redis Cluster (its slot map and its state).
 ///
 /// Redis 7.2 and later also know `client|setinfo`, which redis-rs sends when it connects and
 /// whose refusal it ignores: add `+client|setinfo` there to keep the server's `ACL LOG` quiet.
@@ -20,7 +20,6 @@ pub const ACL_COMMANDS: &[&str] = &[
     "+client|setname",
     "+client|tracking",
     "+cluster|slots",
-    "+cluster|nodes",
     "+cluster|info",
     "+get",
     "+getrange",

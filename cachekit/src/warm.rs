@@ -98,6 +98,7 @@ impl CacheService {
     {
         let items = items.into_iter();
         let prefix = self.prefix().to_owned();
+        let load = std::sync::Arc::new(load);
         let task = tokio::spawn(async move {
             let concurrency = concurrency.max(1);
             let started = Instant::now();
@@ -150,7 +151,10 @@ impl CacheService {
                         settle(outcome, &mut loaded, &mut failed);
                     }
                 }
-                running.spawn(load(item));
+                // Called inside the item's own task: even a `load` that panics before it
+                // returns its future fails that item alone.
+                let load = load.clone();
+                running.spawn(async move { load(item).await });
             }
             while let Some(outcome) = running.join_next().await {
                 settle(outcome, &mut loaded, &mut failed);

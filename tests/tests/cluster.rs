@@ -980,3 +980,84 @@ async fn a_slot_index_of_a_foreign_type_makes_patterns_walk_until_a_rebuild() {
         "the rebuilt index answers again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_walk_never_skips_a_failed_primary_whose_replica_will_serve_its_keys() {
+    cachekit_tests::init_tracing();
+    let cluster = RedisCluster::start();
+    let cache = service(&cluster, "walk").await;
+    for id in 0..300 {
+        assert!(cache.set(&format!("users:{id}"), &id, None).await);
+    }
+    let victim = cluster.primaries()[0];
+    let mut conn = victim.connection().await;
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let acked: u64 = redis::cmd("WAIT")
+            .arg(1)
+            .arg(200)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if acked == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replica never caught up");
+    }
+    drop(conn);
+    let victim_port = victim.port();
+    victim.kill();
+    // Once every other node marks it failed (`fail`, not just suspected), and before its
+    // replica is promoted (which waits at least half a second more), a walk (this pattern has
+    // no namespace) must not report success without its keys.
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let mut flagged = true;
+        for node in cluster.nodes().iter().filter(|n| n.is_running()) {
+            let mut conn = node.connection().await;
+            let nodes: String = redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            flagged &= nodes.lines().any(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                fields
+                    .get(1)
+                    .is_some_and(|a| a.contains(&format!(":{victim_port}@")))
+                    && fields
+                        .get(2)
+                        .is_some_and(|f| f.split(',').any(|flag| flag == "fail"))
+            });
+        }
+        if flagged {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dead primary was never marked failed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let outcome = cache.try_invalidate_pattern("*sers:*").await;
+    eprintln!("walk with a failed primary: {outcome:?}");
+    cluster.wait_ok();
+    // Whatever it answered, once the cluster has recovered (and anything remembered has been
+    // replayed, which reads start) no entry survives.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let _ = cache.get::<u32>("users:1").await;
+        let mut left = 0;
+        for node in cluster.primaries() {
+            left += keys_on(node, "walk").await.len();
+        }
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} entries outlived an invalidation that answered {outcome:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -93,25 +93,21 @@ impl Conn {
         matches!(self, Self::Cluster(_))
     }
 
-    /// The primaries of the cluster, from `CLUSTER NODES` as one node sees it; `None` for one
-    /// server. A primary that node marks as failed is left out: its slots are unreachable until
-    /// a replica takes over, and the command that needs them fails then.
+    /// The primaries that serve the cluster's slots, as redis-rs addresses them (from
+    /// `CLUSTER SLOTS`, sorted); `None` for one server. A primary that has failed but still
+    /// owns its slots is listed: a command sent to it fails, rather than its keys being
+    /// skipped. An error if some slot has no owner.
     pub(crate) async fn primaries(&self) -> Result<Option<Vec<Primary>>, CacheError> {
-        let Self::Cluster(link) = self else {
+        let Some(owners) = self.slot_owners().await? else {
             return Ok(None);
         };
-        let mut conn = link.get().await?;
-        let value = conn
-            .route_command(
-                redis::cmd("CLUSTER").arg("NODES").clone(),
-                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
-            )
-            .await?;
-        let text: String = redis::from_redis_value(value).map_err(redis::RedisError::from)?;
-        Ok(Some(parse_primaries(&text)))
+        let mut primaries: Vec<Primary> = owners.into_iter().map(|(primary, _)| primary).collect();
+        primaries.sort_by(|a, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
+        Ok(Some(primaries))
     }
 
-    /// Which slots each primary serves, from `CLUSTER SLOTS`; `None` for one server.
+    /// Which slots each primary serves, from `CLUSTER SLOTS` (the addresses redis-rs routes
+    /// to); `None` for one server. An error if some slot has no owner.
     pub(crate) async fn slot_owners(&self) -> Result<Option<Vec<(Primary, Vec<u16>)>>, CacheError> {
         let Self::Cluster(link) = self else {
             return Ok(None);
@@ -157,6 +153,12 @@ impl Conn {
                 Some((_, owned)) => owned.extend(slots),
                 None => owners.push((primary, slots)),
             }
+        }
+        let covered: usize = owners.iter().map(|(_, slots)| slots.len()).sum();
+        if covered != usize::from(SLOTS) {
+            return Err(CacheError::Backend(Box::new(std::io::Error::other(
+                format!("the cluster serves {covered} of its {SLOTS} slots"),
+            ))));
         }
         Ok(Some(owners))
     }
@@ -215,31 +217,6 @@ impl Conn {
     }
 }
 
-/// The primaries in a `CLUSTER NODES` reply: lines of `id host:port@cport[,hostname] flags
-/// master ...`, whose flags include `master` and not `fail` (a `fail?` is only suspected, and
-/// still serves).
-fn parse_primaries(text: &str) -> Vec<Primary> {
-    text.lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let address = fields.nth(1)?;
-            let flags = fields.next()?;
-            let flags: Vec<&str> = flags.split(',').collect();
-            if !flags.contains(&"master") || flags.contains(&"fail") || flags.contains(&"noaddr") {
-                return None;
-            }
-            let host_port = address.split(['@', ',']).next()?;
-            let (host, port) = host_port.rsplit_once(':')?;
-            let port = port.parse().ok().filter(|&p| p != 0)?;
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            Some(Primary {
-                host: host.to_owned(),
-                port,
-            })
-        })
-        .collect()
-}
-
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
@@ -292,29 +269,5 @@ mod tests {
             let key = format!("app#{{{}}}#ix:users", slot_tag(slot));
             assert_eq!(slot_of(key.as_bytes()), slot, "{key}");
         }
-    }
-
-    #[test]
-    fn primaries_are_the_masters_not_failed() {
-        let text = "\
-07c3 127.0.0.1:30004@40004 slave e7d1 0 1426238317239 4 connected
-67ed 127.0.0.1:30002@40002 master - 0 1426238316232 2 connected 5461-10922
-292f 127.0.0.1:30003@40003,redis-3.internal master - 0 1426238318243 3 connected 10923-16383
-6ec2 127.0.0.1:30005@40005 master,fail - 1426238316232 1426238316232 5 disconnected
-824f 127.0.0.1:30006@40006 myself,master - 0 0 6 connected 0-5460
-a1b2 :0@0 master,noaddr - 0 0 7 disconnected
-c3d4 [::1]:30007@40007 master,fail? - 0 0 8 connected
-";
-        let found = parse_primaries(text);
-        let addresses: Vec<(&str, u16)> = found.iter().map(|p| (p.host.as_str(), p.port)).collect();
-        assert_eq!(
-            addresses,
-            [
-                ("127.0.0.1", 30002),
-                ("127.0.0.1", 30003),
-                ("127.0.0.1", 30006),
-                ("::1", 30007)
-            ]
-        );
     }
 }

@@ -809,10 +809,11 @@ impl RedisBackend {
         let limit = step_timeout.unwrap_or(Duration::MAX);
         let cluster = conn.is_cluster();
         // On a cluster every primary is walked, and the keys one step finds (all on that node)
-        // are filed in one pipeline sent there, the script loaded on every node first.
-        let primaries = bounded(limit, conn.primaries()).await?;
-        let nodes: Vec<Option<&Primary>> = match &primaries {
-            Some(primaries) => primaries.iter().map(Some).collect(),
+        // are filed in one pipeline sent there, the script loaded on every node first. One
+        // snapshot of the slots' owners decides both what is walked and what is marked.
+        let owners = bounded(limit, conn.slot_owners()).await?;
+        let nodes: Vec<Option<&Primary>> = match &owners {
+            Some(owners) => owners.iter().map(|(primary, _)| Some(primary)).collect(),
             None => vec![None],
         };
         if cluster {
@@ -899,8 +900,8 @@ impl RedisBackend {
         }
         // On a cluster, each slot's index is marked complete too: a script that replaces a set
         // of a foreign type there deletes its slot's marker, which the sweep notices.
-        if let Some(owners) = bounded(limit, conn.slot_owners()).await? {
-            for (primary, slots) in &owners {
+        if let Some(owners) = &owners {
+            for (primary, slots) in owners {
                 let mut marks = redis::pipe();
                 for &slot in slots {
                     marks

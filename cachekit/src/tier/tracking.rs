@@ -20,7 +20,8 @@
 //!   most one heartbeat plus one timeout after the last proof.
 //!
 //! On a Redis Cluster each primary reports the writes to its own keys, so the channel is one
-//! connection per primary (found with `CLUSTER NODES`), and the tier is vouched for only while
+//! connection per primary that owns slots (found with `CLUSTER SLOTS`, a failed one included, so
+//! the tier is not vouched for until its slots have a live owner), and it is vouched for only while
 //! all of them are up: the heartbeat goes to each. A primary that dies drops its connection,
 //! which flushes the tier before its replica can take a write. A replica promoted while the
 //! old primary stays up is found by comparing the primaries every [`TOPOLOGY_EVERY`]
