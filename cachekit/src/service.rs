@@ -228,15 +228,15 @@ impl CacheService {
             tracing::warn!(prefix = %config.prefix, "cachekit: {warning}");
         }
         let mut direct = None;
+        let options = RedisOptions {
+            connect_timeout: config.connect_timeout,
+            max_value_bytes: config.max_value_bytes,
+            indexed: !config.unindexed,
+            step_timeout: config.admin_timeout,
+        };
         let (backend, endpoint): (Arc<dyn Backend>, _) = match &config.store {
             StoreConfig::Redis(redis) => {
                 let endpoint = redis.endpoint();
-                let options = RedisOptions {
-                    connect_timeout: config.connect_timeout,
-                    max_value_bytes: config.max_value_bytes,
-                    indexed: !config.unindexed,
-                    step_timeout: config.admin_timeout,
-                };
                 let backend =
                     RedisBackend::connect_lazy(redis.client()?, endpoint.clone(), &options)?;
                 direct = Some(backend.clone());
@@ -244,12 +244,6 @@ impl CacheService {
             }
             StoreConfig::RedisCluster(cluster) => {
                 let endpoint = cluster.endpoint();
-                let options = RedisOptions {
-                    connect_timeout: config.connect_timeout,
-                    max_value_bytes: config.max_value_bytes,
-                    indexed: !config.unindexed,
-                    step_timeout: config.admin_timeout,
-                };
                 // No answer is awaited longer than the longest bound of any call.
                 let response_timeout = config.timeout.max(config.admin_timeout);
                 let client = cluster.client(config.connect_timeout, response_timeout)?;

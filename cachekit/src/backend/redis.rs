@@ -7,6 +7,7 @@ use crate::index::{self, Scope};
 use crate::key::escape_glob;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, ScriptInvocation};
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -425,7 +426,7 @@ struct Filing<'a> {
     member: &'a str,
     /// The head the index keys are named under: the prefix's head on one server; on a
     /// cluster, that head and the tag of the key's slot (see [`names_in_slot`]).
-    names: String,
+    names: Cow<'a, str>,
 }
 
 /// On a cluster, the head the index keys of slot `slot` are named under: `{head}#{tag}`, where
@@ -554,10 +555,11 @@ impl RedisBackend {
             return None;
         }
         let place = index::place(key)?;
+        // Borrowed on one server: a write pays no allocation for it.
         let names = if self.conn.is_cluster() {
-            names_in_slot(place.head, conn::slot_of(key.as_bytes()))
+            Cow::Owned(names_in_slot(place.head, conn::slot_of(key.as_bytes())))
         } else {
-            place.head.to_owned()
+            Cow::Borrowed(place.head)
         };
         Some(Filing {
             index: index::index_key(&names, place.ns),
@@ -1354,7 +1356,7 @@ impl Backend for RedisBackend {
                 .arg(key_head)
                 .arg(now)
                 .arg(TRIM_LIMIT)
-                .arg(&filing.names);
+                .arg(&*filing.names);
         }
         let replies: Vec<redis::Value> = match transaction.query_async(&mut conn).await {
             Ok(replies) => replies,

@@ -87,17 +87,16 @@ impl Nodes {
     }
 }
 
-/// A cluster's primaries, sorted, or why they could not be listed.
+/// A cluster's primaries (sorted by [`Conn::primaries`]), or why they could not be listed.
 async fn primaries(conn: &Conn) -> Result<Vec<Primary>, String> {
     let listed = conn.primaries().await.map_err(|e: CacheError| match e {
         CacheError::Redis(e) => describe(&e),
         other => other.to_string(),
     })?;
-    let mut primaries = listed.unwrap_or_default();
+    let primaries = listed.unwrap_or_default();
     if primaries.is_empty() {
         return Err("the cluster lists no primary".into());
     }
-    primaries.sort_by(|a, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
     Ok(primaries)
 }
 
