@@ -857,23 +857,10 @@ impl Runner {
                     _ => unlink_known(&mut raw, plan.invalidation_matching).await?,
                 };
                 time[i].push(started.elapsed().as_secs_f64() * 1000.0);
-                if count != plan.invalidation_matching as u64 {
-                    return Err(Error::new(format!(
-                        "{} removed {count} keys, not {}",
-                        names[i], plan.invalidation_matching
-                    )));
-                }
-                removed[i].push(count as f64);
+                removed[i].push(checked_count(names[i], count, plan.invalidation_matching)?);
             }
         }
-        for (i, name) in names.iter().enumerate() {
-            for (figure, unit, values) in
-                [("time", "ms", &time), ("keys removed", "keys", &removed)]
-            {
-                let row = Row::new(INVALIDATION, name, figure, unit);
-                self.rows.push(by_round(row, &values[i], &values[0]));
-            }
-        }
+        self.removal_rows(INVALIDATION, &names, &time, &removed);
         let mut row = Row::new(INDEX_MEMORY, INDEX_PER_ENTRY, "per entry", "bytes");
         row.value = median(&per_entry);
         self.rows.push(row);
@@ -946,33 +933,49 @@ impl Runner {
                     _ => unlink_known(&mut raw, plan.invalidation_matching).await?,
                 };
                 time[i].push(started.elapsed().as_secs_f64() * 1000.0);
-                if count != plan.invalidation_matching as u64 {
-                    return Err(Error::new(format!(
-                        "{} on the cluster removed {count} keys, not {}",
-                        names[i], plan.invalidation_matching
-                    )));
-                }
-                removed[i].push(count as f64);
+                removed[i].push(checked_count(names[i], count, plan.invalidation_matching)?);
             }
         }
-        for (i, name) in names.iter().enumerate() {
-            for (figure, unit, values) in
-                [("time", "ms", &time), ("keys removed", "keys", &removed)]
-            {
-                let row = Row::new(CLUSTER_INVALIDATION, name, figure, unit);
-                self.rows.push(by_round(row, &values[i], &values[0]));
-            }
-        }
+        self.removal_rows(CLUSTER_INVALIDATION, &names, &time, &removed);
         let mut row = Row::new(INDEX_MEMORY, CLUSTER_INDEX_PER_ENTRY, "per entry", "bytes");
         row.value = median(&per_entry);
         self.rows.push(row);
         Ok(())
     }
 
+    /// The rows of a removal scenario: each contender's time and keys removed, round by round,
+    /// against the first contender's.
+    fn removal_rows(
+        &mut self,
+        scenario: &'static str,
+        names: &[&'static str],
+        time: &[Vec<f64>],
+        removed: &[Vec<f64>],
+    ) {
+        for (i, name) in names.iter().enumerate() {
+            for (figure, unit, values) in [("time", "ms", time), ("keys removed", "keys", removed)]
+            {
+                let row = Row::new(scenario, name, figure, unit);
+                self.rows.push(by_round(row, &values[i], &values[0]));
+            }
+        }
+    }
+
     /// Removes every key the run wrote (for a Redis the runner did not start).
     pub(crate) async fn clean_up(&mut self) -> Result<u64, Error> {
         self.say("removing the benchmark's keys");
         scan_unlink(&mut self.admin, &format!("{PREFIX}*")).await
+    }
+}
+
+/// `count` as a figure, if it is the `expected` number of keys a removal by `name` had to find.
+fn checked_count(name: &str, count: u64, expected: usize) -> Result<f64, Error> {
+    if count == expected as u64 {
+        Ok(count as f64)
+    } else {
+        Err(Error::new(format!(
+            "{name} removed {count} keys, not {expected}"
+        )))
     }
 }
 

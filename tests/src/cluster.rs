@@ -69,17 +69,8 @@ impl RedisCluster {
             .collect();
             if let Some(pki) = pki {
                 let tls = PortReservation::new();
+                args.extend(pki.server_args(tls.port(), false));
                 args.extend([
-                    "--tls-port".into(),
-                    tls.port().to_string().into(),
-                    "--tls-cert-file".into(),
-                    pki.server_cert().into(),
-                    "--tls-key-file".into(),
-                    pki.server_key().into(),
-                    "--tls-ca-cert-file".into(),
-                    pki.ca_file().into(),
-                    "--tls-auth-clients".into(),
-                    "no".into(),
                     "--tls-cluster".into(),
                     "yes".into(),
                     "--tls-replication".into(),

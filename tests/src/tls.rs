@@ -14,6 +14,7 @@
 //! assert!(std::fs::read_to_string(pki.ca_file()).unwrap().contains("BEGIN CERTIFICATE"));
 //! ```
 
+use std::ffi::OsString;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -137,6 +138,23 @@ impl Pki {
         self.dir.path()
     }
 
+    /// The redis-server arguments that make it listen for TLS on `port` with this PKI's server
+    /// certificate, trusting its CA for client certificates (required or not).
+    pub fn server_args(&self, port: u16, require_client_cert: bool) -> Vec<OsString> {
+        vec![
+            "--tls-port".into(),
+            port.to_string().into(),
+            "--tls-cert-file".into(),
+            self.server_cert().into(),
+            "--tls-key-file".into(),
+            self.server_key().into(),
+            "--tls-ca-cert-file".into(),
+            self.ca_file().into(),
+            "--tls-auth-clients".into(),
+            if require_client_cert { "yes" } else { "no" }.into(),
+        ]
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -166,18 +184,7 @@ impl TlsRedis {
         extra: &[S],
     ) -> Self {
         let tls_port = PortReservation::new();
-        let mut args: Vec<std::ffi::OsString> = vec![
-            "--tls-port".into(),
-            tls_port.port().to_string().into(),
-            "--tls-cert-file".into(),
-            pki.server_cert().into(),
-            "--tls-key-file".into(),
-            pki.server_key().into(),
-            "--tls-ca-cert-file".into(),
-            pki.ca_file().into(),
-            "--tls-auth-clients".into(),
-            if require_client_cert { "yes" } else { "no" }.into(),
-        ];
+        let mut args = pki.server_args(tls_port.port(), require_client_cert);
         args.extend(extra.iter().map(|arg| arg.as_ref().to_owned()));
         let server = RedisServer::start_with_args(&args);
         let deadline = Instant::now() + Duration::from_secs(10);

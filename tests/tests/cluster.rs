@@ -43,6 +43,25 @@ async fn keys_on(node: &RedisServer, prefix: &str) -> Vec<String> {
     }
 }
 
+/// Waits until `primary`'s replica has acknowledged every write made to it so far.
+async fn replicated(primary: &RedisServer) {
+    let mut conn = primary.connection().await;
+    let deadline = Instant::now() + BOUND;
+    loop {
+        // Short waits: the harness's connection times out a reply after 500 ms.
+        let acked: u64 = redis::cmd("WAIT")
+            .arg(1)
+            .arg(200)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if acked == 1 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the replica never caught up");
+    }
+}
+
 async fn service(cluster: &RedisCluster, prefix: &str) -> CacheService {
     within(
         BOUND,
@@ -333,21 +352,7 @@ async fn a_killed_primary_is_replaced_and_hits_resume() {
     }
     // The victim: a primary, with its keys copied to its replica before it dies.
     let victim = cluster.primaries()[0];
-    let mut conn = victim.connection().await;
-    let deadline = Instant::now() + BOUND;
-    loop {
-        // Short waits: the harness's connection times out a reply after 500 ms.
-        let acked: u64 = redis::cmd("WAIT")
-            .arg(1)
-            .arg(200)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if acked == 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the replica never caught up");
-    }
+    replicated(victim).await;
     let on_victim = keys_on(victim, "fo").await;
     assert!(!on_victim.is_empty());
     let keys: Vec<String> = on_victim
@@ -990,21 +995,7 @@ async fn a_walk_never_skips_a_failed_primary_whose_replica_will_serve_its_keys()
         assert!(cache.set(&format!("users:{id}"), &id, None).await);
     }
     let victim = cluster.primaries()[0];
-    let mut conn = victim.connection().await;
-    let deadline = Instant::now() + BOUND;
-    loop {
-        let acked: u64 = redis::cmd("WAIT")
-            .arg(1)
-            .arg(200)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if acked == 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the replica never caught up");
-    }
-    drop(conn);
+    replicated(victim).await;
     let victim_port = victim.port();
     victim.kill();
     // Once every other node marks it failed (`fail`, not just suspected), and before its
