@@ -11,15 +11,18 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 step() { printf '\n==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
-# Where the test harness looks for redis-server, besides PATH.
-has_redis_server() {
-  command -v redis-server >/dev/null 2>&1 && return 0
+# Whether the program $1 is where the test harness looks for it: on PATH or in the usual
+# package directories.
+has_program() {
+  command -v "$1" >/dev/null 2>&1 && return 0
   local dir
   for dir in /usr/bin /usr/local/bin /opt/homebrew/bin; do
-    [[ -x "$dir/redis-server" ]] && return 0
+    [[ -x "$dir/$1" ]] && return 0
   done
   return 1
 }
+
+has_redis_server() { has_program redis-server; }
 
 # Runs a command as root: directly when we are root, through sudo when it exists.
 as_root() {
@@ -33,14 +36,7 @@ as_root() {
 }
 
 # redis-cli creates the cluster of the cluster tests (`redis-cli --cluster create`).
-has_redis_cli() {
-  command -v redis-cli >/dev/null 2>&1 && return 0
-  local dir
-  for dir in /usr/bin /usr/local/bin /opt/homebrew/bin; do
-    [[ -x "$dir/redis-cli" ]] && return 0
-  done
-  return 1
-}
+has_redis_cli() { has_program redis-cli; }
 
 install_redis_server() {
   has_redis_server && has_redis_cli && return 0
