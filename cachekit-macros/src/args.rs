@@ -16,6 +16,8 @@ pub(crate) mod kw {
     syn::custom_keyword!(cache_none);
     syn::custom_keyword!(status);
     syn::custom_keyword!(no_local);
+    syn::custom_keyword!(refresh_ahead);
+    syn::custom_keyword!(grace);
 }
 
 /// The arguments of `#[cached(...)]`.
@@ -37,6 +39,10 @@ pub(crate) enum CachedOption {
     Status(kw::status),
     /// `no_local`.
     NoLocal(kw::no_local),
+    /// `refresh_ahead`, or `refresh_ahead = <beta>`.
+    RefreshAhead(kw::refresh_ahead, Option<Expr>),
+    /// `grace = <seconds>`.
+    Grace(kw::grace, Expr),
     /// Anything else that starts with an identifier; its value, if any, is skipped.
     Unknown(Ident),
 }
@@ -87,6 +93,19 @@ impl Parse for CachedOption {
             Ok(CachedOption::Status(flag(input)?))
         } else if lookahead.peek(kw::no_local) {
             Ok(CachedOption::NoLocal(flag(input)?))
+        } else if lookahead.peek(kw::refresh_ahead) {
+            let kw = input.parse()?;
+            let beta = if input.peek(Token![=]) {
+                input.parse::<Token![=]>()?;
+                Some(input.parse()?)
+            } else {
+                None
+            };
+            Ok(CachedOption::RefreshAhead(kw, beta))
+        } else if lookahead.peek(kw::grace) {
+            let kw = input.parse()?;
+            input.parse::<Token![=]>()?;
+            Ok(CachedOption::Grace(kw, input.parse()?))
         } else if input.peek(Ident::peek_any) {
             Ok(CachedOption::Unknown(unknown(input)?))
         } else {
@@ -160,6 +179,9 @@ mod tests {
             cache_none,
             status,
             no_local,
+            refresh_ahead,
+            refresh_ahead = 2.0,
+            grace = 600,
         );
         let names: Vec<&str> = args
             .options
@@ -171,12 +193,25 @@ mod tests {
                 CachedOption::CacheNone(..) => "cache_none",
                 CachedOption::Status(..) => "status",
                 CachedOption::NoLocal(..) => "no_local",
+                CachedOption::RefreshAhead(_, None) => "refresh_ahead",
+                CachedOption::RefreshAhead(_, Some(_)) => "refresh_ahead = beta",
+                CachedOption::Grace(..) => "grace",
                 CachedOption::Unknown(..) => "unknown",
             })
             .collect();
         assert_eq!(
             names,
-            ["ttl", "key", "cache", "cache_none", "status", "no_local"]
+            [
+                "ttl",
+                "key",
+                "cache",
+                "cache_none",
+                "status",
+                "no_local",
+                "refresh_ahead",
+                "refresh_ahead = beta",
+                "grace"
+            ]
         );
     }
 

@@ -163,8 +163,25 @@ pub(crate) fn load(
         quote_spanned!(span=> ::cachekit::__private::load_value)
     };
     let local = !cached.no_local;
+    let beta = match cached.refresh_ahead {
+        Some(beta) => {
+            let beta = syn::LitFloat::new(&format!("{beta:?}f64"), Span::call_site());
+            quote!(::cachekit::__private::Some(#beta))
+        }
+        None => quote!(::cachekit::__private::None),
+    };
+    let grace = match cached.grace {
+        Some(seconds) => {
+            let seconds = syn::LitInt::new(&format!("{seconds}u64"), Span::call_site());
+            quote!(::cachekit::__private::Some(
+                ::cachekit::__private::Duration::from_secs(#seconds)
+            ))
+        }
+        None => quote!(::cachekit::__private::None),
+    };
+    let fresh = quote!(::cachekit::__private::Freshness::new(#beta, #grace));
     quote_spanned! {span=>
-        #load(#cache, &__cachekit_key, #ttl, #local, #store_if, #body).await
+        #load(#cache, &__cachekit_key, #ttl, #local, #fresh, #store_if, #body).await
     }
 }
 

@@ -78,6 +78,8 @@ use proc_macro::TokenStream;
 /// | `cache_none` | Also store `None` (for `Option<T>` and `Result<Option<T>, E>`). |
 /// | `status` | Also generate `{name}_with_status`, which tells hits from misses; see [`status`](#status). |
 /// | `no_local` | Reads skip the service's in-process tier (`CacheServiceBuilder::local_tier`), for values that must not lag a write made on another instance even by the tier's invalidation delay. |
+/// | `refresh_ahead` | Reload a value before it expires, with probabilistic early recomputation (`CacheServiceBuilder::refresh_ahead`); `refresh_ahead = 2.0` sets its beta (above 0, at most 100; default 1.0). Absent: the service's setting. |
+/// | `grace = 600` | Stale-if-error: keep the value this many seconds past its TTL and serve it (flagged stale) only when the function fails (`CacheServiceBuilder::stale_if_error`). Absent: the service's setting. |
 ///
 /// Each option may be given once; an unknown option is a compile error.
 ///

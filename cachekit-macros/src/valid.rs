@@ -46,6 +46,10 @@ pub(crate) struct Cached {
     pub(crate) status: Option<Span>,
     /// Reads skip the in-process tier.
     pub(crate) no_local: bool,
+    /// Refresh-ahead's beta, when on.
+    pub(crate) refresh_ahead: Option<f64>,
+    /// The grace period in seconds (stale-if-error), at least 1.
+    pub(crate) grace: Option<u64>,
 }
 
 /// `#[invalidates]`, checked.
@@ -228,12 +232,14 @@ pub(crate) fn cached(
         cache_none: false,
         status: None,
         no_local: false,
+        refresh_ahead: None,
+        grace: None,
     };
     for option in args.options {
         match option {
             CachedOption::Ttl(kw, value) => {
                 if seen.first("ttl", kw, errors) {
-                    checked.ttl = ttl(&value, errors);
+                    checked.ttl = seconds("ttl", "to use the service's default", &value, errors);
                 }
             }
             CachedOption::Key(kw, lit) => {
@@ -267,10 +273,32 @@ pub(crate) fn cached(
                     checked.no_local = true;
                 }
             }
+            CachedOption::RefreshAhead(kw, beta) => {
+                if seen.first("refresh_ahead", kw, errors) {
+                    checked.refresh_ahead = match beta {
+                        None => Some(DEFAULT_BETA),
+                        Some(value) => self::beta(&value, errors),
+                    };
+                }
+            }
+            CachedOption::Grace(kw, value) => {
+                if seen.first("grace", kw, errors) {
+                    checked.grace = seconds("grace", "for no grace period", &value, errors);
+                }
+            }
             CachedOption::Unknown(name) => unknown_option(
                 &name,
                 "cached",
-                &["ttl", "key", "cache", "cache_none", "status", "no_local"],
+                &[
+                    "ttl",
+                    "key",
+                    "cache",
+                    "cache_none",
+                    "status",
+                    "no_local",
+                    "refresh_ahead",
+                    "grace",
+                ],
                 errors,
             ),
         }
@@ -407,38 +435,69 @@ fn close(a: &str, b: &str) -> bool {
 /// which fails the build if the two ever disagree.
 pub(crate) const MAX_TTL_SECS: u64 = 315_360_000;
 
-/// A ttl must be a positive integer literal: the number of seconds, at most `MAX_TTL_SECS`.
-fn ttl(value: &Expr, errors: &mut Errors) -> Option<u64> {
+/// Refresh-ahead's beta when `refresh_ahead` is given without one.
+const DEFAULT_BETA: f64 = 1.0;
+
+/// The largest beta, as `cachekit`'s builder allows.
+const MAX_BETA: f64 = 100.0;
+
+/// A beta must be a number literal above 0 and at most `MAX_BETA`.
+fn beta(value: &Expr, errors: &mut Errors) -> Option<f64> {
+    let parsed = match value {
+        Expr::Lit(lit) => match &lit.lit {
+            Lit::Float(float) => float.base10_parse::<f64>().ok(),
+            Lit::Int(int) => int.base10_parse::<u32>().ok().map(f64::from),
+            _ => None,
+        },
+        _ => None,
+    };
+    match parsed {
+        Some(beta) if beta.is_finite() && beta > 0.0 && beta <= MAX_BETA => Some(beta),
+        _ => {
+            errors.at(
+                value,
+                format!(
+                    "`refresh_ahead` takes a beta above 0 and at most {MAX_BETA}, as in \
+                     `refresh_ahead = 1.5`, or no value for 1.0"
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// A number of seconds (`ttl`, `grace`) must be a positive integer literal, at most
+/// `MAX_TTL_SECS`. `absent` says what leaving the option out means.
+fn seconds(name: &str, absent: &str, value: &Expr, errors: &mut Errors) -> Option<u64> {
     let too_large = || {
         format!(
-            "`ttl` is too large: at most {MAX_TTL_SECS} seconds (10 years, cachekit::MAX_TTL); \
-             a longer TTL is likely a unit mistake"
+            "`{name}` is too large: at most {MAX_TTL_SECS} seconds (10 years, cachekit::MAX_TTL); \
+             a longer one is likely a unit mistake"
         )
     };
     let message = match value {
         Expr::Lit(lit) => match &lit.lit {
             Lit::Int(int) => match int.base10_parse::<u64>() {
-                Ok(0) => "`ttl` must be at least 1 second; leave `ttl` out to use the \
-                          service's default"
-                    .to_owned(),
+                Ok(0) => format!("`{name}` must be at least 1 second; leave `{name}` out {absent}"),
                 Ok(seconds) if seconds <= MAX_TTL_SECS => return Some(seconds),
                 Ok(_) => too_large(),
                 // Only a literal beyond u64::MAX fails to parse as one.
                 Err(_) => too_large(),
             },
             Lit::Str(_) => {
-                "`ttl` is a number of seconds, not a string: write `ttl = 300`".to_owned()
+                format!("`{name}` is a number of seconds, not a string: write `{name} = 300`")
             }
-            Lit::Float(_) => "`ttl` is a whole number of seconds, as in `ttl = 300`".to_owned(),
-            _ => "`ttl` must be a positive integer: the number of seconds, as in `ttl = 300`"
-                .to_owned(),
+            Lit::Float(_) => format!("`{name}` is a whole number of seconds, as in `{name} = 300`"),
+            _ => format!(
+                "`{name}` must be a positive integer: the number of seconds, as in `{name} = 300`"
+            ),
         },
         Expr::Unary(unary) if matches!(unary.op, UnOp::Neg(_)) => {
-            "`ttl` must be a positive number of seconds".to_owned()
+            format!("`{name}` must be a positive number of seconds")
         }
-        _ => {
-            "`ttl` must be an integer literal: the number of seconds, as in `ttl = 300`".to_owned()
-        }
+        _ => format!(
+            "`{name}` must be an integer literal: the number of seconds, as in `{name} = 300`"
+        ),
     };
     errors.at(value, message);
     None

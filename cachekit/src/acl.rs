@@ -31,6 +31,7 @@ pub const ACL_COMMANDS: &[&str] = &[
     "+strlen",
     "+pttl",
     "+pexpire",
+    "+pexpiretime",
     "+rename",
     "+scan",
     "+multi",

@@ -86,6 +86,32 @@ pub enum Lease {
     Held,
 }
 
+/// A value read with what refresh-ahead and stale-if-error need to know of it: from
+/// [`Backend::get_versioned`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Versioned {
+    /// The stored bytes.
+    pub bytes: Vec<u8>,
+    /// The TTL the entry has left; `None` when it has none (not written by this cache).
+    pub left: Option<Duration>,
+    /// Changes on every write of the key (and on its removal), so that a write conditioned on
+    /// it ([`Backend::refill`]) is refused once anything else wrote or removed the key. Redis:
+    /// the key's absolute expiry time (`PEXPIRETIME`), in milliseconds.
+    pub version: u64,
+}
+
+impl Versioned {
+    /// A read of `bytes`, `left` to live, at `version`.
+    pub fn new(bytes: Vec<u8>, left: Option<Duration>, version: u64) -> Self {
+        Self {
+            bytes,
+            left,
+            version,
+        }
+    }
+}
+
 /// An object-safe store of bytes with per-entry expiry and glob removal.
 ///
 /// Keys and patterns are physical: prefixed by the service, and patterns use Redis's glob
@@ -185,6 +211,49 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     async fn renew(&self, key: &str, marker: &[u8], ttl: Duration) -> Result<bool, CacheError> {
         let _ = (key, marker, ttl);
         Ok(true)
+    }
+
+    /// The value under `key` with the TTL it has left and its version (see [`Versioned`]), in
+    /// one round trip: the read of refresh-ahead and stale-if-error. The default has no TTL,
+    /// which turns both off for the store: its entries are fresh until they expire.
+    async fn get_versioned(&self, key: &str) -> Result<Option<Versioned>, CacheError> {
+        Ok(self
+            .get(key)
+            .await?
+            .map(|bytes| Versioned::new(bytes, None, 0)))
+    }
+
+    /// Takes the refresh claim on `key` for `ttl` if no one holds it, or extends it to `ttl`
+    /// from now if `marker` holds it already; returns whether `marker` holds it. The right to
+    /// reload a
+    /// value that is still there (refresh-ahead, or past its TTL within its grace period). The
+    /// claim lives beside the key and is given back with [`release_claim`](Self::release_claim).
+    /// It only keeps other callers from reloading the key at the same time; what keeps a
+    /// refresh from writing over an invalidation is [`refill`](Self::refill). The default
+    /// grants every claim.
+    async fn claim(&self, key: &str, marker: &[u8], ttl: Duration) -> Result<bool, CacheError> {
+        let _ = (key, marker, ttl);
+        Ok(true)
+    }
+
+    /// Gives back the refresh claim `marker` on `key`, if it still holds it.
+    async fn release_claim(&self, key: &str, marker: &[u8]) -> Result<(), CacheError> {
+        let _ = (key, marker);
+        Ok(())
+    }
+
+    /// Stores a refreshed `value` under `key` for `ttl` only if the key is still at `version`
+    /// (nothing wrote or removed it since it was read); returns whether it did. Atomic. The
+    /// default refuses: a store without versions does not refresh.
+    async fn refill(
+        &self,
+        key: &str,
+        version: u64,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, CacheError> {
+        let _ = (key, version, value, ttl);
+        Ok(false)
     }
 
     /// Removes each of `keys`; returns how many existed. Stores with a batch command override

@@ -765,6 +765,14 @@ pub struct CacheConfig {
     pub leases: bool,
     /// How long a lease lasts (and so the longest a caller waits for another's loader).
     pub lease_ttl: Duration,
+    /// Refresh-ahead for cache-aside calls: reload a value before it expires, with the
+    /// probability of probabilistic early recomputation, with this `beta` (`1.0` is the usual
+    /// choice; larger refreshes earlier). `None` (the default): off. See
+    /// [`CacheServiceBuilder::refresh_ahead`].
+    pub refresh_ahead: Option<f64>,
+    /// Stale-if-error: how long a value is kept past its TTL, to be served only when its
+    /// loader fails. `None` (the default): off. See [`CacheServiceBuilder::stale_if_error`].
+    pub stale_if_error: Option<Duration>,
     /// Log keys as their namespace and a hash (`users:#3fa9c1d2`) rather than in full, for
     /// keys that hold personal data (emails, ids).
     pub redact_keys: bool,
@@ -801,6 +809,8 @@ impl Default for CacheConfig {
             single_flight: true,
             leases: true,
             lease_ttl: DEFAULT_LEASE_TTL,
+            refresh_ahead: None,
+            stale_if_error: None,
             redact_keys: false,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             local_ttl: None,
@@ -1006,6 +1016,13 @@ impl CacheConfig {
         if let Some(ms) = var("CACHE_LEASE_TTL_MS") {
             config.lease_ttl = parse_millis("CACHE_LEASE_TTL_MS", &ms)?;
         }
+        if let Some(beta) = var("CACHE_REFRESH_AHEAD") {
+            config.refresh_ahead = parse_beta("CACHE_REFRESH_AHEAD", &beta)?;
+        }
+        if let Some(secs) = var("CACHE_STALE_IF_ERROR_SECS") {
+            let secs = parse_bounded("CACHE_STALE_IF_ERROR_SECS", &secs, MAX_TTL_SECS, "seconds")?;
+            config.stale_if_error = (secs > 0).then(|| Duration::from_secs(secs));
+        }
         if let Some(on) = var("CACHE_REDACT_KEYS") {
             config.redact_keys = parse_bool("CACHE_REDACT_KEYS", &on)?;
         }
@@ -1055,6 +1072,12 @@ impl CacheConfig {
             ("breaker_open_for", self.breaker_open_for, Least::Zero),
         ] {
             check_duration(name, value, least)?;
+        }
+        if let Some(beta) = self.refresh_ahead {
+            check_beta(beta)?;
+        }
+        if let Some(grace) = self.stale_if_error {
+            check_duration("stale_if_error", grace, Least::Millisecond)?;
         }
         if self.breaker_threshold == 0 {
             return Err(CacheError::Config(
@@ -1131,6 +1154,35 @@ fn parse_bool(name: &str, value: &str) -> Result<bool, CacheError> {
         _ => Err(CacheError::Config(format!(
             "{name} must be true or false, not `{value}`"
         ))),
+    }
+}
+
+/// A refresh-ahead `beta`: a positive number, or `off`/`false`/`0` for none.
+fn parse_beta(name: &str, value: &str) -> Result<Option<f64>, CacheError> {
+    let value = value.trim();
+    if matches!(value.to_ascii_lowercase().as_str(), "off" | "false" | "0") {
+        return Ok(None);
+    }
+    let beta: f64 = value.parse().map_err(|_| {
+        CacheError::Config(format!(
+            "{name} must be a positive number (the refresh-ahead beta, e.g. 1.0) or `off`, not `{value}`"
+        ))
+    })?;
+    check_beta(beta)?;
+    Ok(Some(beta))
+}
+
+/// The largest refresh-ahead `beta`: at 100 a value is refreshed about 100 load times before it
+/// expires, already far more than any use calls for.
+pub(crate) const MAX_BETA: f64 = 100.0;
+
+pub(crate) fn check_beta(beta: f64) -> Result<(), CacheError> {
+    if beta.is_finite() && beta > 0.0 && beta <= MAX_BETA {
+        Ok(())
+    } else {
+        Err(CacheError::Config(format!(
+            "refresh_ahead: beta must be above 0 and at most {MAX_BETA}, not {beta}"
+        )))
     }
 }
 
@@ -1375,6 +1427,50 @@ impl CacheServiceBuilder {
     /// loading for itself. From 1 ms to [`MAX_TTL`]. Default: [`DEFAULT_LEASE_TTL`].
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
         self.config.lease_ttl = ttl;
+        self
+    }
+
+    /// Refresh-ahead: a cache-aside call that reads a value close to its expiry may reload it
+    /// before it expires, so a hot key never goes cold. Each read draws: it refreshes when
+    /// `now - delta * beta * ln(rand) >= expiry`, where `delta` is how long the key's last load
+    /// took (probabilistic early recomputation, XFetch). Readers of a hot key draw often, so
+    /// one of them refreshes a little before expiry; a key read rarely is seldom refreshed
+    /// early. `beta` 1.0 is the usual choice, larger refreshes earlier; from above 0 to 100.
+    ///
+    /// One caller fleet-wide refreshes a key at a time (a claim beside the key in the store);
+    /// it runs the loader and returns the new value; every other caller keeps getting the
+    /// current one without waiting. The new value is written only if the key was neither
+    /// written nor removed since it was read, so a refresh never writes over an invalidation.
+    /// If the refresh's loader fails, its caller gets the current value, which is still within
+    /// its TTL. The stored value stays plain JSON: the remaining TTL and a version (its expiry
+    /// time, `PEXPIRETIME`, Redis 7.0 or later) are read in the same round trip, only when the
+    /// option is on. A custom backend without TTLs never refreshes early.
+    ///
+    /// Per function: `#[cached(ttl = 60, key = "...", refresh_ahead)]`, or
+    /// `refresh_ahead = 2.0` for another beta. Env: `CACHE_REFRESH_AHEAD=1.0`. Default: off.
+    pub fn refresh_ahead(mut self, beta: f64) -> Self {
+        self.config.refresh_ahead = Some(beta);
+        self
+    }
+
+    /// Stale-if-error: cache-aside values are kept `grace` past their TTL, and a value in that
+    /// period is served (flagged [`Fetched::stale`](crate::Fetched::stale), counted in
+    /// [`CacheStats::stale_served`](crate::CacheStats::stale_served)) only when its loader
+    /// fails. Otherwise a read past the TTL is a miss: one caller fleet-wide reloads it (the
+    /// others wait for its value, as for a lease) and writes it back, unless it was written or
+    /// removed meanwhile.
+    ///
+    /// The staleness it adds: a value up to `grace` older than its TTL, and only while the
+    /// loader fails. A value an invalidation removed is never served: it is gone from the
+    /// store, and a stale value is served only after reading again that the key still holds
+    /// it, unchanged. Keys are stored for TTL + `grace`, so Redis holds them that much longer;
+    /// [`get`](crate::CacheService::get) and [`set`](crate::CacheService::set) follow the
+    /// service's grace. Needs `PEXPIRETIME` (Redis 7.0 or later).
+    ///
+    /// Per function: `#[cached(ttl = 60, key = "...", grace = 600)]`. Env:
+    /// `CACHE_STALE_IF_ERROR_SECS=600`. Default: off.
+    pub fn stale_if_error(mut self, grace: Duration) -> Self {
+        self.config.stale_if_error = Some(grace);
         self
     }
 

@@ -125,19 +125,34 @@ impl CacheService {
     ) -> Result<Option<(Vec<u8>, Option<Duration>)>, CacheError> {
         let guard = self.guard();
         let backend = guard.backend();
+        // With the service's grace period, a read needs the TTL left to tell a stale value.
+        let grace = self.inner.fresh.grace();
+        let with_ttl = self.inner.tier.is_some() || !grace.is_zero();
         let read = async {
             if let Some(redis) = &self.inner.redis {
                 // The built-in Redis backend, called directly.
-                if self.inner.tier.is_some() {
+                if with_ttl {
                     redis.read_with_ttl(physical).await
                 } else {
                     Ok(redis.read(physical).await?.map(|bytes| (bytes, None)))
                 }
-            } else if self.inner.tier.is_some() {
+            } else if with_ttl {
                 backend.get_with_ttl(physical).await
             } else {
                 Ok(backend.get(physical).await?.map(|bytes| (bytes, None)))
             }
+        };
+        let read = async {
+            let found = read.await?;
+            if grace.is_zero() {
+                return Ok(found);
+            }
+            // Past its TTL, within the grace period: a miss here (a cache-aside call with a
+            // loader may still serve it if the loader fails).
+            Ok(found.and_then(|(bytes, left)| match left {
+                Some(left) if left <= grace => None,
+                left => Some((bytes, left.map(|left| left - grace))),
+            }))
         };
         match guard.call("get", Bound::Op, budget, read).await {
             // A value over the size cap, or a list, hash or set under the prefix (this cache
@@ -330,7 +345,11 @@ impl CacheService {
         ttl: Option<Duration>,
         budget: &Budget,
     ) -> Result<(), CacheError> {
-        let ttl = self.ttl(ttl)?;
+        // Kept for the service's grace period past the TTL too (stale-if-error).
+        let ttl = self
+            .ttl(ttl)?
+            .saturating_add(self.inner.fresh.grace())
+            .min(crate::MAX_TTL);
         let physical = self.physical_key(key);
         let guard = self.guard();
         let stored = guard

@@ -180,6 +180,7 @@ mod config;
 mod entry;
 mod error;
 mod flight;
+mod fresh;
 mod guard;
 mod index;
 mod invalidate;

@@ -22,6 +22,7 @@
 
 use crate::backend::Lease;
 use crate::flight::{self, Leader, Outcome, Role, Shared};
+use crate::fresh::Freshness;
 use crate::guard::{Bound, Budget};
 use crate::invalidate::Removal;
 use crate::lease::LeaseGuard;
@@ -55,11 +56,15 @@ impl CacheService {
     /// `local`); on a miss, load once per key in this process (single-flight) and, under a
     /// lease, once per key across processes; store what `store_if` accepts unless the key was
     /// invalidated while loading.
+    ///
+    /// With refresh-ahead or a grace period (`fresh`, or the service's), the read knows the
+    /// value's TTL left, and a value near or past it takes the path of `fresh.rs`.
     pub(crate) async fn load_through<T, E, Fut>(
         &self,
         key: &str,
         ttl: Option<Duration>,
         local: bool,
+        fresh: Freshness,
         store_if: impl FnOnce(&T) -> bool,
         load: Fut,
     ) -> Result<Fetched<T>, E>
@@ -67,15 +72,40 @@ impl CacheService {
         T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<T, E>>,
     {
+        let fresh = fresh.over(self.inner.fresh);
+        if !fresh.is_off() {
+            return self
+                .load_fresh(key, ttl, local, fresh, store_if, load)
+                .await;
+        }
         let budget = Budget::default();
         if let Some(value) = self.get_within::<T>(key, local, &budget).await {
             return Ok(Fetched::hit(value));
         }
-        let inner = &*self.inner;
         let physical = self.physical_key(key);
+        self.load_missing(key, &physical, ttl, store_if, load, &budget)
+            .await
+    }
+
+    /// The miss path: single-flight in this process, the lease across processes, the load,
+    /// and the fill under the lease.
+    pub(crate) async fn load_missing<T, E, Fut>(
+        &self,
+        key: &str,
+        physical: &str,
+        ttl: Option<Duration>,
+        store_if: impl FnOnce(&T) -> bool,
+        load: Fut,
+        budget: &Budget,
+    ) -> Result<Fetched<T>, E>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let inner = &*self.inner;
         if !inner.single_flight {
             return self
-                .load_leased(key, &physical, ttl, store_if, load, None, &budget)
+                .load_leased(key, physical, ttl, store_if, load, None, budget)
                 .await
                 .map(|(fetched, _)| fetched);
         }
@@ -83,10 +113,10 @@ impl CacheService {
         // caller waits for this process's loaders as long as for another process's lease.
         let deadline = tokio::time::Instant::now() + inner.lease_ttl;
         loop {
-            match inner.flights.join(&physical) {
+            match inner.flights.join(physical) {
                 Role::Leader(leader) => {
                     let (fetched, outcome) = self
-                        .load_leased(key, &physical, ttl, store_if, load, Some(&leader), &budget)
+                        .load_leased(key, physical, ttl, store_if, load, Some(&leader), budget)
                         .await?;
                     if let Some(outcome) = outcome {
                         leader.finish(outcome);

@@ -6,6 +6,7 @@ use std::fmt::{self, Display, Write as _};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+pub use crate::fresh::Freshness;
 pub use crate::key::{escape_glob, escape_part, hash_args};
 pub use crate::{HasCache, global};
 pub use serde::{Serialize, de::DeserializeOwned};
@@ -88,6 +89,7 @@ pub async fn load_result<T, E, Fut>(
     key: &str,
     ttl: Option<Duration>,
     local: bool,
+    fresh: Freshness,
     store_if: fn(&T) -> bool,
     load: Fut,
 ) -> Result<Fetched<T>, E>
@@ -96,7 +98,11 @@ where
     Fut: Future<Output = Result<T, E>>,
 {
     match cache {
-        Some(cache) => cache.load_through(key, ttl, local, store_if, load).await,
+        Some(cache) => {
+            cache
+                .load_through(key, ttl, local, fresh, store_if, load)
+                .await
+        }
         None => {
             warn_uncached_once();
             load.await.map(Fetched::loaded)
@@ -110,6 +116,7 @@ pub async fn load_value<T, Fut>(
     key: &str,
     ttl: Option<Duration>,
     local: bool,
+    fresh: Freshness,
     store_if: fn(&T) -> bool,
     load: Fut,
 ) -> Fetched<T>
@@ -118,7 +125,7 @@ where
     Fut: Future<Output = T>,
 {
     let load = async { Ok::<T, std::convert::Infallible>(load.await) };
-    match load_result(cache, key, ttl, local, store_if, load).await {
+    match load_result(cache, key, ttl, local, fresh, store_if, load).await {
         Ok(fetched) => fetched,
         Err(never) => match never {},
     }

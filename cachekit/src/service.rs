@@ -11,6 +11,7 @@ use crate::breaker::{Breaker, BreakerState};
 use crate::coalesce::Reads;
 use crate::config::{CacheConfig, CacheServiceBuilder, Fallback, StoreConfig};
 use crate::flight::Flights;
+use crate::fresh::{Freshness, LoadTimes};
 use crate::guard::{Bound, Budget, Guard};
 use crate::invalidate::{Deferred, Removal};
 use crate::key::{LogKey, escape_glob};
@@ -57,6 +58,10 @@ pub(crate) struct Inner {
     pub(crate) leases: bool,
     /// The longest a caller waits for another's loader before loading for itself.
     pub(crate) lease_ttl: Duration,
+    /// Refresh-ahead and stale-if-error for every cache-aside call that does not set its own.
+    pub(crate) fresh: Freshness,
+    /// Recent load times, which refresh-ahead draws against.
+    pub(crate) load_times: LoadTimes,
     /// The marker's TTL in the store and its renewal period.
     pub(crate) beat: Beat,
     pub(crate) deferred: Deferred,
@@ -82,6 +87,11 @@ pub struct Fetched<T> {
     /// handed over by a concurrent caller's load of the same key (single-flight). `false` when
     /// this caller's loader produced it.
     pub from_cache: bool,
+    /// `true` when the value is past its TTL, served because the loader failed and the key
+    /// has a grace period (stale-if-error, see
+    /// [`CacheServiceBuilder::stale_if_error`](crate::CacheServiceBuilder::stale_if_error)).
+    /// Such a value was never invalidated: only expired.
+    pub stale: bool,
 }
 
 impl<T> Fetched<T> {
@@ -90,6 +100,7 @@ impl<T> Fetched<T> {
         Self {
             value,
             from_cache: true,
+            stale: false,
         }
     }
 
@@ -98,6 +109,16 @@ impl<T> Fetched<T> {
         Self {
             value,
             from_cache: false,
+            stale: false,
+        }
+    }
+
+    /// A value read from the cache past its TTL, served because the loader failed.
+    pub fn stale(value: T) -> Self {
+        Self {
+            value,
+            from_cache: true,
+            stale: true,
         }
     }
 
@@ -106,6 +127,7 @@ impl<T> Fetched<T> {
         Fetched {
             value: f(self.value),
             from_cache: self.from_cache,
+            stale: self.stale,
         }
     }
 }
@@ -340,6 +362,8 @@ impl CacheService {
             single_flight: config.single_flight,
             leases: config.leases,
             lease_ttl: config.lease_ttl,
+            fresh: Freshness::new(config.refresh_ahead, config.stale_if_error),
+            load_times: LoadTimes::default(),
             beat: Beat::for_timeout(config.timeout),
             deferred: Deferred::default(),
             max_value_bytes: config.max_value_bytes,
@@ -717,7 +741,7 @@ impl CacheService {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.load_through(key, ttl, true, |_| true, load())
+        self.load_through(key, ttl, true, Freshness::INHERIT, |_| true, load())
             .await
             .map(|fetched| fetched.value)
     }
@@ -745,7 +769,8 @@ impl CacheService {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.load_through(key, ttl, true, |_| true, load()).await
+        self.load_through(key, ttl, true, Freshness::INHERIT, |_| true, load())
+            .await
     }
 
     // ----- introspection -------------------------------------------------------------------

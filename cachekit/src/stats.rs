@@ -56,6 +56,14 @@ pub struct CacheStats {
     /// Loaded values not written because the key was invalidated while they loaded: each one a
     /// stale value that would otherwise have been cached.
     pub stale_sets_prevented: u64,
+    /// Values reloaded before they expired, by refresh-ahead
+    /// ([`CacheServiceBuilder::refresh_ahead`](crate::CacheServiceBuilder::refresh_ahead)), or
+    /// past their TTL within their grace period, and written back.
+    pub refreshes: u64,
+    /// Values served past their TTL because the loader failed (stale-if-error,
+    /// [`CacheServiceBuilder::stale_if_error`](crate::CacheServiceBuilder::stale_if_error));
+    /// each one also flagged in [`Fetched::stale`](crate::Fetched::stale).
+    pub stale_served: u64,
     /// The primary backend.
     pub backend: BackendKind,
     /// The circuit breaker's state when the snapshot was taken.
@@ -129,6 +137,8 @@ pub(crate) struct Counters {
     pub(crate) decode_errors: AtomicU64,
     pub(crate) coalesced: AtomicU64,
     pub(crate) stale_sets_prevented: AtomicU64,
+    pub(crate) refreshes: AtomicU64,
+    pub(crate) stale_served: AtomicU64,
     pub(crate) invalidations_deferred: AtomicU64,
     pub(crate) invalidations_replayed: AtomicU64,
     faults: [AtomicU64; FAULT_KINDS.len()],
@@ -215,6 +225,8 @@ impl Counters {
             decode_errors: self.decode_errors.load(Relaxed),
             coalesced: self.coalesced.load(Relaxed),
             stale_sets_prevented: self.stale_sets_prevented.load(Relaxed),
+            refreshes: self.refreshes.load(Relaxed),
+            stale_served: self.stale_served.load(Relaxed),
             backend,
             breaker,
         }

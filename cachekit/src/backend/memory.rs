@@ -1,6 +1,6 @@
 //! The embedded in-process store, on moka.
 
-use super::{Backend, BackendKind, Lease, is_lease_marker};
+use super::{Backend, BackendKind, Lease, Versioned, is_lease_marker};
 use crate::CacheError;
 use crate::index::{self, Scope};
 use crate::key::glob_match;
@@ -9,7 +9,7 @@ use moka::future::Cache;
 use moka::ops::compute::{CompResult, Op};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// An in-process store on moka: each entry with its own TTL, glob removal with Redis's
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 /// The bound is on an estimate of the memory the entries take: for each entry, its key (twice:
 /// in the store and in its namespace's set, below) and its value as the allocator holds them
 /// (with an allocation header, rounded up to 16 bytes), 32 bytes for its slot in the set, plus
-/// [`ENTRY_OVERHEAD_BYTES`](Self::ENTRY_OVERHEAD_BYTES) (400) for the bookkeeping moka and this
+/// [`ENTRY_OVERHEAD_BYTES`](Self::ENTRY_OVERHEAD_BYTES) (416) for the bookkeeping moka and this
 /// store keep per entry. For small values the overhead is most of an entry: a 64 MiB store
 /// holds about 125,000 entries of a 20-byte key and an 8-byte value.
 ///
@@ -47,12 +47,18 @@ use std::time::{Duration, Instant};
 pub struct MemoryBackend {
     cache: Cache<String, Entry>,
     index: Arc<Mutex<HashMap<String, Filed>>>,
+    /// The refresh claims: key, then the claimer's marker and when the claim lapses. Few at
+    /// a time (one per key being refreshed); lapsed ones are dropped as new ones are taken.
+    claims: Arc<Mutex<HashMap<String, Claim>>>,
     /// Held by a pattern removal from taking keys out of a set until it has removed them all:
     /// one that began later, finding the set gone, waits for them instead of returning early.
     removing: Arc<tokio::sync::Mutex<()>>,
     /// Keys filed so far, to prune another namespace's set now and then.
     filings: Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// A refresh claim: the claimer's marker, and when the claim lapses.
+type Claim = (Vec<u8>, Instant);
 
 /// The keys filed under one namespace.
 #[derive(Debug, Default)]
@@ -82,7 +88,13 @@ struct Entry {
     ttl: Duration,
     /// When it was written, for the TTL it has left.
     written: Instant,
+    /// Unique to this write in the process: what a refresh's [`Backend::refill`] is
+    /// conditioned on.
+    version: u64,
 }
+
+/// The version of the next write (0 is never one).
+static NEXT_VERSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Entry {
     fn new(bytes: &[u8], ttl: Duration) -> Self {
@@ -90,6 +102,7 @@ impl Entry {
             bytes: Arc::from(bytes),
             ttl,
             written: Instant::now(),
+            version: NEXT_VERSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -141,7 +154,8 @@ impl MemoryBackend {
     // by 1.22x the bound, 644 bytes a held entry (the sketch, fixed costs, and the keys of
     // evicted entries that wait in the set until it is pruned included; 1.02x before the sets
     // existed). On 32-bit targets, with smaller pointers, the estimate is high.
-    pub const ENTRY_OVERHEAD_BYTES: u32 = 400;
+    // An entry's version (8 bytes, added since) takes it to 400.5, rounded up to 416.
+    pub const ENTRY_OVERHEAD_BYTES: u32 = 416;
 
     /// A store whose entries take at most `max_bytes`, as estimated: their keys and values
     /// as allocated plus [`ENTRY_OVERHEAD_BYTES`](Self::ENTRY_OVERHEAD_BYTES) each.
@@ -154,6 +168,7 @@ impl MemoryBackend {
         Self {
             cache,
             index: Arc::default(),
+            claims: Arc::default(),
             removing: Arc::default(),
             filings: Arc::default(),
         }
@@ -332,6 +347,56 @@ impl Backend for MemoryBackend {
             .get(key)
             .await
             .map(|entry| (entry.bytes.to_vec(), Some(entry.remaining()))))
+    }
+
+    async fn get_versioned(&self, key: &str) -> Result<Option<Versioned>, CacheError> {
+        Ok(self.cache.get(key).await.map(|entry| {
+            Versioned::new(entry.bytes.to_vec(), Some(entry.remaining()), entry.version)
+        }))
+    }
+
+    async fn claim(&self, key: &str, marker: &[u8], ttl: Duration) -> Result<bool, CacheError> {
+        let now = Instant::now();
+        let mut claims = self.claims.lock().unwrap_or_else(PoisonError::into_inner);
+        claims.retain(|_, (_, until)| *until > now);
+        if claims.get(key).is_some_and(|(held, _)| held != marker) {
+            return Ok(false);
+        }
+        claims.insert(key.to_owned(), (marker.to_vec(), now + ttl));
+        Ok(true)
+    }
+
+    async fn release_claim(&self, key: &str, marker: &[u8]) -> Result<(), CacheError> {
+        let mut claims = self.claims.lock().unwrap_or_else(PoisonError::into_inner);
+        if claims.get(key).is_some_and(|(held, _)| held == marker) {
+            claims.remove(key);
+        }
+        Ok(())
+    }
+
+    async fn refill(
+        &self,
+        key: &str,
+        version: u64,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, CacheError> {
+        let entry = Entry::new(value, ttl);
+        let result = self
+            .cache
+            .entry_by_ref(key)
+            .and_compute_with(|current| async move {
+                match current {
+                    Some(current) if current.value().version == version => Op::Put(entry),
+                    _ => Op::Nop,
+                }
+            })
+            .await;
+        let stored = matches!(result, CompResult::ReplacedWith(_));
+        if stored {
+            self.file(key);
+        }
+        Ok(stored)
     }
 
     async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), CacheError> {

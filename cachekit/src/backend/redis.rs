@@ -1,7 +1,9 @@
 //! The standalone Redis store, on redis-rs's auto-reconnecting multiplexed connection.
 
 use super::conn::{self, ClusterLink, Conn, Primary};
-use super::{Backend, BackendKind, LEASE_MARKER_PREFIX, Lease, ServerInfo, is_lease_marker};
+use super::{
+    Backend, BackendKind, LEASE_MARKER_PREFIX, Lease, ServerInfo, Versioned, is_lease_marker,
+};
 use crate::CacheError;
 use crate::index::{self, Scope};
 use crate::key::escape_glob;
@@ -156,6 +158,40 @@ static FILL: LazyLock<Script> = LazyLock::new(|| {
 end
 return 0"
     ))
+});
+
+/// Refill after a refresh: store the value only if the key is still the string read at version
+/// `ARGV[1]` (its `PEXPIRETIME`): any write since gave it another expiry time, any removal took
+/// it away.
+///
+/// `ARGV`: version, value, TTL in ms, index member, now in ms.
+static REFILL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{TRIM_FN}{INDEX}if redis.call('TYPE', KEYS[1])['ok'] == 'string'
+  and redis.call('PEXPIRETIME', KEYS[1]) == tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  index(ARGV[4], ARGV[3], ARGV[5])
+  return 1
+end
+return 0"
+    ))
+});
+
+/// Take or renew a refresh claim: store the marker `ARGV[1]` for `ARGV[2]` ms if the key is
+/// empty, or extend it if it holds that marker already. Returns 1 if the caller holds it.
+static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"local v = redis.call('GET', KEYS[1])
+if not v then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0",
+    )
 });
 
 /// Compare-and-delete: remove the key only if it holds exactly `ARGV[1]`, and its index member
@@ -375,6 +411,15 @@ fn drain_key(head: &str, index_key: &str) -> String {
 }
 
 /// The set of every index under `head`.
+/// The key of the refresh claim on the entry `key` (`{prefix}:{rest}`): `{prefix}#claim:{rest}`,
+/// among the index's keys, where no pattern of the service reaches.
+fn claim_key(key: &str) -> String {
+    match key.split_once(':') {
+        Some((head, rest)) => format!("{head}#claim:{rest}"),
+        None => format!("{key}#claim"),
+    }
+}
+
 fn registry_key(head: &str) -> String {
     format!("{head}#ns")
 }
@@ -1306,6 +1351,66 @@ impl Backend for RedisBackend {
         key: &str,
     ) -> Result<Option<(Vec<u8>, Option<Duration>)>, CacheError> {
         self.read_with_ttl(key).await
+    }
+
+    async fn get_versioned(&self, key: &str) -> Result<Option<Versioned>, CacheError> {
+        let mut conn = self.conn.clone();
+        let (value, pttl, expires): (Vec<u8>, i64, i64) = redis::pipe()
+            .add_command(self.getrange(key))
+            .cmd("PTTL")
+            .arg(key)
+            .cmd("PEXPIRETIME")
+            .arg(key)
+            .query_async(&mut conn)
+            .await?;
+        // -1: no TTL (not written by this cache); -2: gone since the read.
+        let left = u64::try_from(pttl).ok().map(Duration::from_millis);
+        let version = u64::try_from(expires).unwrap_or(0);
+        Ok(self
+            .checked(value)?
+            .map(|bytes| Versioned::new(bytes, left, version)))
+    }
+
+    async fn claim(&self, key: &str, marker: &[u8], ttl: Duration) -> Result<bool, CacheError> {
+        let mut conn = self.conn.clone();
+        let held: u8 = CLAIM
+            .key(claim_key(key))
+            .arg(marker)
+            .arg(millis(ttl))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(held == 1)
+    }
+
+    async fn release_claim(&self, key: &str, marker: &[u8]) -> Result<(), CacheError> {
+        let mut conn = self.conn.clone();
+        let _: u8 = RELEASE
+            .key(claim_key(key))
+            .arg(marker)
+            .arg("")
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn refill(
+        &self,
+        key: &str,
+        version: u64,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, CacheError> {
+        let mut conn = self.conn.clone();
+        let (mut invocation, member) = self.filed(&REFILL, key);
+        let stored: u8 = invocation
+            .arg(version)
+            .arg(value)
+            .arg(millis(ttl))
+            .arg(member)
+            .arg(now_ms())
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(stored == 1)
     }
 
     async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), CacheError> {
