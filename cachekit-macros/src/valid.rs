@@ -667,4 +667,33 @@ mod tests {
         let ty: Type = syn::parse_quote!(Result<Vec<u8>, E>);
         assert!(find_impl_trait(&ty).is_none());
     }
+
+    #[test]
+    fn beta_and_grace_are_checked() {
+        let beta_of = |tokens: &str| {
+            let mut errors = Errors::default();
+            let value: Expr = syn::parse_str(tokens).unwrap();
+            let beta = beta(&value, &mut errors);
+            (beta, errors.into_result().err().map(|e| e.to_string()))
+        };
+        assert_eq!(beta_of("1.5").0, Some(1.5));
+        assert_eq!(beta_of("2").0, Some(2.0));
+        for bad in ["0.0", "-1.0", "101.0", "\"1\"", "x"] {
+            let (beta, error) = beta_of(bad);
+            assert_eq!(beta, None, "{bad}");
+            assert!(error.unwrap().contains("refresh_ahead"), "{bad}");
+        }
+        let grace_of = |tokens: &str| {
+            let mut errors = Errors::default();
+            let value: Expr = syn::parse_str(tokens).unwrap();
+            let grace = seconds("grace", "for no grace period", &value, &mut errors);
+            (grace, errors.into_result().err().map(|e| e.to_string()))
+        };
+        assert_eq!(grace_of("600").0, Some(600));
+        for bad in ["0", "1.5", "\"600\"", "-5", "315360001"] {
+            let (grace, error) = grace_of(bad);
+            assert_eq!(grace, None, "{bad}");
+            assert!(error.unwrap().contains("`grace`"), "{bad}");
+        }
+    }
 }

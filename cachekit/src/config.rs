@@ -1618,6 +1618,53 @@ mod tests {
     }
 
     #[test]
+    fn refresh_ahead_and_stale_if_error_from_the_environment() {
+        let c = from(&[
+            ("CACHE_REFRESH_AHEAD", "1.5"),
+            ("CACHE_STALE_IF_ERROR_SECS", "600"),
+        ])
+        .unwrap();
+        assert_eq!(c.refresh_ahead, Some(1.5));
+        assert_eq!(c.stale_if_error, Some(Duration::from_secs(600)));
+        let off = from(&[
+            ("CACHE_REFRESH_AHEAD", "off"),
+            ("CACHE_STALE_IF_ERROR_SECS", "0"),
+        ])
+        .unwrap();
+        assert_eq!((off.refresh_ahead, off.stale_if_error), (None, None));
+        for (name, bad) in [
+            ("CACHE_REFRESH_AHEAD", "-1"),
+            ("CACHE_REFRESH_AHEAD", "NaN"),
+            ("CACHE_REFRESH_AHEAD", "1000"),
+            ("CACHE_REFRESH_AHEAD", "soon"),
+            ("CACHE_STALE_IF_ERROR_SECS", "1.5"),
+            ("CACHE_STALE_IF_ERROR_SECS", "99999999999"),
+        ] {
+            let err = from(&[(name, bad)]).unwrap_err().to_string();
+            assert!(
+                err.contains(name) || err.contains("refresh_ahead"),
+                "{name}={bad}: {err}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bad_beta_or_grace_fails_the_build() {
+        for builder in [
+            CacheService::builder().refresh_ahead(0.0),
+            CacheService::builder().refresh_ahead(f64::INFINITY),
+            CacheService::builder().stale_if_error(Duration::ZERO),
+            CacheService::builder().stale_if_error(Duration::MAX),
+        ] {
+            let err = builder.build().await.unwrap_err().to_string();
+            assert!(
+                err.contains("refresh_ahead") || err.contains("stale_if_error"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
     fn url_wins_over_parts() {
         let c = from(&[
             ("REDIS_URL", "redis://u:p%40ss@h1:7000/3"),

@@ -538,7 +538,7 @@ impl CacheService {
             return Err(error);
         }
         Counters::bump(&self.inner.counters.stale_served);
-        tracing::warn!(key = %self.log_key(key), "loader failed; serving the value past its TTL (stale-if-error)");
+        tracing::debug!(key = %self.log_key(key), "loader failed; serving the value past its TTL (stale-if-error)");
         Ok(Fetched::stale(found.value))
     }
 }

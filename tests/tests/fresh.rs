@@ -137,6 +137,7 @@ async fn a_hot_key_is_refreshed_before_it_expires_by_one_caller() {
     let without = hot_key(&other, false, run).await;
     println!("refresh-ahead off: {without:?}");
 
+    assert!(with.calls > 0 && without.calls > 0);
     assert_eq!(
         with.misses, 0,
         "no read found the hot key missing: {with:?}"
@@ -153,5 +154,426 @@ async fn a_hot_key_is_refreshed_before_it_expires_by_one_caller() {
     assert!(
         without.misses >= 3,
         "without refresh-ahead the key expires and reads miss: {without:?}"
+    );
+}
+
+/// A service with refresh-ahead at beta 100 whose key `users:1` holds `"v1"` (TTL 2 s) after a
+/// load that took 200 ms: a read now draws a refresh with probability about 0.9.
+async fn eager_refresher(cache: &CacheService) {
+    let first = cache
+        .get_or_load("users:1", Some(Duration::from_secs(2)), || async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Ok::<_, DbDown>("v1".to_string())
+        })
+        .await
+        .unwrap();
+    assert_eq!(first, "v1");
+}
+
+/// Reads `users:1` until a read draws a refresh, whose loader then waits for `go_on` and
+/// returns `value` (or fails if `value` is `None`). Returns once that loader runs.
+async fn start_refresh(
+    cache: &CacheService,
+    value: Option<&'static str>,
+) -> (
+    tokio::task::JoinHandle<Result<Fetched<String>, DbDown>>,
+    Arc<Notify>,
+) {
+    let (entered, go_on) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let task = {
+        let (cache, entered, go_on) = (cache.clone(), entered.clone(), go_on.clone());
+        tokio::spawn(async move {
+            for _ in 0..1_000 {
+                let ran = AtomicBool::new(false);
+                let fetched = cache
+                    .get_or_load_with_status("users:1", Some(Duration::from_secs(2)), || async {
+                        ran.store(true, Ordering::SeqCst);
+                        entered.notify_one();
+                        go_on.notified().await;
+                        // As long as the first load, so the next draw is as likely.
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        value.map(str::to_string).ok_or(DbDown)
+                    })
+                    .await;
+                if ran.load(Ordering::SeqCst) {
+                    return fetched;
+                }
+                assert_eq!(
+                    fetched.unwrap().value,
+                    "v1",
+                    "no refresh yet: the current value"
+                );
+            }
+            panic!("no read drew a refresh");
+        })
+    };
+    within(LIMIT, "a read drawing a refresh", entered.notified()).await;
+    (task, go_on)
+}
+
+/// How the race with the refresh's load is run.
+#[derive(Debug, Clone, Copy)]
+enum Race {
+    Delete,
+    Pattern,
+    NewerSet,
+}
+
+async fn refresh_racing(cache: &CacheService, race: Race) -> Option<String> {
+    eager_refresher(cache).await;
+    let (refresh, go_on) = start_refresh(cache, Some("v1-reloaded-before-the-write")).await;
+    match race {
+        Race::Delete => assert!(cache.delete("users:1").await),
+        Race::Pattern => assert_eq!(cache.invalidate_pattern("users:*").await, 1),
+        Race::NewerSet => assert!(cache.set("users:1", &"v2", None).await),
+    }
+    go_on.notify_one();
+    let refreshed = within(LIMIT, "the refresh", refresh)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (refreshed.value.as_str(), refreshed.from_cache),
+        ("v1-reloaded-before-the-write", false),
+        "the refreshing caller gets what it loaded"
+    );
+    assert_eq!(cache.stats().stale_sets_prevented, 1, "{race:?}");
+    assert_eq!(cache.stats().refreshes, 0, "{race:?}");
+    cache.get::<String>("users:1").await
+}
+
+/// A refresh whose load began before an invalidation (or a newer write) never writes its value
+/// back: its write is conditioned on the version it read.
+#[tokio::test]
+async fn a_refresh_racing_an_invalidation_or_a_write_is_not_written() {
+    cachekit_tests::init_tracing();
+    let server = RedisServer::start();
+    for race in [Race::Delete, Race::Pattern, Race::NewerSet] {
+        let cache = redis_cache(&server, |b| {
+            b.refresh_ahead(100.0).prefix(format!("race{}", race as u8))
+        })
+        .await;
+        let left = refresh_racing(&cache, race).await;
+        let expected = matches!(race, Race::NewerSet).then(|| "v2".to_string());
+        assert_eq!(left, expected, "{race:?}");
+        if let Race::NewerSet = race {
+            let raw: Option<String> =
+                raw::get(&mut server.connection().await, "race2:users:1").await;
+            assert_eq!(
+                raw.as_deref(),
+                Some("\"v2\""),
+                "plain JSON, the newer write's"
+            );
+        }
+    }
+    for race in [Race::Delete, Race::Pattern, Race::NewerSet] {
+        let cache = CacheService::builder()
+            .memory(1 << 20)
+            .refresh_ahead(100.0)
+            .build()
+            .await
+            .unwrap();
+        let left = refresh_racing(&cache, race).await;
+        let expected = matches!(race, Race::NewerSet).then(|| "v2".to_string());
+        assert_eq!(left, expected, "embedded store, {race:?}");
+    }
+}
+
+/// While one caller refreshes, every other caller, on this instance and another, gets the
+/// current value at once; the loader runs once; the new value is then served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_one_caller_refreshes_the_others_get_the_current_value() {
+    cachekit_tests::init_tracing();
+    let server = RedisServer::start();
+    let a = redis_cache(&server, |b| b.refresh_ahead(100.0)).await;
+    let b = redis_cache(&server, |b| b.refresh_ahead(100.0)).await;
+    eager_refresher(&a).await;
+    // `b` draws too: it learns the load time from a load of its own.
+    b.get_or_load("other", None, || async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok::<_, DbDown>(0)
+    })
+    .await
+    .unwrap();
+    let (refresh, go_on) = start_refresh(&a, Some("v2")).await;
+    let loads = Arc::new(AtomicUsize::new(0));
+    let mut readers = Vec::new();
+    for i in 0..64 {
+        let cache = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let loads = loads.clone();
+        readers.push(tokio::spawn(async move {
+            cache
+                .get_or_load_with_status("users:1", Some(Duration::from_secs(2)), || async {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, DbDown>("v-other".to_string())
+                })
+                .await
+                .unwrap()
+        }));
+    }
+    for reader in readers {
+        let fetched = within(LIMIT, "a reader during the refresh", reader)
+            .await
+            .unwrap();
+        assert_eq!((fetched.value.as_str(), fetched.from_cache), ("v1", true));
+    }
+    assert_eq!(
+        loads.load(Ordering::SeqCst),
+        0,
+        "only the claim's holder loads"
+    );
+    go_on.notify_one();
+    let refreshed = within(LIMIT, "the refresh", refresh)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (refreshed.value.as_str(), refreshed.from_cache),
+        ("v2", false)
+    );
+    assert_eq!(a.stats().refreshes, 1);
+    assert_eq!(b.get::<String>("users:1").await.as_deref(), Some("v2"));
+    let pttl = raw::pttl(&mut server.connection().await, "fresh:users:1").await;
+    assert!(pttl > 1_000, "written back with a whole TTL: {pttl} ms");
+}
+
+/// A refresh whose loader fails leaves the current value, and its caller gets it.
+#[tokio::test]
+async fn a_failed_refresh_serves_the_current_value() {
+    let server = RedisServer::start();
+    let cache = redis_cache(&server, |b| b.refresh_ahead(100.0)).await;
+    eager_refresher(&cache).await;
+    let (refresh, go_on) = start_refresh(&cache, None).await;
+    go_on.notify_one();
+    let fetched = within(LIMIT, "the refresh", refresh)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (fetched.value.as_str(), fetched.from_cache, fetched.stale),
+        ("v1", true, false)
+    );
+    assert_eq!(cache.get::<String>("users:1").await.as_deref(), Some("v1"));
+    // The claim was given back: the next draw refreshes.
+    let (refresh, go_on) = start_refresh(&cache, Some("v2")).await;
+    go_on.notify_one();
+    assert_eq!(
+        within(LIMIT, "the refresh", refresh)
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+        "v2"
+    );
+}
+
+/// The database fails for 10 s; keys cached before (TTL 1 s, grace 60 s) are served past their
+/// TTL, flagged stale, and callers see no error. Once it is back, values are fresh again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_is_served_from_stale_values_within_the_grace_period() {
+    cachekit_tests::init_tracing();
+    let server = RedisServer::start();
+    let a = redis_cache(&server, |b| b.stale_if_error(Duration::from_secs(60))).await;
+    let b = redis_cache(&server, |b| b.stale_if_error(Duration::from_secs(60))).await;
+    let down = Arc::new(AtomicBool::new(false));
+    let version = Arc::new(AtomicU64::new(1));
+    let ttl = Some(Duration::from_secs(1));
+    let read = {
+        let (down, version) = (down.clone(), version.clone());
+        move |cache: CacheService, id: u32| {
+            let (down, version) = (down.clone(), version.clone());
+            async move {
+                cache
+                    .get_or_load_with_status(&format!("users:{id}"), ttl, || async move {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        if down.load(Ordering::SeqCst) {
+                            Err(DbDown)
+                        } else {
+                            Ok(format!("user {id} v{}", version.load(Ordering::SeqCst)))
+                        }
+                    })
+                    .await
+            }
+        }
+    };
+    for id in 0..20 {
+        read(a.clone(), id).await.unwrap();
+    }
+    down.store(true, Ordering::SeqCst);
+    version.store(2, Ordering::SeqCst);
+    let outage = Duration::from_secs(10);
+    let until = Instant::now() + outage;
+    let (errors, stale, fresh) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let mut readers = Vec::new();
+    for task in 0..8u32 {
+        let cache = if task % 2 == 0 { a.clone() } else { b.clone() };
+        let (errors, stale, fresh, read) =
+            (errors.clone(), stale.clone(), fresh.clone(), read.clone());
+        readers.push(tokio::spawn(async move {
+            let mut id = task;
+            while Instant::now() < until {
+                match read(cache.clone(), id % 20).await {
+                    Err(DbDown) => errors.fetch_add(1, Ordering::SeqCst),
+                    Ok(fetched) if fetched.stale => {
+                        assert_eq!(fetched.value, format!("user {} v1", id % 20));
+                        stale.fetch_add(1, Ordering::SeqCst)
+                    }
+                    Ok(_) => fresh.fetch_add(1, Ordering::SeqCst),
+                };
+                id += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }));
+    }
+    for reader in readers {
+        reader.await.unwrap();
+    }
+    let (errors, stale, fresh) = (
+        errors.load(Ordering::SeqCst),
+        stale.load(Ordering::SeqCst),
+        fresh.load(Ordering::SeqCst),
+    );
+    let served = a.stats().stale_served + b.stats().stale_served;
+    println!(
+        "outage of {outage:?}, grace 60 s, TTL 1 s: {errors} errors, {stale} stale values served \
+         ({served} counted), {fresh} values within their TTL"
+    );
+    assert_eq!(errors, 0, "no caller saw the outage");
+    assert!(
+        stale > 0 && served == stale,
+        "{stale} stale, {served} counted"
+    );
+
+    down.store(false, Ordering::SeqCst);
+    let after = read(a.clone(), 3).await.unwrap();
+    assert_eq!(
+        (after.value.as_str(), after.stale, after.from_cache),
+        ("user 3 v2", false, false)
+    );
+    assert_eq!(read(b.clone(), 3).await.unwrap().value, "user 3 v2");
+    let pttl = raw::pttl(&mut server.connection().await, "fresh:users:3").await;
+    assert!(
+        pttl > 60_000,
+        "stored for the TTL plus the grace period: {pttl} ms"
+    );
+}
+
+/// A value past its TTL that an invalidation removed, before the loader ran or while it ran,
+/// is never served as stale: the loader's error is returned.
+async fn invalidated_values_are_not_served_stale(cache: &CacheService) {
+    let ttl = Some(Duration::from_millis(300));
+    let fill = |v: &'static str| {
+        cache.get_or_load("users:1", ttl, move || async move {
+            Ok::<_, DbDown>(v.to_string())
+        })
+    };
+    let fail = || async { Err::<String, _>(DbDown) };
+    // Past its TTL, not invalidated: served stale.
+    fill("v1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let stale = cache
+        .get_or_load_with_status("users:1", ttl, fail)
+        .await
+        .unwrap();
+    assert_eq!((stale.value.as_str(), stale.stale), ("v1", true));
+    assert_eq!(
+        cache.get::<String>("users:1").await,
+        None,
+        "`get` does not serve it"
+    );
+    // Removed before the loader ran.
+    cache.delete("users:1").await;
+    assert!(
+        cache
+            .get_or_load_with_status("users:1", ttl, fail)
+            .await
+            .is_err()
+    );
+    // Removed while the loader ran.
+    fill("v2").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (entered, go_on) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let reader = {
+        let (cache, entered, go_on) = (cache.clone(), entered.clone(), go_on.clone());
+        tokio::spawn(async move {
+            cache
+                .get_or_load_with_status("users:1", ttl, || async move {
+                    entered.notify_one();
+                    go_on.notified().await;
+                    Err::<String, _>(DbDown)
+                })
+                .await
+        })
+    };
+    within(LIMIT, "the loader", entered.notified()).await;
+    assert_eq!(cache.invalidate_pattern("users:*").await, 1);
+    go_on.notify_one();
+    let result = within(LIMIT, "the read", reader).await.unwrap();
+    assert!(
+        result.is_err(),
+        "not served after the invalidation: {result:?}"
+    );
+    assert_eq!(cache.stats().stale_served, 1);
+}
+
+#[tokio::test]
+async fn a_value_an_invalidation_removed_is_never_served_stale() {
+    cachekit_tests::init_tracing();
+    let server = RedisServer::start();
+    let grace = Duration::from_secs(60);
+    invalidated_values_are_not_served_stale(
+        &redis_cache(&server, |b| b.stale_if_error(grace)).await,
+    )
+    .await;
+    let memory = CacheService::builder()
+        .memory(1 << 20)
+        .stale_if_error(grace)
+        .build()
+        .await
+        .unwrap();
+    invalidated_values_are_not_served_stale(&memory).await;
+}
+
+static PROFILE_DB_DOWN: AtomicBool = AtomicBool::new(false);
+static PROFILE_LOADS: AtomicUsize = AtomicUsize::new(0);
+
+/// `#[cached(..., grace = N)]` and `refresh_ahead`: per function, on a service without either.
+#[cached(cache = cache, ttl = 1, key = "profiles:{id}", grace = 60, refresh_ahead = 2.0, status)]
+async fn profile(cache: &CacheService, id: u32) -> Result<String, DbDown> {
+    let _ = cache;
+    PROFILE_LOADS.fetch_add(1, Ordering::SeqCst);
+    if PROFILE_DB_DOWN.load(Ordering::SeqCst) {
+        Err(DbDown)
+    } else {
+        Ok(format!("profile {id}"))
+    }
+}
+
+#[tokio::test]
+async fn the_macro_takes_a_grace_period_and_refresh_ahead_per_function() {
+    cachekit_tests::init_tracing();
+    let server = RedisServer::start();
+    let cache = redis_cache(&server, |b| b).await;
+    assert_eq!(profile(&cache, 7).await.unwrap(), "profile 7");
+    let pttl = raw::pttl(&mut server.connection().await, "fresh:profiles:7").await;
+    assert!(
+        pttl > 60_000,
+        "stored for the TTL plus the grace period: {pttl} ms"
+    );
+    PROFILE_DB_DOWN.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let stale = profile_with_status(&cache, 7).await.unwrap();
+    assert_eq!((stale.value.as_str(), stale.stale), ("profile 7", true));
+    PROFILE_DB_DOWN.store(false, Ordering::SeqCst);
+    let fresh = profile_with_status(&cache, 7).await.unwrap();
+    assert_eq!((fresh.stale, fresh.from_cache), (false, false));
+    assert_eq!(
+        cache.stats().refreshes,
+        1,
+        "reloaded under the claim and written back"
     );
 }
