@@ -41,7 +41,9 @@ async fn a_user_limited_to_the_prefix_and_the_listed_commands_runs_everything() 
     for (db, local) in [(0, false), (3, true)] {
         let mut builder = CacheService::builder()
             .redis_url(format!("redis://app:app-password@{}/{db}", server.addr()))
-            .prefix(PREFIX);
+            .prefix(PREFIX)
+            .refresh_ahead(100.0)
+            .stale_if_error(Duration::from_secs(60));
         if local {
             builder = builder.local_tier(Duration::from_secs(60));
         }
@@ -62,6 +64,33 @@ async fn a_user_limited_to_the_prefix_and_the_listed_commands_runs_everything() 
             .await
             .unwrap();
         assert_eq!(loaded, 9);
+        // Refresh-ahead (the claim, the refill) and stale-if-error (a value past its TTL).
+        let ttl = Some(Duration::from_millis(100));
+        let slow = |v: u32| async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok::<_, std::io::Error>(v)
+        };
+        cache
+            .get_or_load("orders:2", ttl, || slow(1))
+            .await
+            .unwrap();
+        let refreshed = cache
+            .get_or_load_with_status("orders:2", ttl, || slow(2))
+            .await
+            .unwrap();
+        assert_eq!(
+            (refreshed.value, refreshed.from_cache),
+            (2, false),
+            "{what}: a refresh"
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let failing = || async { Err::<u32, _>(std::io::Error::other("database down")) };
+        let stale = cache
+            .get_or_load_with_status("orders:2", ttl, failing)
+            .await
+            .unwrap();
+        assert_eq!((stale.value, stale.stale), (2, true), "{what}");
+        assert!(cache.delete("orders:2").await, "{what}");
         assert!(cache.delete("users:0").await, "{what}");
         // Patterns walk the keyspace until the index is complete, then use it: both run.
         assert_eq!(cache.invalidate_pattern("carts:?").await, 0, "{what}");
