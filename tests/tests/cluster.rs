@@ -167,6 +167,55 @@ async fn every_operation_reaches_every_primary() {
         0
     );
     assert_eq!(cache.stats().errors, 0, "{:?}", cache.stats());
+
+    // Refresh-ahead and stale-if-error on every primary: versioned reads, the claims beside
+    // the keys (in other slots), refills, and stale values; none served once invalidated.
+    let fresh = within(
+        BOUND,
+        "build",
+        CacheService::builder()
+            .redis_cluster(cluster.urls())
+            .prefix("fresh")
+            .refresh_ahead(100.0)
+            .stale_if_error(Duration::from_secs(60))
+            .build(),
+    )
+    .await
+    .unwrap();
+    let ttl = Some(Duration::from_millis(300));
+    let slow = |v: u32| async move {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok::<_, std::io::Error>(v)
+    };
+    let failing = || async { Err::<u32, _>(std::io::Error::other("database down")) };
+    for id in 0..30 {
+        let key = format!("profiles:{id}");
+        fresh.get_or_load(&key, ttl, || slow(id)).await.unwrap();
+        // A load of 20 ms at beta 100 against 300 ms left: a draw all but always refreshes.
+        let again = fresh
+            .get_or_load_with_status(&key, ttl, || slow(id + 100))
+            .await
+            .unwrap();
+        assert!(
+            again.value == id + 100 || again.from_cache,
+            "{id}: {again:?}"
+        );
+    }
+    assert!(fresh.stats().refreshes > 20, "{:?}", fresh.stats());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for id in 0..30 {
+        let stale = fresh
+            .get_or_load_with_status(&format!("profiles:{id}"), ttl, failing)
+            .await
+            .unwrap();
+        assert!(stale.stale && stale.value >= id, "{id}: {stale:?}");
+    }
+    assert_eq!(fresh.invalidate_pattern("profiles:*").await, 30);
+    for id in 0..30 {
+        let key = format!("profiles:{id}");
+        assert!(fresh.get_or_load(&key, ttl, failing).await.is_err());
+    }
+    assert_eq!(fresh.stats().errors, 0, "{:?}", fresh.stats());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
