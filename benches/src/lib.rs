@@ -55,6 +55,17 @@ pub mod names {
     pub const SEQUENTIAL_FILL: &str = "sequential fill";
     /// The invalidation index's memory in Redis.
     pub const INDEX_MEMORY: &str = "index memory";
+    /// One hot key read 1,000 times a second (10 tasks, each every 10 ms) for the round, TTL
+    /// 1 s, a loader of 50 ms; ratios are to refresh-ahead off.
+    pub const HOT_KEY: &str =
+        "hot key, 1,000 reads/s, TTL 1 s, loader 50 ms (ratio to refresh-ahead off)";
+    /// `get_or_load` on the hot key, refresh-ahead off.
+    pub const REFRESH_OFF: &str = "cachekit get_or_load, refresh-ahead off";
+    /// `get_or_load` on the hot key, refresh-ahead on with beta 1.0: the caller that draws
+    /// refreshes.
+    pub const REFRESH_ON: &str = "cachekit get_or_load, refresh_ahead(1.0)";
+    /// `get_or_refresh` on the hot key (beta 1.0): the refresh runs in a task of its own.
+    pub const REFRESH_BACKGROUND: &str = "cachekit get_or_refresh (background refresh)";
     /// Removing `users:*` among many other keys on a Redis Cluster of 3 primaries; ratios are
     /// to the walk (the service with its index off), not to raw redis-rs.
     pub const CLUSTER_INVALIDATION: &str = "invalidate users:* on a cluster (ratio to the walk)";
@@ -152,13 +163,15 @@ pub struct Options {
 
 /// The scenario groups `--only` can pick: the hit scenarios (sequential, embedded,
 /// concurrent), the in-process hits, the stampede, the sequential writes and fills, the
-/// invalidation, and the invalidation on a private Redis Cluster.
-pub const GROUPS: [&str; 6] = [
+/// invalidation, the hot key with and without refresh-ahead, and the invalidation on a
+/// private Redis Cluster.
+pub const GROUPS: [&str; 7] = [
     "hits",
     "local",
     "stampede",
     "writes",
     "invalidation",
+    "hotkey",
     "cluster",
 ];
 

@@ -1,7 +1,7 @@
 //! The comparison scenarios, run in one process against one Redis.
 
 use crate::names::*;
-use crate::repo::{self, UserRepo};
+use crate::repo::{self, DbError, SLOW_LOAD, UserRepo};
 use crate::report::{Machine, Report, Row, Settings};
 use crate::stats::{mean, median, percentile};
 use crate::{Error, Options, PREFIX, User};
@@ -52,6 +52,8 @@ struct Plan {
     invalidation_rounds: usize,
     invalidation_matching: usize,
     invalidation_others: usize,
+    hot_key_rounds: usize,
+    hot_key_round: Duration,
 }
 
 impl Plan {
@@ -69,6 +71,8 @@ impl Plan {
                 invalidation_rounds: 2,
                 invalidation_matching: 100,
                 invalidation_others: 10_000,
+                hot_key_rounds: 1,
+                hot_key_round: Duration::from_secs(3),
             }
         } else {
             Self {
@@ -83,6 +87,8 @@ impl Plan {
                 invalidation_rounds: 5,
                 invalidation_matching: 10_000,
                 invalidation_others: 1_000_000,
+                hot_key_rounds: 3,
+                hot_key_round: Duration::from_secs(10),
             }
         }
     }
@@ -326,6 +332,9 @@ impl Runner {
         }
         if self.runs("invalidation") {
             self.invalidation().await?;
+        }
+        if self.runs("hotkey") {
+            self.hot_key().await?;
         }
         if self.runs("cluster") {
             self.cluster_invalidation().await?;
@@ -747,6 +756,69 @@ impl Runner {
         Ok(())
     }
 
+    /// The hot-key scenario, refresh-ahead off and on, taking turns round by round (each on a
+    /// key of its own): the reads that found the key missing (each one a caller that waited
+    /// for a loader, its own or another's), the loader runs, and the latency every caller saw.
+    async fn hot_key(&mut self) -> Result<(), Error> {
+        let plan = self.plan.clone();
+        let refreshing = CacheService::builder()
+            .redis_url(&self.url)
+            .prefix(PREFIX)
+            .refresh_ahead(1.0)
+            .build()
+            .await?;
+        let contenders = [
+            (self.service().await?, HotRead::Load, REFRESH_OFF),
+            (refreshing.clone(), HotRead::Load, REFRESH_ON),
+            (refreshing, HotRead::Refresh, REFRESH_BACKGROUND),
+        ];
+        let n = contenders.len();
+        let (mut misses, mut loads, mut latencies) =
+            (vec![vec![]; n], vec![vec![]; n], vec![vec![]; n]);
+        for round in 0..plan.hot_key_rounds {
+            for k in 0..n {
+                let i = (round + k) % n;
+                let (cache, read, name) = &contenders[i];
+                self.say(&format!(
+                    "hot key: round {}/{}, {name}",
+                    round + 1,
+                    plan.hot_key_rounds,
+                ));
+                let key = format!("hot_users:{round}:{i}");
+                let run = hot_key_round(cache, *read, &key, plan.hot_key_round).await?;
+                misses[i].push(run.misses as f64);
+                loads[i].push(run.loads as f64);
+                latencies[i].push(run.latencies);
+            }
+        }
+        for (i, (_, _, name)) in contenders.iter().enumerate() {
+            for (figure, unit, values) in [
+                ("caller-visible misses", "reads", &misses),
+                ("loader runs", "runs", &loads),
+            ] {
+                let row = Row::new(HOT_KEY, name, figure, unit);
+                self.rows.push(by_round(row, &values[i], &values[0]));
+            }
+        }
+        for (figure, p) in [
+            ("p50", 50.0),
+            ("p99", 99.0),
+            ("p99.9", 99.9),
+            ("max", 100.0),
+        ] {
+            for (i, (_, _, name)) in contenders.iter().enumerate() {
+                let mut row = Row::new(HOT_KEY, name, figure, "µs");
+                row.value = percentile(&latencies[i].concat(), p);
+                row.round_ratios = (0..latencies[i].len())
+                    .map(|r| percentile(&latencies[i][r], p) / percentile(&latencies[0][r], p))
+                    .collect();
+                row.ratio = Some(median(&row.round_ratios));
+                self.rows.push(row);
+            }
+        }
+        Ok(())
+    }
+
     /// Sequential writes and fills, the contenders taking turns call by call: what filing an
     /// entry in the invalidation index adds to a write, against the same service with the
     /// index off.
@@ -969,6 +1041,88 @@ impl Runner {
 }
 
 /// `count` as a figure, if it is the `expected` number of keys a removal by `name` had to find.
+/// How the hot-key scenario reads.
+#[derive(Debug, Clone, Copy)]
+enum HotRead {
+    /// `get_or_load`.
+    Load,
+    /// `get_or_refresh`.
+    Refresh,
+}
+
+/// What one round of the hot-key scenario saw.
+struct HotKeyRound {
+    /// Reads that found the key missing, after the first fill.
+    misses: u64,
+    /// Loader runs, after the first fill.
+    loads: u64,
+    /// Every call's latency, in µs.
+    latencies: Vec<f64>,
+}
+
+/// 10 tasks reading `key` every 10 ms each for `run` (TTL 1 s, a 50 ms loader), after one first
+/// fill the same way.
+async fn hot_key_round(
+    cache: &CacheService,
+    read: HotRead,
+    key: &str,
+    run: Duration,
+) -> Result<HotKeyRound, Error> {
+    let loads = Arc::new(AtomicU64::new(0));
+    let load = {
+        let loads = loads.clone();
+        move || {
+            let loads = loads.clone();
+            async move {
+                loads.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(SLOW_LOAD).await;
+                Ok::<_, DbError>(User::sample(HIT_ID))
+            }
+        }
+    };
+    let ttl = Some(Duration::from_secs(1));
+    let get = move |cache: CacheService, key: String| {
+        let load = load.clone();
+        async move {
+            match read {
+                HotRead::Load => cache.get_or_load(&key, ttl, load).await,
+                HotRead::Refresh => cache.get_or_refresh(&key, ttl, load).await,
+            }
+        }
+    };
+    get(cache.clone(), key.to_owned()).await?;
+    let (loads_before, misses_before) = (loads.load(Ordering::Relaxed), cache.stats().misses);
+    let stop = Instant::now() + run;
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let (cache, key, get) = (cache.clone(), key.to_owned(), get.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while Instant::now() < stop {
+                tick.tick().await;
+                let started = Instant::now();
+                let user = get(cache.clone(), key.clone()).await?;
+                latencies.push(started.elapsed().as_secs_f64() * 1e6);
+                if user.id != HIT_ID {
+                    return Err(Error::new("the hot key read another user"));
+                }
+            }
+            Ok::<_, Error>(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    Ok(HotKeyRound {
+        misses: cache.stats().misses - misses_before,
+        loads: loads.load(Ordering::Relaxed) - loads_before,
+        latencies,
+    })
+}
+
 fn checked_count(name: &str, count: u64, expected: usize) -> Result<f64, Error> {
     if count == expected as u64 {
         Ok(count as f64)

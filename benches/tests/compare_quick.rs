@@ -120,6 +120,19 @@ fn quick_mode_reports_every_figure() {
         "{per_entry} bytes per entry"
     );
 
+    for contender in [REFRESH_OFF, REFRESH_ON, REFRESH_BACKGROUND] {
+        // Misses may be none (refresh-ahead); loader runs never are in 3 TTLs.
+        assert!(
+            report
+                .row(HOT_KEY, contender, "caller-visible misses")
+                .is_some()
+        );
+        expect(HOT_KEY, contender, "loader runs");
+        for figure in ["p50", "p99", "p99.9", "max"] {
+            expect(HOT_KEY, contender, figure);
+        }
+    }
+
     // The table has a line per row; the JSON round-trips.
     let table = report.to_markdown();
     assert_eq!(

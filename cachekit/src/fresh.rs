@@ -120,6 +120,20 @@ pub(crate) fn draws_refresh(delta: Duration, beta: f64, left: Duration, rand: f6
     delta.as_secs_f64() * beta * -rand.ln() >= left.as_secs_f64()
 }
 
+/// Refresh-ahead's beta when it is asked for without one.
+const DEFAULT_BETA: f64 = 1.0;
+
+/// One cache-aside call on its way through this module.
+#[derive(Clone, Copy)]
+struct Step<'a> {
+    key: &'a str,
+    physical: &'a str,
+    ttl: Option<Duration>,
+    local: bool,
+    fresh: Freshness,
+    budget: &'a Budget,
+}
+
 /// A value read with its freshness.
 struct Found<T> {
     value: T,
@@ -169,31 +183,58 @@ impl CacheService {
         T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<T, E>>,
     {
-        let inner = &*self.inner;
         let budget = Budget::default();
         let physical = self.physical_key(key);
-        let grace = fresh.grace();
-        // Written for the TTL plus the grace period (an invalid TTL is refused by the write).
-        let store_ttl = match self.ttl(ttl) {
-            Ok(ttl) => Some(ttl.saturating_add(grace).min(MAX_TTL)),
-            Err(_) => ttl,
+        let read = self
+            .read_fresh::<T>(key, &physical, local, fresh.grace(), &budget)
+            .await;
+        let step = Step {
+            key,
+            physical: &physical,
+            ttl,
+            local,
+            fresh,
+            budget: &budget,
         };
+        self.load_fresh_from(step, read, store_if, load).await
+    }
+
+    /// [`load_fresh`](Self::load_fresh) once the key was read.
+    async fn load_fresh_from<T, E, Fut>(
+        &self,
+        step: Step<'_>,
+        read: Result<Option<Found<T>>, CacheError>,
+        store_if: impl FnOnce(&T) -> bool,
+        load: Fut,
+    ) -> Result<Fetched<T>, E>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let Step {
+            key,
+            physical,
+            ttl,
+            local,
+            fresh,
+            budget,
+        } = step;
+        let inner = &*self.inner;
+        let grace = fresh.grace();
+        let store_ttl = self.store_ttl(ttl, grace);
         let load = async {
             let started = Instant::now();
             let loaded = load.await;
             if fresh.beta.is_some() {
-                inner.load_times.record(&physical, started.elapsed());
+                inner.load_times.record(physical, started.elapsed());
             }
             loaded
         };
-        let found = match self
-            .read_fresh::<T>(key, &physical, local, grace, &budget)
-            .await
-        {
+        let found = match read {
             Ok(Some(found)) => found,
             Ok(None) => {
                 return self
-                    .load_missing(key, &physical, store_ttl, store_if, load, &budget)
+                    .load_missing(key, physical, store_ttl, store_if, load, budget)
                     .await;
             }
             Err(error) => {
@@ -204,35 +245,28 @@ impl CacheService {
                     }
                 }
                 return self
-                    .load_missing(key, &physical, store_ttl, store_if, load, &budget)
+                    .load_missing(key, physical, store_ttl, store_if, load, budget)
                     .await;
             }
         };
         if !found.is_stale() {
-            let draw = match (fresh.beta, found.fresh_left) {
-                (Some(beta), Some(left)) => inner
-                    .load_times
-                    .of(&physical)
-                    .is_some_and(|delta| draws_refresh(delta, beta, left, 1.0 - fastrand::f64())),
-                _ => false,
-            };
-            if !draw {
+            if !self.draws_refresh(fresh, &found, physical) {
                 return Ok(Fetched::hit(found.value));
             }
             let marker = new_marker();
-            if !matches!(self.claim(&physical, &marker, &budget).await, Claim::Taken) {
+            if !matches!(self.claim(physical, &marker, budget).await, Claim::Taken) {
                 return Ok(Fetched::hit(found.value));
             }
             let reloaded = self
                 .reload(
                     key,
-                    &physical,
+                    physical,
                     &marker,
                     found.version,
                     store_ttl,
                     store_if,
                     load,
-                    &budget,
+                    budget,
                 )
                 .await;
             return Ok(match reloaded {
@@ -244,42 +278,148 @@ impl CacheService {
             });
         }
         match self
-            .next_for_stale(key, &physical, local, grace, found, &budget)
+            .next_for_stale(key, physical, local, grace, found, budget)
             .await
         {
             Next::Hit(value) => Ok(Fetched::hit(value)),
             Next::Missing => {
-                self.load_missing(key, &physical, store_ttl, store_if, load, &budget)
+                self.load_missing(key, physical, store_ttl, store_if, load, budget)
                     .await
             }
             Next::Reload(found, marker) => {
                 let reloaded = self
                     .reload(
                         key,
-                        &physical,
+                        physical,
                         &marker,
                         found.version,
                         store_ttl,
                         store_if,
                         load,
-                        &budget,
+                        budget,
                     )
                     .await;
                 match reloaded {
                     Ok(value) => Ok(Fetched::loaded(value)),
-                    Err(error) => {
-                        self.serve_stale(key, &physical, found, error, &budget)
-                            .await
-                    }
+                    Err(error) => self.serve_stale(key, physical, found, error, budget).await,
                 }
             }
             Next::LoadOnly(found) => match load.await {
                 Ok(value) => Ok(Fetched::loaded(value)),
-                Err(error) => {
-                    self.serve_stale(key, &physical, found, error, &budget)
-                        .await
-                }
+                Err(error) => self.serve_stale(key, physical, found, error, budget).await,
             },
+        }
+    }
+
+    /// [`get_or_load`](Self::get_or_load) with refresh-ahead run in the background: a caller
+    /// that draws a refresh gets the current value at once, and the loader runs in a task of
+    /// its own (under the refresh claim, written back only if the key was neither written nor
+    /// removed meanwhile), so no caller of a hot key waits for the loader. For that, the loader
+    /// owns what it uses (`'static`) and is `Send`. Refresh-ahead uses the service's beta, or
+    /// 1.0 if the service has none; the service's grace period applies as in `get_or_load`.
+    /// Misses and values past their TTL load in the caller, as in `get_or_load`.
+    ///
+    /// ```
+    /// # cachekit::__doc_block_on(async {
+    /// use std::time::Duration;
+    /// let cache = cachekit::CacheService::memory();
+    /// let db = std::sync::Arc::new("a pool".to_string());
+    /// let load = move || async move { Ok::<_, std::io::Error>(format!("read from {db}")) };
+    /// let user = cache.get_or_refresh("users:1", Some(Duration::from_secs(60)), load).await;
+    /// assert_eq!(user.unwrap(), "read from a pool");
+    /// # });
+    /// ```
+    pub async fn get_or_refresh<T, E, F, Fut>(
+        &self,
+        key: &str,
+        ttl: Option<Duration>,
+        load: F,
+    ) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        E: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        let service = self.inner.fresh;
+        let fresh = Freshness::new(Some(service.beta.unwrap_or(DEFAULT_BETA)), service.grace);
+        let budget = Budget::default();
+        let physical = self.physical_key(key);
+        let read = self
+            .read_fresh::<T>(key, &physical, true, fresh.grace(), &budget)
+            .await;
+        if let Ok(Some(found)) = &read
+            && !found.is_stale()
+        {
+            let Ok(Some(found)) = read else {
+                unreachable!("matched just above")
+            };
+            if self.draws_refresh(fresh, &found, &physical) {
+                let marker = new_marker();
+                if let Claim::Taken = self.claim(&physical, &marker, &budget).await {
+                    let service = self.clone();
+                    let (key, store_ttl) = (key.to_owned(), self.store_ttl(ttl, fresh.grace()));
+                    tokio::spawn(async move {
+                        let load = async {
+                            let started = Instant::now();
+                            let loaded = load().await;
+                            service
+                                .inner
+                                .load_times
+                                .record(&physical, started.elapsed());
+                            loaded
+                        };
+                        let budget = Budget::default();
+                        let version = found.version;
+                        let _ = service
+                            .reload(
+                                &key,
+                                &physical,
+                                &marker,
+                                version,
+                                store_ttl,
+                                |_: &T| true,
+                                load,
+                                &budget,
+                            )
+                            .await;
+                    });
+                }
+            }
+            return Ok(found.value);
+        }
+        let step = Step {
+            key,
+            physical: &physical,
+            ttl,
+            local: true,
+            fresh,
+            budget: &budget,
+        };
+        self.load_fresh_from(step, read, |_| true, load())
+            .await
+            .map(|fetched| fetched.value)
+    }
+
+    /// The TTL a value is written for: the TTL plus the grace period (an invalid TTL is left
+    /// for the write to refuse).
+    fn store_ttl(&self, ttl: Option<Duration>, grace: Duration) -> Option<Duration> {
+        match self.ttl(ttl) {
+            Ok(ttl) => Some(ttl.saturating_add(grace).min(MAX_TTL)),
+            Err(_) => ttl,
+        }
+    }
+
+    /// Whether a read of a fresh value draws a refresh (XFetch), against the key's last load
+    /// time (or any key's, for a key this process never loaded).
+    fn draws_refresh<T>(&self, fresh: Freshness, found: &Found<T>, physical: &str) -> bool {
+        match (fresh.beta, found.fresh_left) {
+            (Some(beta), Some(left)) => self
+                .inner
+                .load_times
+                .of(physical)
+                .is_some_and(|delta| draws_refresh(delta, beta, left, 1.0 - fastrand::f64())),
+            _ => false,
         }
     }
 

@@ -45,44 +45,64 @@ struct HotKey {
     /// Reads that found the key missing: each of those callers waited for a loader (its own,
     /// or another's under the lease).
     misses: u64,
-    /// Calls whose own loader ran: with refresh-ahead, the refreshing callers (each waits for
-    /// its own refresh); without, the callers that loaded on a miss.
-    loading_calls: u64,
+    /// Loader runs inside a caller's call, which waited for it: a refresh drawn inline, or a
+    /// load on a miss.
+    loads_in_callers: u64,
     /// Refreshed values written back.
     refreshes: u64,
 }
 
+/// How the hot key is read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Refresh {
+    Off,
+    /// `get_or_load` on a service with `refresh_ahead(1.0)`: the caller that draws refreshes.
+    InCaller,
+    /// `get_or_refresh`: the refresh runs in a task of its own.
+    InBackground,
+}
+
+tokio::task_local! {
+    /// Set in the readers' tasks: a loader that sees it runs inside a caller's call.
+    static IN_CALLER: ();
+}
+
 /// 1,000 reads a second of one key for `run`, from two service instances of five tasks each,
 /// TTL 1 s, a loader taking 50 ms.
-async fn hot_key(server: &RedisServer, refresh_ahead: bool, run: Duration) -> HotKey {
-    let configure = |b: cachekit::CacheServiceBuilder| {
-        if refresh_ahead {
-            b.refresh_ahead(1.0)
-        } else {
-            b
-        }
+async fn hot_key(server: &RedisServer, refresh: Refresh, run: Duration) -> HotKey {
+    let configure = |b: cachekit::CacheServiceBuilder| match refresh {
+        Refresh::InCaller => b.refresh_ahead(1.0),
+        _ => b,
     };
     let caches = [
         redis_cache(server, configure).await,
         redis_cache(server, configure).await,
     ];
-    let loads = Arc::new(AtomicU64::new(0));
+    let (loads, in_callers) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let load = {
-        let loads = loads.clone();
+        let (loads, in_callers) = (loads.clone(), in_callers.clone());
         move || {
-            let loads = loads.clone();
+            let (loads, in_callers) = (loads.clone(), in_callers.clone());
             async move {
                 loads.fetch_add(1, Ordering::SeqCst);
+                if IN_CALLER.try_with(|_| ()).is_ok() {
+                    in_callers.fetch_add(1, Ordering::SeqCst);
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 Ok::<_, DbDown>("profile".to_string())
             }
         }
     };
     let ttl = Some(Duration::from_secs(1));
-    caches[0]
-        .get_or_load("users:hot", ttl, load.clone())
-        .await
-        .unwrap();
+    let filled = match refresh {
+        Refresh::InBackground => {
+            caches[0]
+                .get_or_refresh("users:hot", ttl, load.clone())
+                .await
+        }
+        _ => caches[0].get_or_load("users:hot", ttl, load.clone()).await,
+    };
+    assert_eq!(filled.unwrap(), "profile");
     let first = loads.load(Ordering::SeqCst);
     let misses_before: u64 = caches.iter().map(|c| c.stats().misses).sum();
     let calls = Arc::new(AtomicU64::new(0));
@@ -91,69 +111,73 @@ async fn hot_key(server: &RedisServer, refresh_ahead: bool, run: Duration) -> Ho
     for cache in &caches {
         for _ in 0..5 {
             let (cache, load, calls) = (cache.clone(), load.clone(), calls.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut own_loads = 0;
+            tasks.push(tokio::spawn(IN_CALLER.scope((), async move {
                 let mut tick = tokio::time::interval(Duration::from_millis(10));
                 while Instant::now() < stop {
                     tick.tick().await;
-                    let fetched = cache
-                        .get_or_load_with_status("users:hot", ttl, load.clone())
-                        .await
-                        .unwrap();
-                    assert_eq!(fetched.value, "profile");
+                    let value = match refresh {
+                        Refresh::InBackground => {
+                            cache.get_or_refresh("users:hot", ttl, load.clone()).await
+                        }
+                        _ => cache.get_or_load("users:hot", ttl, load.clone()).await,
+                    };
+                    assert_eq!(value.unwrap(), "profile");
                     calls.fetch_add(1, Ordering::SeqCst);
-                    own_loads += u64::from(!fetched.from_cache);
                 }
-                own_loads
-            }));
+            })));
         }
     }
-    let mut own_loads = 0;
     for task in tasks {
-        own_loads += task.await.unwrap();
+        task.await.unwrap();
     }
     let misses = caches.iter().map(|c| c.stats().misses).sum::<u64>() - misses_before;
-    let refreshes: u64 = caches.iter().map(|c| c.stats().refreshes).sum();
     HotKey {
         calls: calls.load(Ordering::SeqCst),
         loads: loads.load(Ordering::SeqCst) - first,
         misses,
-        loading_calls: own_loads,
-        refreshes,
+        loads_in_callers: in_callers.load(Ordering::SeqCst),
+        refreshes: caches.iter().map(|c| c.stats().refreshes).sum(),
     }
 }
 
 /// A hot key (1,000 reads/s, TTL 1 s, loader 50 ms) with refresh-ahead: no read finds it
-/// missing once it is filled, and the loader runs about once per TTL, by one caller. Without
-/// refresh-ahead, every expiry is a miss that callers wait for.
+/// missing once it is filled, and the loader runs about once per TTL, by one caller; with
+/// `get_or_refresh`, in a task of its own, so no caller waits for it. Without refresh-ahead,
+/// every expiry is a miss that callers wait for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hot_key_is_refreshed_before_it_expires_by_one_caller() {
     cachekit_tests::init_tracing();
-    let server = RedisServer::start();
     let run = Duration::from_secs(5);
-    let with = hot_key(&server, true, run).await;
-    println!("refresh-ahead on:  {with:?}");
-    let other = RedisServer::start();
-    let without = hot_key(&other, false, run).await;
-    println!("refresh-ahead off: {without:?}");
-
-    assert!(with.calls > 0 && without.calls > 0);
-    assert_eq!(
-        with.misses, 0,
-        "no read found the hot key missing: {with:?}"
-    );
+    let mut runs = Vec::new();
+    for refresh in [Refresh::InBackground, Refresh::InCaller, Refresh::Off] {
+        let server = RedisServer::start();
+        let seen = hot_key(&server, refresh, run).await;
+        println!("{refresh:?}: {seen:?}");
+        assert!(seen.calls > 0, "{refresh:?}");
+        runs.push(seen);
+    }
+    let [background, in_caller, off] = &runs[..] else {
+        unreachable!()
+    };
+    for (seen, in_callers) in [(background, 0), (in_caller, in_caller.loads)] {
+        assert_eq!(
+            seen.misses, 0,
+            "no read found the hot key missing: {seen:?}"
+        );
+        assert!(
+            seen.refreshes >= 3,
+            "it was refreshed, not left to expire: {seen:?}"
+        );
+        assert_eq!(seen.loads_in_callers, in_callers, "{seen:?}");
+        // About once per TTL: never two refreshes at once, nor one per caller.
+        assert!(
+            seen.loads <= 2 * run.as_secs() + 1,
+            "the loader ran about once per TTL: {seen:?}"
+        );
+    }
     assert!(
-        with.refreshes >= 3 && with.loading_calls == with.loads,
-        "it was refreshed by the callers that drew, not left to expire: {with:?}"
-    );
-    // About once per TTL: never two refreshes at once, nor one per caller.
-    assert!(
-        with.loads <= 2 * run.as_secs() + 1,
-        "the loader ran about once per TTL: {with:?}"
-    );
-    assert!(
-        without.misses >= 3,
-        "without refresh-ahead the key expires and reads miss: {without:?}"
+        off.misses >= 3 && off.loads_in_callers >= 3,
+        "without refresh-ahead the key expires and reads miss: {off:?}"
     );
 }
 
@@ -576,4 +600,47 @@ async fn the_macro_takes_a_grace_period_and_refresh_ahead_per_function() {
         1,
         "reloaded under the claim and written back"
     );
+}
+
+/// `get_or_refresh`: the caller that draws gets the current value at once; the refresh runs in
+/// a task of its own, and one racing an invalidation is not written back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_refresh_returns_at_once_and_never_outlives_an_invalidation() {
+    cachekit_tests::init_tracing();
+    let server = RedisServer::start();
+    let cache = redis_cache(&server, |b| b.refresh_ahead(100.0)).await;
+    eager_refresher(&cache).await;
+    let (entered, go_on) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let drawn = Arc::new(AtomicBool::new(false));
+    let ttl = Some(Duration::from_secs(2));
+    within(LIMIT, "a read drawing a refresh", async {
+        while !drawn.load(Ordering::SeqCst) {
+            let (entered, go_on, drawn) = (entered.clone(), go_on.clone(), drawn.clone());
+            let value = cache
+                .get_or_refresh("users:1", ttl, move || async move {
+                    drawn.store(true, Ordering::SeqCst);
+                    entered.notify_one();
+                    go_on.notified().await;
+                    Ok::<_, DbDown>("v1-reloaded-before-the-delete".to_string())
+                })
+                .await
+                .unwrap();
+            assert_eq!(
+                value, "v1",
+                "the caller gets the current value, drawn or not"
+            );
+        }
+    })
+    .await;
+    within(LIMIT, "the background loader", entered.notified()).await;
+    assert!(cache.delete("users:1").await);
+    go_on.notify_one();
+    within(LIMIT, "the refresh refused", async {
+        while cache.stats().stale_sets_prevented == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert_eq!(cache.get::<String>("users:1").await, None);
+    assert_eq!(cache.stats().refreshes, 0);
 }
