@@ -64,6 +64,8 @@
 //! | `CACHE_LEASES` | `true` | misses take a lease in the store: one loader per key across processes, no stale sets |
 //! | `CACHE_LEASE_TTL_MS` | `10000` | the longest a caller waits for another process's (or a failed in-process) loader before loading for itself, without writing; a lease itself lives about 1.5 × `CACHE_TIMEOUT_MS` and is renewed while its loader runs |
 //! | `CACHE_MAX_VALUE_BYTES` | `4194304` | the largest encoded value cached, in bytes: a larger one is not stored (logged, counted), and one found in the store reads as a miss and is removed |
+//! | `CACHE_REFRESH_AHEAD` | — (off) | refresh-ahead for every cache-aside call, with this beta (`1.0` is the usual choice; `off`): see [`CacheServiceBuilder::refresh_ahead`] |
+//! | `CACHE_STALE_IF_ERROR_SECS` | — (off) | stale-if-error: keep values this many seconds past their TTL, served only when the loader fails (`0`: off): see [`CacheServiceBuilder::stale_if_error`] |
 //! | `CACHE_REDACT_KEYS` | `false` | logs show keys as their namespace and a hash (`users:#3fa9c1d2`) instead of in full |
 //! | `CACHE_LOCAL_TTL_MS` | — (off) | turns on the in-process tier, holding decoded values for at most this many ms |
 //! | `CACHE_LOCAL_MAX_BYTES` | `67108864` | bound on the in-process tier, in bytes |

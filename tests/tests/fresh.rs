@@ -644,3 +644,35 @@ async fn a_background_refresh_returns_at_once_and_never_outlives_an_invalidation
     assert_eq!(cache.get::<String>("users:1").await, None);
     assert_eq!(cache.stats().refreshes, 0);
 }
+
+/// The in-process tier holds a value no longer than its TTL: past it, within the grace period,
+/// the read goes to the store and the loader, and the value is served only as stale.
+#[tokio::test]
+async fn the_tier_never_serves_into_the_grace_period() {
+    cachekit_tests::init_tracing();
+    let server = RedisServer::start();
+    let cache = redis_cache(&server, |b| {
+        b.local_tier(Duration::from_secs(60))
+            .stale_if_error(Duration::from_secs(60))
+    })
+    .await;
+    let ttl = Some(Duration::from_millis(500));
+    let load = || async { Ok::<_, DbDown>("v1".to_string()) };
+    // The tier serves once its tracking connection is up.
+    within(LIMIT, "a tier hit", async {
+        while cache.stats().local_hits == 0 {
+            cache.delete("users:1").await;
+            for _ in 0..3 {
+                cache.get_or_load("users:1", ttl, load).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let past = cache
+        .get_or_load_with_status("users:1", ttl, || async { Err::<String, _>(DbDown) })
+        .await
+        .unwrap();
+    assert_eq!((past.value.as_str(), past.stale), ("v1", true), "{past:?}");
+}
