@@ -773,6 +773,9 @@ pub struct CacheConfig {
     /// Stale-if-error: how long a value is kept past its TTL, to be served only when its
     /// loader fails. `None` (the default): off. See [`CacheServiceBuilder::stale_if_error`].
     pub stale_if_error: Option<Duration>,
+    /// Report metrics through the `metrics` facade. Default: off. See
+    /// [`CacheServiceBuilder::metrics`].
+    pub metrics: bool,
     /// Log keys as their namespace and a hash (`users:#3fa9c1d2`) rather than in full, for
     /// keys that hold personal data (emails, ids).
     pub redact_keys: bool,
@@ -811,6 +814,7 @@ impl Default for CacheConfig {
             lease_ttl: DEFAULT_LEASE_TTL,
             refresh_ahead: None,
             stale_if_error: None,
+            metrics: false,
             redact_keys: false,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             local_ttl: None,
@@ -1022,6 +1026,9 @@ impl CacheConfig {
         if let Some(secs) = var("CACHE_STALE_IF_ERROR_SECS") {
             let secs = parse_bounded("CACHE_STALE_IF_ERROR_SECS", &secs, MAX_TTL_SECS, "seconds")?;
             config.stale_if_error = (secs > 0).then(|| Duration::from_secs(secs));
+        }
+        if let Some(on) = var("CACHE_METRICS") {
+            config.metrics = parse_bool("CACHE_METRICS", &on)?;
         }
         if let Some(on) = var("CACHE_REDACT_KEYS") {
             config.redact_keys = parse_bool("CACHE_REDACT_KEYS", &on)?;
@@ -1471,6 +1478,20 @@ impl CacheServiceBuilder {
     /// `CACHE_STALE_IF_ERROR_SECS=600`. Default: off.
     pub fn stale_if_error(mut self, grace: Duration) -> Self {
         self.config.stale_if_error = Some(grace);
+        self
+    }
+
+    /// Whether the service reports metrics through the [`metrics`](https://docs.rs/metrics)
+    /// facade, to whatever recorder the application installs (Prometheus, OpenTelemetry,
+    /// StatsD...): hits and misses by tier, loads, load errors and load time, entries
+    /// invalidated, coalesced calls, stale sets prevented, refreshes, stale values served,
+    /// faults by kind, backend operation time, and the breaker's state. The crate docs,
+    /// "Metrics", list every name and label. Labels are bounded: a key's namespace (the part
+    /// before its first `:`), never the key. Install the recorder before the service's first
+    /// call: each namespace's handles are registered when first used. Env: `CACHE_METRICS`.
+    /// Default: off (then nothing is measured or reported beyond [`stats`](crate::CacheService::stats)).
+    pub fn metrics(mut self, on: bool) -> Self {
+        self.config.metrics = on;
         self
     }
 

@@ -9,6 +9,7 @@ use crate::config::check_ttl;
 use crate::error::FaultKind;
 use crate::guard::{Bound, Budget};
 use crate::invalidate::Removal;
+use crate::metrics::Tier;
 use crate::stats::Counters;
 use crate::{CacheError, CacheService, codec};
 use serde::Serialize;
@@ -34,7 +35,7 @@ impl CacheService {
             return self.read_store(key, budget).await.map(|read| read.0);
         };
         if let Some(value) = tier.get::<T>(key) {
-            self.inner.counters.local_hits.bump();
+            self.inner.counters.hit(key, Tier::Local);
             return Ok(Some(value));
         }
         let ticket = tier.ticket(key);
@@ -76,7 +77,7 @@ impl CacheService {
                     }
                     Ok(handed) => match handed {
                         Ok(Handed::Reply(reply)) => {
-                            self.inner.counters.reads_coalesced.bump();
+                            self.inner.counters.read_coalesced(key);
                             return self.take_reply(key, &physical, &reply, budget).await;
                         }
                         Ok(Handed::Lead(leader)) => break leader,
@@ -196,7 +197,7 @@ impl CacheService {
     ) -> Result<Stored<T>, CacheError> {
         let encoded_len = reply.bytes.as_ref().map_or(0, Vec::len);
         if let Some(value) = reply.decoded::<T>() {
-            self.inner.counters.hits.bump();
+            self.inner.counters.hit(key, Tier::Store);
             return Ok((Some(value), encoded_len, reply.left));
         }
         let value = self
@@ -259,16 +260,16 @@ impl CacheService {
         let counters = &self.inner.counters;
         let Some(bytes) = bytes.filter(|b| !crate::backend::is_lease_marker(b)) else {
             // Empty, or another caller's lease: that caller is loading it.
-            counters.misses.bump();
+            counters.miss(key);
             return Ok(None);
         };
         match codec::decode(key, bytes) {
             Ok(value) => {
-                counters.hits.bump();
+                counters.hit(key, Tier::Store);
                 Ok(Some(value))
             }
             Err(error) => {
-                counters.misses.bump();
+                counters.miss(key);
                 Counters::bump(&counters.decode_errors);
                 tracing::warn!(key = %self.log_key(key), error = %error.detail(), "cached value did not decode into the requested type; removing it");
                 Err(error)
@@ -280,7 +281,7 @@ impl CacheService {
     /// else a miss.
     pub(crate) async fn fallback_get<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
         let Some((store, _)) = &self.inner.fallback else {
-            self.inner.counters.misses.bump();
+            self.inner.counters.miss(key);
             return None;
         };
         let physical = self.physical_key(key);

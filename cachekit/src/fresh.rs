@@ -27,6 +27,7 @@ use crate::error::FaultKind;
 use crate::guard::{Bound, Budget};
 use crate::invalidate::Removal;
 use crate::lease::new_marker;
+use crate::metrics::Tier;
 use crate::stats::Counters;
 use crate::{CacheError, CacheService, Fetched, codec};
 use serde::Serialize;
@@ -362,7 +363,7 @@ impl CacheService {
                     tokio::spawn(async move {
                         let load = async {
                             let started = Instant::now();
-                            let loaded = load().await;
+                            let loaded = service.metered(&key, load()).await;
                             service
                                 .inner
                                 .load_times
@@ -396,7 +397,7 @@ impl CacheService {
             fresh,
             budget: &budget,
         };
-        self.load_fresh_from(step, read, |_| true, load())
+        self.load_fresh_from(step, read, |_| true, self.metered(key, load()))
             .await
             .map(|fetched| fetched.value)
     }
@@ -486,7 +487,7 @@ impl CacheService {
         if let Some(tier) = tier
             && let Some(value) = tier.get::<T>(key)
         {
-            counters.local_hits.bump();
+            counters.hit(key, Tier::Local);
             return Ok(Some(Found {
                 value,
                 fresh_left: None,
@@ -504,19 +505,19 @@ impl CacheService {
                 ) =>
             {
                 self.remove_unreadable(key, physical, &error, budget).await;
-                counters.misses.bump();
+                counters.miss(key);
                 return Ok(None);
             }
             read => read?,
         };
         let Some(read) = read.filter(|read| !is_lease_marker(&read.bytes)) else {
-            counters.misses.bump();
+            counters.miss(key);
             return Ok(None);
         };
         let value = match codec::decode::<T>(key, &read.bytes) {
             Ok(value) => value,
             Err(error) => {
-                counters.misses.bump();
+                counters.miss(key);
                 Counters::bump(&counters.decode_errors);
                 tracing::warn!(key = %self.log_key(key), error = %error.detail(), "cached value did not decode into the requested type; removing it");
                 let remove = guard.backend().release(physical, &read.bytes);
@@ -531,9 +532,9 @@ impl CacheService {
             version: read.version,
         };
         if found.is_stale() {
-            counters.misses.bump();
+            counters.miss(key);
         } else {
-            counters.hits.bump();
+            counters.hit(key, Tier::Store);
             if let (Some(tier), Some(ticket)) = (tier, ticket) {
                 tier.fill(
                     key,
@@ -640,12 +641,9 @@ impl CacheService {
         let refilled = guard.call("set", Bound::Op, budget, refill).await;
         self.evict_local(Removal::Key(physical));
         match refilled {
-            Ok(true) => {
-                Counters::bump(&counters.sets);
-                Counters::bump(&counters.refreshes);
-            }
+            Ok(true) => counters.refreshed(key),
             Ok(false) => {
-                Counters::bump(&counters.stale_sets_prevented);
+                counters.stale_set_prevented(key);
                 tracing::debug!(
                     key = %self.log_key(key),
                     "refreshed value not cached: the key was written or invalidated while it loaded"
@@ -677,7 +675,7 @@ impl CacheService {
         if !unchanged {
             return Err(error);
         }
-        Counters::bump(&self.inner.counters.stale_served);
+        self.inner.counters.served_stale(key);
         tracing::debug!(key = %self.log_key(key), "loader failed; serving the value past its TTL (stale-if-error)");
         Ok(Fetched::stale(found.value))
     }

@@ -14,7 +14,7 @@ use crate::stats::Counters;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What one public call of the service may still spend on the backend. Once one of its steps
 /// met a transport fault (a timeout above all) or the open breaker, the remaining steps skip
@@ -125,6 +125,7 @@ impl Guard {
             Bound::Op => self.timeout,
             Bound::Admin => self.admin_timeout,
         };
+        let started = self.counters.metrics.as_ref().map(|_| Instant::now());
         let result = match tokio::time::timeout(timeout, call).await {
             Ok(result) => result,
             Err(_) => Err(CacheError::Timeout { op, timeout }),
@@ -146,6 +147,9 @@ impl Guard {
                     store.clear();
                 }
             }
+        }
+        if let (Some(metrics), Some(started)) = (&self.counters.metrics, started) {
+            metrics.operation(op, started.elapsed(), self.breaker.state());
         }
         result
     }

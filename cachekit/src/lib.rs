@@ -189,6 +189,7 @@ mod invalidate;
 pub mod key;
 mod lease;
 mod load;
+pub mod metrics;
 mod service;
 mod stats;
 mod tier;

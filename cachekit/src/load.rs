@@ -32,7 +32,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::future::Future;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Where a loader stands with respect to the key's lease.
 enum LeaseState {
@@ -72,6 +72,7 @@ impl CacheService {
         T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<T, E>>,
     {
+        let load = self.metered(key, load);
         let fresh = fresh.over(self.inner.fresh);
         if !fresh.is_off() {
             return self
@@ -85,6 +86,24 @@ impl CacheService {
         let physical = self.physical_key(key);
         self.load_missing(key, &physical, ttl, store_if, load, &budget)
             .await
+    }
+
+    /// `load`, counted and timed for the metrics when they are on.
+    pub(crate) fn metered<T, E>(
+        &self,
+        key: &str,
+        load: impl Future<Output = Result<T, E>>,
+    ) -> impl Future<Output = Result<T, E>> {
+        let counters = &self.inner.counters;
+        async move {
+            if counters.metrics.is_none() {
+                return load.await;
+            }
+            let started = Instant::now();
+            let loaded = load.await;
+            counters.loaded(key, started.elapsed(), loaded.is_ok());
+            loaded
+        }
     }
 
     /// The miss path: single-flight in this process, the lease across processes, the load,
@@ -127,7 +146,7 @@ impl CacheService {
                     match tokio::time::timeout_at(deadline, flight::wait(follower)).await {
                         Ok(Some(bytes)) => {
                             if let Ok(value) = codec::decode::<T>(key, &bytes) {
-                                Counters::bump(&inner.counters.coalesced);
+                                inner.counters.load_coalesced(key);
                                 return Ok(Fetched::hit(value));
                             }
                         }
@@ -382,7 +401,7 @@ impl CacheService {
                 Ok(true)
             }
             Ok(false) => {
-                Counters::bump(&inner.counters.stale_sets_prevented);
+                inner.counters.stale_set_prevented(key);
                 tracing::debug!(
                     key = %self.log_key(key),
                     "loaded value not cached: the key was invalidated while it loaded"

@@ -328,7 +328,7 @@ impl CacheService {
             let ttl = config.local_ttl.unwrap_or_default();
             Arc::new(Tier::new(&key_prefix, ttl, config.local_max_bytes, vouched))
         });
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters::new(config.metrics));
         if let (Some(tier), Some(channel)) = (&tier, channel) {
             tokio::spawn(channel.run(Arc::downgrade(tier), counters.clone()));
         }
@@ -553,7 +553,7 @@ impl CacheService {
     ) -> Result<Option<T>, CacheError> {
         let result = self.read(key, true, &Budget::default()).await;
         if matches!(&result, Err(e) if !e.is_decode()) {
-            self.inner.counters.misses.bump();
+            self.inner.counters.miss(key);
         }
         result
     }
@@ -640,9 +640,9 @@ impl CacheService {
     pub async fn try_delete(&self, key: &str) -> Result<bool, CacheError> {
         let physical = self.physical_key(key);
         Counters::bump(&self.inner.counters.deletes);
-        self.remove(Removal::Key(&physical))
-            .await
-            .map(|removed| removed > 0)
+        let removed = self.remove(Removal::Key(&physical)).await?;
+        self.inner.counters.invalidated(key, removed);
+        Ok(removed > 0)
     }
 
     /// Removes every key matching the Redis glob `pattern` (`*`, `?`, `[...]`, `\` escapes)
@@ -686,7 +686,9 @@ impl CacheService {
     pub async fn try_invalidate_pattern(&self, pattern: &str) -> Result<u64, CacheError> {
         let physical = self.physical_pattern(pattern);
         Counters::bump(&self.inner.counters.invalidations);
-        self.remove(Removal::Pattern(&physical)).await
+        let removed = self.remove(Removal::Pattern(&physical)).await?;
+        self.inner.counters.invalidated(pattern, removed);
+        Ok(removed)
     }
 
     /// Removes every key under this service's prefix, and nothing else (never `FLUSHDB`);

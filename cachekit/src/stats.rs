@@ -3,6 +3,7 @@
 use crate::backend::BackendKind;
 use crate::breaker::BreakerState;
 use crate::error::FaultKind;
+use crate::metrics::{Metrics, Tier};
 use crossbeam_utils::CachePadded;
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -142,6 +143,8 @@ pub(crate) struct Counters {
     pub(crate) invalidations_deferred: AtomicU64,
     pub(crate) invalidations_replayed: AtomicU64,
     faults: [AtomicU64; FAULT_KINDS.len()],
+    /// The facade's metrics, when they are on.
+    pub(crate) metrics: Option<Metrics>,
 }
 
 /// Cells of a [`Striped`] counter.
@@ -186,11 +189,101 @@ impl Counters {
         counter.fetch_add(1, Relaxed);
     }
 
+    /// Counters that also report to the `metrics` facade if `metrics` is on.
+    pub(crate) fn new(metrics: bool) -> Self {
+        Self {
+            metrics: metrics.then(Metrics::new),
+            ..Self::default()
+        }
+    }
+
     /// Counts one backend fault of `kind` (and one error).
     pub(crate) fn fault(&self, kind: FaultKind) {
         Self::bump(&self.errors);
         if let Some(i) = FAULT_KINDS.iter().position(|k| *k == kind) {
             Self::bump(&self.faults[i]);
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.fault(kind);
+        }
+    }
+
+    /// A read of the logical `key` that found a value in `tier`.
+    pub(crate) fn hit(&self, key: &str, tier: Tier) {
+        match tier {
+            Tier::Store => self.hits.bump(),
+            Tier::Local => self.local_hits.bump(),
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.of(key).hit(tier);
+        }
+    }
+
+    /// A read of `key` that found nothing usable.
+    pub(crate) fn miss(&self, key: &str) {
+        self.misses.bump();
+        if let Some(metrics) = &self.metrics {
+            metrics.of(key).misses.increment(1);
+        }
+    }
+
+    /// A read of `key` that shared another's request to the store.
+    pub(crate) fn read_coalesced(&self, key: &str) {
+        self.reads_coalesced.bump();
+        if let Some(metrics) = &self.metrics {
+            metrics.of(key).coalesced.increment(1);
+        }
+    }
+
+    /// A miss of `key` served by another caller's load in this process.
+    pub(crate) fn load_coalesced(&self, key: &str) {
+        Self::bump(&self.coalesced);
+        if let Some(metrics) = &self.metrics {
+            metrics.of(key).coalesced.increment(1);
+        }
+    }
+
+    /// A loaded or refreshed value of `key` not written: the key changed while it loaded.
+    pub(crate) fn stale_set_prevented(&self, key: &str) {
+        Self::bump(&self.stale_sets_prevented);
+        if let Some(metrics) = &self.metrics {
+            metrics.of(key).stale_sets_prevented.increment(1);
+        }
+    }
+
+    /// A refreshed value of `key` written back.
+    pub(crate) fn refreshed(&self, key: &str) {
+        Self::bump(&self.sets);
+        Self::bump(&self.refreshes);
+        if let Some(metrics) = &self.metrics {
+            metrics.of(key).refreshes.increment(1);
+        }
+    }
+
+    /// A value of `key` served past its TTL.
+    pub(crate) fn served_stale(&self, key: &str) {
+        Self::bump(&self.stale_served);
+        if let Some(metrics) = &self.metrics {
+            metrics.of(key).stale_served.increment(1);
+        }
+    }
+
+    /// `removed` entries removed by an invalidation of `key_or_pattern`.
+    pub(crate) fn invalidated(&self, key_or_pattern: &str, removed: u64) {
+        if let Some(metrics) = &self.metrics {
+            metrics.of(key_or_pattern).invalidated.increment(removed);
+        }
+    }
+
+    /// A loader run for `key` that took `took` and succeeded or not.
+    pub(crate) fn loaded(&self, key: &str, took: std::time::Duration, ok: bool) {
+        if let Some(metrics) = &self.metrics {
+            let ns = metrics.of(key);
+            ns.loads.increment(1);
+            if !ok {
+                ns.load_errors.increment(1);
+            }
+            ns.load_duration.record(took.as_secs_f64());
         }
     }
 
