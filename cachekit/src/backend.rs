@@ -242,17 +242,18 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         Ok(())
     }
 
-    /// Stores a refreshed `value` under `key` for `ttl` only if the key is still at `version`
-    /// (nothing wrote or removed it since it was read); returns whether it did. Atomic. The
-    /// default refuses: a store without versions does not refresh.
+    /// Stores a refreshed `value` under `key` for `ttl` only if the key still holds `expected`
+    /// at `version` (nothing wrote or removed it since it was read); returns whether it did.
+    /// Atomic. The default refuses: a store without versions does not refresh.
     async fn refill(
         &self,
         key: &str,
         version: u64,
+        expected: &[u8],
         value: &[u8],
         ttl: Duration,
     ) -> Result<bool, CacheError> {
-        let _ = (key, version, value, ttl);
+        let _ = (key, version, expected, value, ttl);
         Ok(false)
     }
 

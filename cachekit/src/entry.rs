@@ -346,11 +346,7 @@ impl CacheService {
         ttl: Option<Duration>,
         budget: &Budget,
     ) -> Result<(), CacheError> {
-        // Kept for the service's grace period past the TTL too (stale-if-error).
-        let ttl = self
-            .ttl(ttl)?
-            .saturating_add(self.inner.fresh.grace())
-            .min(crate::MAX_TTL);
+        let ttl = self.ttl(ttl)?;
         let physical = self.physical_key(key);
         let guard = self.guard();
         let stored = guard
@@ -367,6 +363,20 @@ impl CacheService {
         stored?;
         Counters::bump(&self.inner.counters.sets);
         Ok(())
+    }
+
+    /// The TTL of a `set`: the given one or the default, plus the service's grace period
+    /// (stale-if-error), so that reads with the grace see it fresh for its TTL. An invalid TTL
+    /// is left for the write to refuse.
+    pub(crate) fn set_ttl(&self, ttl: Option<Duration>) -> Option<Duration> {
+        let grace = self.inner.fresh.grace();
+        if grace.is_zero() {
+            return ttl;
+        }
+        match self.ttl(ttl) {
+            Ok(ttl) => Some(ttl.saturating_add(grace).min(crate::MAX_TTL)),
+            Err(_) => ttl,
+        }
     }
 
     /// The TTL of a write: the given one or the default, checked.

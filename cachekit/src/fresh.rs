@@ -141,7 +141,40 @@ struct Found<T> {
     /// The TTL it has left before it is stale; `None` if it has no TTL (fresh until removed).
     fresh_left: Option<Duration>,
     version: u64,
+    /// The stored bytes (empty for a tier hit): with the version, what a refill and a stale
+    /// value are conditioned on.
+    bytes: Vec<u8>,
 }
+
+/// How [`read_fresh`](CacheService::read_fresh) reads.
+#[derive(Debug, Clone, Copy)]
+struct ReadHow {
+    /// Through the in-process tier.
+    local: bool,
+    /// The grace period, subtracted from the TTL left.
+    grace: Duration,
+    /// Refresh-ahead's beta: the tier then stops holding a value where reads draw.
+    beta: Option<f64>,
+    /// Counted as a hit or miss (a waiter's reads again are not).
+    count: bool,
+}
+
+impl ReadHow {
+    fn of(fresh: Freshness, local: bool) -> Self {
+        Self {
+            local,
+            grace: fresh.grace(),
+            beta: fresh.beta,
+            count: true,
+        }
+    }
+}
+
+/// The in-process tier holds a value refresh-ahead may refresh until this many `delta * beta`
+/// before its expiry; reads after that go to the store and draw. A read `left` before expiry
+/// draws with probability `e^(-left / (delta * beta))`: about 2% where the window starts,
+/// rising to 1 at expiry, so a key read every few milliseconds is drawn early in the window.
+const DRAW_WINDOW: f64 = 4.0;
 
 impl<T> Found<T> {
     fn is_stale(&self) -> bool {
@@ -187,7 +220,7 @@ impl CacheService {
         let budget = Budget::default();
         let physical = self.physical_key(key);
         let read = self
-            .read_fresh::<T>(key, &physical, local, fresh.grace(), &budget)
+            .read_fresh::<T>(key, &physical, ReadHow::of(fresh, local), &budget)
             .await;
         let step = Step {
             key,
@@ -239,15 +272,14 @@ impl CacheService {
                     .await;
             }
             Err(error) => {
-                if !error.is_decode() {
-                    self.degraded("get", key, &error);
-                    if let Some(value) = self.fallback_get(key).await {
-                        return Ok(Fetched::hit(value));
-                    }
+                // The store did not answer, refused the read (Redis before 7.0 has no
+                // `PEXPIRETIME`), or an invalidation waits to be applied: no lease, since what
+                // the key holds may be past its TTL, and no write.
+                self.degraded("get", key, &error);
+                if let Some(value) = self.fallback_get(key).await {
+                    return Ok(Fetched::hit(value));
                 }
-                return self
-                    .load_missing(key, physical, store_ttl, store_if, load, budget)
-                    .await;
+                return load.await.map(Fetched::loaded);
             }
         };
         if !found.is_stale() {
@@ -263,7 +295,7 @@ impl CacheService {
                     key,
                     physical,
                     &marker,
-                    found.version,
+                    (found.version, &found.bytes),
                     store_ttl,
                     store_if,
                     load,
@@ -279,7 +311,7 @@ impl CacheService {
             });
         }
         match self
-            .next_for_stale(key, physical, local, grace, found, budget)
+            .next_for_stale(key, physical, ReadHow::of(fresh, local), found, budget)
             .await
         {
             Next::Hit(value) => Ok(Fetched::hit(value)),
@@ -293,7 +325,7 @@ impl CacheService {
                         key,
                         physical,
                         &marker,
-                        found.version,
+                        (found.version, &found.bytes),
                         store_ttl,
                         store_if,
                         load,
@@ -302,12 +334,18 @@ impl CacheService {
                     .await;
                 match reloaded {
                     Ok(value) => Ok(Fetched::loaded(value)),
-                    Err(error) => self.serve_stale(key, physical, found, error, budget).await,
+                    Err(error) => {
+                        self.serve_stale(key, physical, found, grace, error, budget)
+                            .await
+                    }
                 }
             }
             Next::LoadOnly(found) => match load.await {
                 Ok(value) => Ok(Fetched::loaded(value)),
-                Err(error) => self.serve_stale(key, physical, found, error, budget).await,
+                Err(error) => {
+                    self.serve_stale(key, physical, found, grace, error, budget)
+                        .await
+                }
             },
         }
     }
@@ -342,12 +380,16 @@ impl CacheService {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, E>> + Send + 'static,
     {
+        if !self.inner.versioned {
+            // A store without TTLs: values are fresh until they expire.
+            return self.get_or_load(key, ttl, load).await;
+        }
         let service = self.inner.fresh;
         let fresh = Freshness::new(Some(service.beta.unwrap_or(DEFAULT_BETA)), service.grace);
         let budget = Budget::default();
         let physical = self.physical_key(key);
         let read = self
-            .read_fresh::<T>(key, &physical, true, fresh.grace(), &budget)
+            .read_fresh::<T>(key, &physical, ReadHow::of(fresh, true), &budget)
             .await;
         if let Ok(Some(found)) = &read
             && !found.is_stale()
@@ -360,7 +402,8 @@ impl CacheService {
                 if let Claim::Taken = self.claim(&physical, &marker, &budget).await {
                     let service = self.clone();
                     let (key, store_ttl) = (key.to_owned(), self.store_ttl(ttl, fresh.grace()));
-                    tokio::spawn(async move {
+                    let (version, expected) = (found.version, found.bytes);
+                    let refresh = async move {
                         let load = async {
                             let started = Instant::now();
                             let loaded = service.metered(&key, load()).await;
@@ -371,20 +414,24 @@ impl CacheService {
                             loaded
                         };
                         let budget = Budget::default();
-                        let version = found.version;
                         let _ = service
                             .reload(
                                 &key,
                                 &physical,
                                 &marker,
-                                version,
+                                (version, &expected),
                                 store_ttl,
                                 |_: &T| true,
                                 load,
                                 &budget,
                             )
                             .await;
-                    });
+                    };
+                    match tokio::runtime::Handle::try_current() {
+                        Ok(runtime) => drop(runtime.spawn(refresh)),
+                        // Not on a Tokio runtime: nowhere to run it but here.
+                        Err(_) => refresh.await,
+                    }
                 }
             }
             return Ok(found.value);
@@ -431,8 +478,7 @@ impl CacheService {
         &self,
         key: &str,
         physical: &str,
-        local: bool,
-        grace: Duration,
+        how: ReadHow,
         mut found: Found<T>,
         budget: &Budget,
     ) -> Next<T>
@@ -455,7 +501,15 @@ impl CacheService {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(25));
             match self
-                .read_fresh::<T>(key, physical, local, grace, budget)
+                .read_fresh::<T>(
+                    key,
+                    physical,
+                    ReadHow {
+                        count: false,
+                        ..how
+                    },
+                    budget,
+                )
                 .await
             {
                 Ok(None) => return Next::Missing,
@@ -473,8 +527,7 @@ impl CacheService {
         &self,
         key: &str,
         physical: &str,
-        local: bool,
-        grace: Duration,
+        how: ReadHow,
         budget: &Budget,
     ) -> Result<Option<Found<T>>, CacheError>
     where
@@ -482,16 +535,24 @@ impl CacheService {
     {
         let inner = &*self.inner;
         let counters = &inner.counters;
+        let count = |hit: bool| match (how.count, hit) {
+            (false, _) => {}
+            (true, true) => counters.hit(key, Tier::Store),
+            (true, false) => counters.miss(key),
+        };
         self.read_gate()?;
-        let tier = inner.tier.as_ref().filter(|_| local);
+        let tier = inner.tier.as_ref().filter(|_| how.local);
         if let Some(tier) = tier
             && let Some(value) = tier.get::<T>(key)
         {
-            counters.hit(key, Tier::Local);
+            if how.count {
+                counters.hit(key, Tier::Local);
+            }
             return Ok(Some(Found {
                 value,
                 fresh_left: None,
                 version: 0,
+                bytes: Vec::new(),
             }));
         }
         let ticket = tier.map(|tier| tier.ticket(key));
@@ -505,19 +566,19 @@ impl CacheService {
                 ) =>
             {
                 self.remove_unreadable(key, physical, &error, budget).await;
-                counters.miss(key);
+                count(false);
                 return Ok(None);
             }
             read => read?,
         };
         let Some(read) = read.filter(|read| !is_lease_marker(&read.bytes)) else {
-            counters.miss(key);
+            count(false);
             return Ok(None);
         };
         let value = match codec::decode::<T>(key, &read.bytes) {
             Ok(value) => value,
             Err(error) => {
-                counters.miss(key);
+                count(false);
                 Counters::bump(&counters.decode_errors);
                 tracing::warn!(key = %self.log_key(key), error = %error.detail(), "cached value did not decode into the requested type; removing it");
                 let remove = guard.backend().release(physical, &read.bytes);
@@ -528,21 +589,23 @@ impl CacheService {
         };
         let found = Found {
             value,
-            fresh_left: read.left.map(|left| left.saturating_sub(grace)),
+            fresh_left: read.left.map(|left| left.saturating_sub(how.grace)),
             version: read.version,
+            bytes: read.bytes,
         };
-        if found.is_stale() {
-            counters.miss(key);
-        } else {
-            counters.hit(key, Tier::Store);
-            if let (Some(tier), Some(ticket)) = (tier, ticket) {
-                tier.fill(
-                    key,
-                    ticket,
-                    &found.value,
-                    read.bytes.len(),
-                    found.fresh_left,
-                );
+        count(!found.is_stale());
+        if let (Some(tier), Some(ticket), Some(left)) = (tier, ticket, found.fresh_left) {
+            // Never into the grace period; with refresh-ahead, not into the window where
+            // reads draw, so that the store sees them.
+            let window = match how.beta {
+                Some(beta) => inner
+                    .load_times
+                    .of(physical)
+                    .map_or(Duration::ZERO, |delta| delta.mul_f64(beta * DRAW_WINDOW)),
+                None => Duration::ZERO,
+            };
+            if let Some(left) = left.checked_sub(window).filter(|left| !left.is_zero()) {
+                tier.fill(key, ticket, &found.value, found.bytes.len(), Some(left));
             }
         }
         Ok(Some(found))
@@ -572,7 +635,7 @@ impl CacheService {
         key: &str,
         physical: &str,
         marker: &[u8],
-        version: u64,
+        (version, expected): (u64, &[u8]),
         store_ttl: Option<Duration>,
         store_if: impl FnOnce(&T) -> bool,
         load: Fut,
@@ -610,7 +673,7 @@ impl CacheService {
             && !budget.is_spent()
             && self.read_gate().is_ok()
         {
-            self.refill(key, physical, version, value, store_ttl, budget)
+            self.refill(key, physical, (version, expected), value, store_ttl, budget)
                 .await;
         }
         let release = guard.backend().release_claim(physical, marker);
@@ -623,7 +686,7 @@ impl CacheService {
         &self,
         key: &str,
         physical: &str,
-        version: u64,
+        (version, expected): (u64, &[u8]),
         value: &T,
         store_ttl: Option<Duration>,
         budget: &Budget,
@@ -637,7 +700,9 @@ impl CacheService {
             }
         };
         let guard = self.guard();
-        let refill = guard.backend().refill(physical, version, &bytes, ttl);
+        let refill = guard
+            .backend()
+            .refill(physical, version, expected, &bytes, ttl);
         let refilled = guard.call("set", Bound::Op, budget, refill).await;
         self.evict_local(Removal::Key(physical));
         match refilled {
@@ -660,24 +725,35 @@ impl CacheService {
         key: &str,
         physical: &str,
         found: Found<T>,
+        grace: Duration,
         error: E,
         budget: &Budget,
-    ) -> Result<Fetched<T>, E> {
+    ) -> Result<Fetched<T>, E>
+    where
+        T: DeserializeOwned,
+    {
         if found.version == 0 || self.read_gate().is_err() {
             return Err(error);
         }
         let guard = self.guard();
         let again = guard.backend().get_versioned(physical);
-        let unchanged = match guard.call("get", Bound::Op, budget, again).await {
-            Ok(Some(again)) => again.version == found.version && !is_lease_marker(&again.bytes),
-            _ => false,
-        };
-        if !unchanged {
+        let Ok(Some(again)) = guard.call("get", Bound::Op, budget, again).await else {
             return Err(error);
+        };
+        if again.version == found.version && again.bytes == found.bytes {
+            self.inner.counters.served_stale(key);
+            tracing::debug!(key = %self.log_key(key), "loader failed; serving the value past its TTL (stale-if-error)");
+            return Ok(Fetched::stale(found.value));
         }
-        self.inner.counters.served_stale(key);
-        tracing::debug!(key = %self.log_key(key), "loader failed; serving the value past its TTL (stale-if-error)");
-        Ok(Fetched::stale(found.value))
+        // Written since: another caller's refresh, served if it is fresh.
+        let fresh = again.left.is_none_or(|left| left > grace);
+        if fresh
+            && !is_lease_marker(&again.bytes)
+            && let Ok(value) = codec::decode::<T>(key, &again.bytes)
+        {
+            return Ok(Fetched::hit(value));
+        }
+        Err(error)
     }
 }
 

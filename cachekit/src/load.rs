@@ -73,7 +73,11 @@ impl CacheService {
         Fut: Future<Output = Result<T, E>>,
     {
         let load = self.metered(key, load);
-        let fresh = fresh.over(self.inner.fresh);
+        let fresh = if self.inner.versioned {
+            fresh.over(self.inner.fresh)
+        } else {
+            Freshness::INHERIT
+        };
         if !fresh.is_off() {
             return self
                 .load_fresh(key, ttl, local, fresh, store_if, load)

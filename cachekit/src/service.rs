@@ -60,6 +60,9 @@ pub(crate) struct Inner {
     pub(crate) lease_ttl: Duration,
     /// Refresh-ahead and stale-if-error for every cache-aside call that does not set its own.
     pub(crate) fresh: Freshness,
+    /// Whether the store reports TTLs and versions ([`Backend::get_versioned`]): without them,
+    /// refresh-ahead and grace periods are off.
+    pub(crate) versioned: bool,
     /// Recent load times, which refresh-ahead draws against.
     pub(crate) load_times: LoadTimes,
     /// The marker's TTL in the store and its renewal period.
@@ -349,6 +352,8 @@ impl CacheService {
         } else {
             guard
         };
+        // Only stores that report TTLs and versions can tell a value near or past its TTL.
+        let versioned = matches!(kind, BackendKind::Redis | BackendKind::Memory);
         let inner = Inner {
             guard: Arc::new(guard),
             kind,
@@ -362,7 +367,12 @@ impl CacheService {
             single_flight: config.single_flight,
             leases: config.leases,
             lease_ttl: config.lease_ttl,
-            fresh: Freshness::new(config.refresh_ahead, config.stale_if_error),
+            fresh: if versioned {
+                Freshness::new(config.refresh_ahead, config.stale_if_error)
+            } else {
+                Freshness::INHERIT
+            },
+            versioned,
             load_times: LoadTimes::default(),
             beat: Beat::for_timeout(config.timeout),
             deferred: Deferred::default(),
@@ -578,7 +588,10 @@ impl CacheService {
         ttl: Option<Duration>,
     ) -> bool {
         match self.encode(key, value) {
-            Ok(bytes) => self.store(key, &bytes, ttl, &Budget::default()).await,
+            Ok(bytes) => {
+                self.store(key, &bytes, self.set_ttl(ttl), &Budget::default())
+                    .await
+            }
             Err(error) => {
                 tracing::warn!(key = %self.log_key(key), error = %error.detail(), "value not cached");
                 false
@@ -603,7 +616,8 @@ impl CacheService {
         ttl: Option<Duration>,
     ) -> Result<(), CacheError> {
         let bytes = self.encode(key, value)?;
-        self.try_store(key, &bytes, ttl, &Budget::default()).await
+        self.try_store(key, &bytes, self.set_ttl(ttl), &Budget::default())
+            .await
     }
 
     /// Removes `key`; returns whether it existed. A failure is logged and counted, and reads

@@ -60,6 +60,9 @@ enum Refresh {
     InCaller,
     /// `get_or_refresh`: the refresh runs in a task of its own.
     InBackground,
+    /// As `InCaller`, with the in-process tier on (TTL 60 s): the tier stops holding the value
+    /// where reads draw.
+    InCallerWithTier,
 }
 
 tokio::task_local! {
@@ -72,6 +75,7 @@ tokio::task_local! {
 async fn hot_key(server: &RedisServer, refresh: Refresh, run: Duration) -> HotKey {
     let configure = |b: cachekit::CacheServiceBuilder| match refresh {
         Refresh::InCaller => b.refresh_ahead(1.0),
+        Refresh::InCallerWithTier => b.refresh_ahead(1.0).local_tier(Duration::from_secs(60)),
         _ => b,
     };
     let caches = [
@@ -149,17 +153,26 @@ async fn a_hot_key_is_refreshed_before_it_expires_by_one_caller() {
     cachekit_tests::init_tracing();
     let run = Duration::from_secs(5);
     let mut runs = Vec::new();
-    for refresh in [Refresh::InBackground, Refresh::InCaller, Refresh::Off] {
+    for refresh in [
+        Refresh::InBackground,
+        Refresh::InCaller,
+        Refresh::Off,
+        Refresh::InCallerWithTier,
+    ] {
         let server = RedisServer::start();
         let seen = hot_key(&server, refresh, run).await;
         println!("{refresh:?}: {seen:?}");
         assert!(seen.calls > 0, "{refresh:?}");
         runs.push(seen);
     }
-    let [background, in_caller, off] = &runs[..] else {
+    let [background, in_caller, off, with_tier] = &runs[..] else {
         unreachable!()
     };
-    for (seen, in_callers) in [(background, 0), (in_caller, in_caller.loads)] {
+    for (seen, in_callers) in [
+        (background, 0),
+        (in_caller, in_caller.loads),
+        (with_tier, with_tier.loads),
+    ] {
         assert_eq!(
             seen.misses, 0,
             "no read found the hot key missing: {seen:?}"
@@ -675,4 +688,201 @@ async fn the_tier_never_serves_into_the_grace_period() {
         .await
         .unwrap();
     assert_eq!((past.value.as_str(), past.stale), ("v1", true), "{past:?}");
+}
+
+/// With leases off, a loaded value is written for its TTL plus the grace period, once.
+#[tokio::test]
+async fn without_leases_the_grace_period_is_added_once() {
+    let server = RedisServer::start();
+    let cache = redis_cache(&server, |b| {
+        b.leases(false).stale_if_error(Duration::from_secs(60))
+    })
+    .await;
+    let ttl = Some(Duration::from_secs(10));
+    cache
+        .get_or_load("users:1", ttl, || async { Ok::<_, DbDown>(1u8) })
+        .await
+        .unwrap();
+    cache.set("users:2", &2u8, ttl).await;
+    let mut conn = server.connection().await;
+    for key in ["fresh:users:1", "fresh:users:2"] {
+        let pttl = raw::pttl(&mut conn, key).await;
+        assert!((60_000..=70_000).contains(&pttl), "{key}: {pttl} ms");
+    }
+}
+
+/// A read the server refuses (here `PEXPIRETIME` left out of an ACL user's commands, as on a
+/// server before Redis 7.0) goes to the loader: never a lease that would hand back a value
+/// past its TTL as a hit.
+#[tokio::test]
+async fn a_refused_read_goes_to_the_loader_not_to_a_value_past_its_ttl() {
+    cachekit_tests::init_tracing();
+    let server = RedisServer::start();
+    let grace = Duration::from_secs(60);
+    let writer = redis_cache(&server, |b| b.stale_if_error(grace)).await;
+    let ttl = Some(Duration::from_millis(100));
+    writer.set("users:1", &"old", ttl).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut admin = server.connection().await;
+    let mut setuser = redis::cmd("ACL");
+    setuser.arg("SETUSER").arg("app").arg("on").arg(">pw");
+    for rule in cachekit::acl_rules("fresh") {
+        if rule != "+pexpiretime" {
+            setuser.arg(rule);
+        }
+    }
+    let () = setuser.query_async(&mut admin).await.unwrap();
+    let restricted = CacheService::builder()
+        .redis_url(format!("redis://app:pw@{}", server.addr()))
+        .prefix("fresh")
+        .stale_if_error(grace)
+        .build()
+        .await
+        .unwrap();
+    let fetched = restricted
+        .get_or_load_with_status("users:1", ttl, || async {
+            Ok::<_, DbDown>("new".to_string())
+        })
+        .await
+        .unwrap();
+    assert_eq!((fetched.value.as_str(), fetched.from_cache), ("new", false));
+}
+
+/// A user-supplied store that reports no TTLs: refresh-ahead and grace periods are off, and
+/// values live for their TTL, not their TTL plus the grace period.
+#[derive(Debug, Default)]
+struct NoTtls(cachekit::backend::MemoryBackend);
+
+#[async_trait::async_trait]
+impl cachekit::Backend for NoTtls {
+    fn kind(&self) -> cachekit::BackendKind {
+        cachekit::BackendKind::Custom
+    }
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, cachekit::CacheError> {
+        self.0.get(key).await
+    }
+    async fn set(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<(), cachekit::CacheError> {
+        self.0.set(key, value, ttl).await
+    }
+    async fn delete(&self, key: &str) -> Result<bool, cachekit::CacheError> {
+        self.0.delete(key).await
+    }
+    async fn delete_matching(&self, pattern: &str) -> Result<u64, cachekit::CacheError> {
+        self.0.delete_matching(pattern).await
+    }
+    async fn ping(&self) -> Result<(), cachekit::CacheError> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_store_without_ttls_keeps_values_for_their_ttl_only() {
+    let cache = CacheService::builder()
+        .backend(NoTtls::default())
+        .stale_if_error(Duration::from_secs(60))
+        .refresh_ahead(1.0)
+        .build()
+        .await
+        .unwrap();
+    let ttl = Some(Duration::from_millis(100));
+    cache.set("users:1", &1u8, ttl).await;
+    cache
+        .get_or_load("users:2", ttl, || async { Ok::<_, DbDown>(2u8) })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(cache.get::<u8>("users:1").await, None);
+    assert_eq!(cache.get::<u8>("users:2").await, None);
+    let failed = cache
+        .get_or_load("users:2", ttl, || async { Err::<u8, _>(DbDown) })
+        .await;
+    assert!(failed.is_err(), "nothing past its TTL to serve");
+}
+
+/// A caller that finds a value past its TTL while another reloads it waits for that value, and
+/// counts one miss, not one per look.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_for_another_callers_reload_counts_one_miss() {
+    let server = RedisServer::start();
+    let cache = redis_cache(&server, |b| b.stale_if_error(Duration::from_secs(60))).await;
+    let ttl = Some(Duration::from_millis(100));
+    cache.set("users:1", &"v1", ttl).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let misses = cache.stats().misses;
+    let (entered, go_on) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let reloader = {
+        let (cache, entered, go_on) = (cache.clone(), entered.clone(), go_on.clone());
+        tokio::spawn(async move {
+            cache
+                .get_or_load("users:1", ttl, || async move {
+                    entered.notify_one();
+                    go_on.notified().await;
+                    Ok::<_, DbDown>("v2".to_string())
+                })
+                .await
+        })
+    };
+    within(LIMIT, "the reload", entered.notified()).await;
+    let waiter = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            cache
+                .get_or_load("users:1", ttl, || async {
+                    Ok::<_, DbDown>("v-waiter".to_string())
+                })
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    go_on.notify_one();
+    assert_eq!(
+        within(LIMIT, "the reload", reloader)
+            .await
+            .unwrap()
+            .unwrap(),
+        "v2"
+    );
+    assert_eq!(
+        within(LIMIT, "the waiter", waiter).await.unwrap().unwrap(),
+        "v2"
+    );
+    assert_eq!(cache.stats().misses - misses, 2, "{:?}", cache.stats());
+}
+
+/// A refresh's write is refused when the key was rewritten with other bytes that end at the
+/// same millisecond (a `SET ... PXAT` of the expiry read): the version alone would not tell.
+#[tokio::test]
+async fn a_refresh_is_refused_over_other_bytes_at_the_same_expiry() {
+    cachekit_tests::init_tracing();
+    let server = RedisServer::start();
+    let cache = redis_cache(&server, |b| b.refresh_ahead(100.0)).await;
+    eager_refresher(&cache).await;
+    let (refresh, go_on) = start_refresh(&cache, Some("v1-reloaded")).await;
+    let mut conn = server.connection().await;
+    let expiry: i64 = redis::cmd("PEXPIRETIME")
+        .arg("fresh:users:1")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let () = redis::cmd("SET")
+        .arg("fresh:users:1")
+        .arg("\"written by another client\"")
+        .arg("PXAT")
+        .arg(expiry)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    go_on.notify_one();
+    within(LIMIT, "the refresh", refresh)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cache.stats().stale_sets_prevented, 1);
+    let raw: Option<String> = raw::get(&mut conn, "fresh:users:1").await;
+    assert_eq!(raw.as_deref(), Some("\"written by another client\""));
 }

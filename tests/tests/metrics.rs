@@ -19,8 +19,11 @@ const LIMIT: Duration = Duration::from_secs(20);
 #[derive(Debug)]
 struct DbDown;
 
-/// What the recorder holds: `(kind, name, labels sorted)` and the value.
-struct Recorded(Vec<(MetricKind, String, Vec<(String, String)>, DebugValue)>);
+/// Label names and values, sorted.
+type Labels = Vec<(String, String)>;
+
+/// What the recorder holds: `(kind, name, labels)` and the value.
+struct Recorded(Vec<(MetricKind, String, Labels, DebugValue)>);
 
 impl Recorded {
     fn take(snapshotter: &Snapshotter) -> Self {
@@ -31,7 +34,7 @@ impl Recorded {
                 .into_iter()
                 .map(|(key, _, _, value)| {
                     let (kind, key) = key.into_parts();
-                    let mut labels: Vec<(String, String)> = key
+                    let mut labels: Labels = key
                         .labels()
                         .map(|l| (l.key().to_owned(), l.value().to_owned()))
                         .collect();
@@ -43,7 +46,7 @@ impl Recorded {
     }
 
     fn find(&self, name: &str, labels: &[(&str, &str)]) -> Option<&DebugValue> {
-        let mut wanted: Vec<(String, String)> = labels
+        let mut wanted: Labels = labels
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();

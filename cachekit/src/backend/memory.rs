@@ -378,6 +378,7 @@ impl Backend for MemoryBackend {
         &self,
         key: &str,
         version: u64,
+        expected: &[u8],
         value: &[u8],
         ttl: Duration,
     ) -> Result<bool, CacheError> {
@@ -387,7 +388,12 @@ impl Backend for MemoryBackend {
             .entry_by_ref(key)
             .and_compute_with(|current| async move {
                 match current {
-                    Some(current) if current.value().version == version => Op::Put(entry),
+                    Some(current)
+                        if current.value().version == version
+                            && &*current.value().bytes == expected =>
+                    {
+                        Op::Put(entry)
+                    }
                     _ => Op::Nop,
                 }
             })

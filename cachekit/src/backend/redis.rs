@@ -160,14 +160,15 @@ return 0"
     ))
 });
 
-/// Refill after a refresh: store the value only if the key is still the string read at version
-/// `ARGV[1]` (its `PEXPIRETIME`): any write since gave it another expiry time, any removal took
-/// it away.
+/// Refill after a refresh: store the value only if the key still holds the bytes `ARGV[6]`
+/// read at version `ARGV[1]` (its `PEXPIRETIME`): a write since gave it other bytes or another
+/// expiry time (both the same would take a write of the same bytes ending at the same
+/// millisecond), a removal took it away.
 ///
-/// `ARGV`: version, value, TTL in ms, index member, now in ms.
+/// `ARGV`: version, value, TTL in ms, index member, now in ms, the bytes read.
 static REFILL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        r"{TRIM_FN}{INDEX}if redis.call('TYPE', KEYS[1])['ok'] == 'string'
+        r"{HOLDS}{TRIM_FN}{INDEX}if holds(KEYS[1], ARGV[6])
   and redis.call('PEXPIRETIME', KEYS[1]) == tonumber(ARGV[1]) then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   index(ARGV[4], ARGV[3], ARGV[5])
@@ -1397,6 +1398,7 @@ impl Backend for RedisBackend {
         &self,
         key: &str,
         version: u64,
+        expected: &[u8],
         value: &[u8],
         ttl: Duration,
     ) -> Result<bool, CacheError> {
@@ -1408,6 +1410,7 @@ impl Backend for RedisBackend {
             .arg(millis(ttl))
             .arg(member)
             .arg(now_ms())
+            .arg(expected)
             .invoke_async(&mut conn)
             .await?;
         Ok(stored == 1)
