@@ -66,6 +66,7 @@
 //! | `CACHE_MAX_VALUE_BYTES` | `4194304` | the largest encoded value cached, in bytes: a larger one is not stored (logged, counted), and one found in the store reads as a miss and is removed |
 //! | `CACHE_REFRESH_AHEAD` | — (off) | refresh-ahead for every cache-aside call, with this beta (`1.0` is the usual choice; `off`): see [`CacheServiceBuilder::refresh_ahead`] |
 //! | `CACHE_STALE_IF_ERROR_SECS` | — (off) | stale-if-error: keep values this many seconds past their TTL, served only when the loader fails (`0`: off): see [`CacheServiceBuilder::stale_if_error`] |
+//! | `CACHE_METRICS` | `false` | report metrics through the `metrics` facade: see [Metrics](#metrics) |
 //! | `CACHE_REDACT_KEYS` | `false` | logs show keys as their namespace and a hash (`users:#3fa9c1d2`) instead of in full |
 //! | `CACHE_LOCAL_TTL_MS` | — (off) | turns on the in-process tier, holding decoded values for at most this many ms |
 //! | `CACHE_LOCAL_MAX_BYTES` | `67108864` | bound on the in-process tier, in bytes |
@@ -154,6 +155,35 @@
 //!     .await?;
 //! # Ok(()) }
 //! ```
+//!
+//! ## Metrics
+//!
+//! With [`CacheServiceBuilder::metrics`] (or `CACHE_METRICS=true`) the service reports through
+//! the [`metrics`](https://docs.rs/metrics) facade to whatever recorder the application
+//! installed (`metrics-exporter-prometheus`, an OpenTelemetry bridge, StatsD...); install it
+//! before the service's first call. Off, nothing is measured beyond [`CacheService::stats`].
+//! `namespace` is the part of the logical key (or pattern) before its first `:` (`users` for
+//! `users:42`, `_` for a key without one, `*` for `clear_all` and patterns whose first part is a
+//! glob); never a key. After [`metrics::MAX_NAMESPACES`] distinct namespaces, the rest are
+//! reported as `_other`. The names are in [`metrics::names`].
+//!
+//! | name | type | labels | what |
+//! |---|---|---|---|
+//! | `cachekit_hits_total` | counter | `namespace`, `tier` (`store`, `local`) | reads that found a value |
+//! | `cachekit_misses_total` | counter | `namespace` | reads that found nothing usable |
+//! | `cachekit_loads_total` | counter | `namespace` | loader runs (misses and refreshes) |
+//! | `cachekit_load_errors_total` | counter | `namespace` | loader runs that returned an error |
+//! | `cachekit_load_duration_seconds` | histogram | `namespace` | loader run time |
+//! | `cachekit_invalidated_entries_total` | counter | `namespace` | entries removed by `delete`, patterns, `clear_all` |
+//! | `cachekit_coalesced_total` | counter | `namespace` | calls served by a concurrent load or read of the same key |
+//! | `cachekit_stale_sets_prevented_total` | counter | `namespace` | loaded values not written: the key was invalidated while they loaded |
+//! | `cachekit_refreshes_total` | counter | `namespace` | values refreshed and written back |
+//! | `cachekit_stale_served_total` | counter | `namespace` | values served past their TTL because the loader failed |
+//! | `cachekit_faults_total` | counter | `kind` (`timeout`, `connection`, `out_of_memory`, `no_permission`, `wrong_type`, `read_only`, `busy`, `too_large`, `other_reply`) | backend faults |
+//! | `cachekit_operation_duration_seconds` | histogram | `op` (`get`, `set`, `delete`, `lease`, `fill`, `release`, `renew`, `claim`, `invalidate_pattern`, `replay`, `rebuild_index`, `ping`) | backend operations, timeouts included |
+//! | `cachekit_breaker_state` | gauge | — | `0` closed, `1` half-open, `2` open |
+//!
+//! The `roles_api` example serves them at `GET /metrics` in the Prometheus text format.
 //!
 //! ## Failure handling
 //!

@@ -47,7 +47,8 @@ pub mod names {
     /// `wrong_type`, `read_only`, `busy`, `too_large`, `other_reply`): backend faults.
     pub const FAULTS: &str = "cachekit_faults_total";
     /// Histogram, label `op` (`get`, `set`, `delete`, `lease`, `fill`, `release`, `renew`,
-    /// `claim`, `delete_matching`, `ping`...), seconds: backend operations, timeouts included.
+    /// `claim`, `invalidate_pattern`, `replay`, `rebuild_index`, `ping`), seconds: backend
+    /// operations, timeouts included.
     pub const OPERATION_DURATION: &str = "cachekit_operation_duration_seconds";
     /// Gauge: the circuit breaker's state, `0` closed, `1` half-open, `2` open.
     pub const BREAKER_STATE: &str = "cachekit_breaker_state";

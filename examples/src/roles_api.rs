@@ -21,6 +21,7 @@
 //! | `DELETE /role/cache/all` | `{"success":true,"message":"Invalidated 3 cached entries","deleted_count":3,...}` |
 //! | `GET /health` | `{"status":"ok","database":"connected","redis":"connected","latency_ms":0.21,...}` |
 //! | `GET /cache/stats` | cachekit's [`CacheStats`](cachekit::CacheStats) and `hit_rate` |
+//! | `GET /metrics` | cachekit's metrics in the Prometheus text format ([`metrics_router`]) |
 //!
 //! Bad input (malformed JSON, an unknown role or user, an id that is not a number, an unknown
 //! route) gets a 4xx answer `{"success":false,"error":"...","token_refreshed":false}`; nothing
@@ -36,6 +37,7 @@ pub use repo::{RepoError, Role, RoleRepo};
 pub use routes::router;
 
 use cachekit::CacheService;
+use metrics_exporter_prometheus::{BuildError, PrometheusBuilder, PrometheusHandle};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,6 +51,33 @@ pub const DEFAULT_BIND: &str = "127.0.0.1:3000";
 pub async fn app(cache: CacheService, database_url: &str) -> Result<axum::Router, sqlx::Error> {
     let repo = RoleRepo::connect(cache, database_url).await?;
     Ok(router(Arc::new(repo)))
+}
+
+/// Installs a Prometheus recorder as the process's `metrics` recorder, which a service built
+/// with `metrics(true)` (or `CACHE_METRICS=true`) afterwards reports to; returns the handle that
+/// renders it. Fails if the process already has a recorder.
+pub fn install_prometheus() -> Result<PrometheusHandle, BuildError> {
+    PrometheusBuilder::new().install_recorder()
+}
+
+/// `GET /metrics`: what the recorder behind `handle` holds, in the Prometheus text format.
+/// Merge it into the app: `app.merge(metrics_router(handle))`.
+pub fn metrics_router(handle: PrometheusHandle) -> axum::Router {
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let handle = handle.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    handle.render(),
+                )
+            }
+        }),
+    )
 }
 
 /// Serves `app` on `listener` until `shutdown` completes, then finishes the requests in

@@ -44,6 +44,10 @@ impl App {
         let app = roles_api::app(cache, "sqlite::memory:")
             .await
             .expect("the database opens and is seeded");
+        Self::serve(app).await
+    }
+
+    async fn serve(app: axum::Router) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
         let addr = listener.local_addr().expect("a bound address");
         let (shutdown, stop) = oneshot::channel::<()>();
@@ -57,6 +61,26 @@ impl App {
             shutdown,
             task,
         }
+    }
+
+    /// `GET path`, answered 200 with a text body.
+    async fn text(&self, path: &str) -> String {
+        let request = Request::builder()
+            .uri(format!("http://{}{path}", self.addr))
+            .body(Full::new(Bytes::new()))
+            .expect("a valid request");
+        let response = tokio::time::timeout(REQUEST_BOUND, self.client.request(request))
+            .await
+            .unwrap_or_else(|_| panic!("GET {path} did not answer within {REQUEST_BOUND:?}"))
+            .unwrap_or_else(|error| panic!("GET {path} failed: {error}"));
+        assert_eq!(response.status(), StatusCode::OK, "GET {path}");
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("the body arrives")
+            .to_bytes();
+        String::from_utf8(bytes.to_vec()).expect("UTF-8 text")
     }
 
     /// Sends a request and returns the status and the JSON body (every answer must be JSON).
@@ -538,5 +562,84 @@ async fn runs_on_the_embedded_store_without_redis() {
     assert_eq!(health["backend"], "memory", "{health}");
     let (_, body) = app.delete("/role/cache/all").await;
     assert_eq!(body["deleted_count"], 1, "{body}");
+    app.stop().await;
+}
+
+/// The value of the Prometheus sample `name{labels}` in `text`, if there is one.
+fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
+    let series = format!("{name}{{{labels}}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(series.as_str()))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+/// `GET /metrics` serves cachekit's metrics in the Prometheus text format; after a few
+/// requests the counters show them, labelled by namespace, never by key. (The only test of
+/// this binary that installs a recorder: it is global to the process.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_in_the_prometheus_format() {
+    init_tracing();
+    let handle = roles_api::install_prometheus().expect("the process's only recorder");
+    let server = RedisServer::start();
+    let cache = CacheService::builder()
+        .redis_url(server.url())
+        .prefix(PREFIX)
+        .metrics(true)
+        .build()
+        .await
+        .unwrap();
+    let app = roles_api::app(cache, "sqlite::memory:")
+        .await
+        .unwrap()
+        .merge(roles_api::metrics_router(handle));
+    let app = App::serve(app).await;
+
+    app.roles(1).await; // miss: a load
+    app.roles(1).await; // hit
+    app.roles(1).await; // hit
+    app.roles(2).await; // miss: a load
+    app.add(1, "auditor").await; // invalidates user_roles:1
+    let text = app.text("/metrics").await;
+    let ns = r#"namespace="user_roles""#;
+    assert_eq!(
+        sample(
+            &text,
+            "cachekit_hits_total",
+            &format!(r#"{ns},tier="store""#)
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "cachekit_misses_total", ns),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "cachekit_loads_total", ns),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "cachekit_invalidated_entries_total", ns),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "cachekit_breaker_state", ""),
+        None,
+        "a gauge without labels"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("cachekit_breaker_state ")),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE cachekit_load_duration_seconds summary"),
+        "{text}"
+    );
+    assert!(text.contains("# HELP cachekit_hits_total"), "{text}");
+    assert!(!text.contains("user_roles:1"), "no key in a label: {text}");
     app.stop().await;
 }
