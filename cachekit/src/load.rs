@@ -33,6 +33,7 @@ use serde::de::DeserializeOwned;
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 
 /// Where a loader stands with respect to the key's lease.
 enum LeaseState {
@@ -59,7 +60,47 @@ impl CacheService {
     ///
     /// With refresh-ahead or a grace period (`fresh`, or the service's), the read knows the
     /// value's TTL left, and a value near or past it takes the path of `fresh.rs`.
+    #[tracing::instrument(
+        level = "debug",
+        name = "cachekit.get_or_load",
+        skip_all,
+        fields(
+            namespace = crate::metrics::namespace_of(key),
+            key = %self.log_key(key),
+            hit = tracing::field::Empty,
+            tier = tracing::field::Empty,
+            lease = tracing::field::Empty,
+            stale = tracing::field::Empty,
+        )
+    )]
     pub(crate) async fn load_through<T, E, Fut>(
+        &self,
+        key: &str,
+        ttl: Option<Duration>,
+        local: bool,
+        fresh: Freshness,
+        store_if: impl FnOnce(&T) -> bool,
+        load: Fut,
+    ) -> Result<Fetched<T>, E>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let fetched = self
+            .load_through_untraced(key, ttl, local, fresh, store_if, load)
+            .await;
+        if let Ok(fetched) = &fetched {
+            let span = tracing::Span::current();
+            span.record("hit", fetched.from_cache);
+            if fetched.stale {
+                span.record("stale", true);
+            }
+        }
+        fetched
+    }
+
+    /// [`load_through`](Self::load_through) inside its span.
+    async fn load_through_untraced<T, E, Fut>(
         &self,
         key: &str,
         ttl: Option<Duration>,
@@ -92,22 +133,32 @@ impl CacheService {
             .await
     }
 
-    /// `load`, counted and timed for the metrics when they are on.
+    /// `load` in a `cachekit.load` span, counted and timed for the metrics when they are on.
     pub(crate) fn metered<T, E>(
         &self,
         key: &str,
         load: impl Future<Output = Result<T, E>>,
     ) -> impl Future<Output = Result<T, E>> {
         let counters = &self.inner.counters;
+        let span = tracing::debug_span!(
+            "cachekit.load",
+            namespace = crate::metrics::namespace_of(key),
+            key = %self.log_key(key),
+            failed = tracing::field::Empty,
+        );
+        let traced = span.clone();
         async move {
-            if counters.metrics.is_none() {
-                return load.await;
-            }
-            let started = Instant::now();
+            let started = counters.metrics.as_ref().map(|_| Instant::now());
             let loaded = load.await;
-            counters.loaded(key, started.elapsed(), loaded.is_ok());
+            if loaded.is_err() {
+                span.record("failed", true);
+            }
+            if let Some(started) = started {
+                counters.loaded(key, started.elapsed(), loaded.is_ok());
+            }
             loaded
         }
+        .instrument(traced)
     }
 
     /// The miss path: single-flight in this process, the lease across processes, the load,
@@ -294,7 +345,10 @@ impl CacheService {
                 .backend()
                 .try_lease(physical, &lease.marker, inner.beat.ttl);
             match guard.call("lease", Bound::Op, budget, attempt).await {
-                Ok(Lease::Acquired) => return Ok(LeaseState::Ours(lease)),
+                Ok(Lease::Acquired) => {
+                    tracing::Span::current().record("lease", "taken");
+                    return Ok(LeaseState::Ours(lease));
+                }
                 Ok(Lease::Value(bytes)) => {
                     lease.disarm(); // the script wrote no marker
                     let decoded = self
@@ -305,6 +359,7 @@ impl CacheService {
                             bytes: Shared::from(bytes),
                             proven: false,
                         };
+                        tracing::Span::current().record("lease", "waited");
                         return Err((Fetched::hit(value), Some(outcome)));
                     }
                     // Undecodable, now removed: try again.
@@ -327,6 +382,7 @@ impl CacheService {
             }
             if tokio::time::Instant::now() + pause > deadline {
                 tracing::debug!(key = %self.log_key(key), "gave up waiting for another loader's lease");
+                tracing::Span::current().record("lease", "gave_up");
                 return Ok(LeaseState::GaveUp);
             }
             tokio::time::sleep(pause).await;

@@ -524,11 +524,24 @@ impl CacheService {
     /// assert_eq!(cache.get::<u64>("users:1").await, None); // wrong type: a miss
     /// # });
     /// ```
+    #[tracing::instrument(
+        level = "debug",
+        name = "cachekit.get",
+        skip_all,
+        fields(
+            namespace = crate::metrics::namespace_of(key),
+            key = %self.log_key(key),
+            hit = tracing::field::Empty,
+            tier = tracing::field::Empty,
+        )
+    )]
     pub async fn get<T: DeserializeOwned + Clone + Send + Sync + 'static>(
         &self,
         key: &str,
     ) -> Option<T> {
-        self.get_within(key, true, &Budget::default()).await
+        let value = self.get_within(key, true, &Budget::default()).await;
+        tracing::Span::current().record("hit", value.is_some());
+        value
     }
 
     /// [`get`](Self::get) as one step of a larger call.
@@ -581,6 +594,12 @@ impl CacheService {
     /// assert!(cache.set("users:1", &vec!["admin", "editor"], Some(Duration::from_secs(60))).await);
     /// # });
     /// ```
+    #[tracing::instrument(
+        level = "debug",
+        name = "cachekit.set",
+        skip_all,
+        fields(namespace = crate::metrics::namespace_of(key), key = %self.log_key(key))
+    )]
     pub async fn set<T: Serialize + ?Sized>(
         &self,
         key: &str,
@@ -651,11 +670,22 @@ impl CacheService {
     /// assert_eq!(cache.try_delete("absent").await.unwrap(), false);
     /// # });
     /// ```
+    #[tracing::instrument(
+        level = "debug",
+        name = "cachekit.delete",
+        skip_all,
+        fields(
+            namespace = crate::metrics::namespace_of(key),
+            key = %self.log_key(key),
+            removed = tracing::field::Empty,
+        )
+    )]
     pub async fn try_delete(&self, key: &str) -> Result<bool, CacheError> {
         let physical = self.physical_key(key);
         Counters::bump(&self.inner.counters.deletes);
         let removed = self.remove(Removal::Key(&physical)).await?;
         self.inner.counters.invalidated(key, removed);
+        tracing::Span::current().record("removed", removed);
         Ok(removed > 0)
     }
 
@@ -697,11 +727,22 @@ impl CacheService {
     /// assert_eq!(cache.try_invalidate_pattern("users:*").await.unwrap(), 0);
     /// # });
     /// ```
+    #[tracing::instrument(
+        level = "debug",
+        name = "cachekit.invalidate",
+        skip_all,
+        fields(
+            namespace = crate::metrics::namespace_of(pattern),
+            pattern = %self.log_key(pattern),
+            removed = tracing::field::Empty,
+        )
+    )]
     pub async fn try_invalidate_pattern(&self, pattern: &str) -> Result<u64, CacheError> {
         let physical = self.physical_pattern(pattern);
         Counters::bump(&self.inner.counters.invalidations);
         let removed = self.remove(Removal::Pattern(&physical)).await?;
         self.inner.counters.invalidated(pattern, removed);
+        tracing::Span::current().record("removed", removed);
         Ok(removed)
     }
 

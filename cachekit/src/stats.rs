@@ -208,12 +208,20 @@ impl Counters {
         }
     }
 
-    /// A read of the logical `key` that found a value in `tier`.
+    /// A read of the logical `key` that found a value in `tier` (also recorded in the current
+    /// `cachekit.get` or `cachekit.get_or_load` span).
     pub(crate) fn hit(&self, key: &str, tier: Tier) {
-        match tier {
-            Tier::Store => self.hits.bump(),
-            Tier::Local => self.local_hits.bump(),
-        }
+        let label = match tier {
+            Tier::Store => {
+                self.hits.bump();
+                "store"
+            }
+            Tier::Local => {
+                self.local_hits.bump();
+                "local"
+            }
+        };
+        tracing::Span::current().record("tier", label);
         if let Some(metrics) = &self.metrics {
             metrics.of(key).hit(tier);
         }
