@@ -185,6 +185,17 @@
 //!
 //! The `roles_api` example serves them at `GET /metrics` in the Prometheus text format.
 //!
+//! ## Tracing spans
+//!
+//! Each cache operation runs in a `debug` span: `cachekit.get`, `cachekit.get_or_load` (also
+//! every `#[cached]` call), `cachekit.set`, `cachekit.delete`, `cachekit.invalidate`, and each
+//! loader run in a `cachekit.load` span inside its call's. Fields: `namespace`; `key` (or
+//! `pattern`) as logs show it, so [`CacheServiceBuilder::redact_keys`] applies; `hit`; `tier`
+//! (`store` or `local`); `lease` (`taken`, `waited`, `gave_up`); `stale`; `removed`; `failed`
+//! (a load that returned an error). Without a subscriber that enables them, a span is a check
+//! of a static flag: the comparison runner measured the hit path with the spans compiled in
+//! (`BENCHMARKS.md`, "The sixth version").
+//!
 //! ## Failure handling
 //!
 //! - Every Redis call is bounded by a timeout; repeated failures open a circuit breaker that
