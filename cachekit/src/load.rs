@@ -89,7 +89,9 @@ impl CacheService {
         let fetched = self
             .load_through_untraced(key, ttl, local, fresh, store_if, load)
             .await;
-        if let Ok(fetched) = &fetched {
+        if let Ok(fetched) = &fetched
+            && tracing::level_enabled!(tracing::Level::DEBUG)
+        {
             let span = tracing::Span::current();
             span.record("hit", fetched.from_cache);
             if fetched.stale {

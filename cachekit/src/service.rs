@@ -540,7 +540,9 @@ impl CacheService {
         key: &str,
     ) -> Option<T> {
         let value = self.get_within(key, true, &Budget::default()).await;
-        tracing::Span::current().record("hit", value.is_some());
+        if tracing::level_enabled!(tracing::Level::DEBUG) {
+            tracing::Span::current().record("hit", value.is_some());
+        }
         value
     }
 

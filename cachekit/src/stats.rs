@@ -221,7 +221,9 @@ impl Counters {
                 "local"
             }
         };
-        tracing::Span::current().record("tier", label);
+        if tracing::level_enabled!(tracing::Level::DEBUG) {
+            tracing::Span::current().record("tier", label);
+        }
         if let Some(metrics) = &self.metrics {
             metrics.of(key).hit(tier);
         }
