@@ -832,24 +832,31 @@ async fn the_index_answers_patterns_on_every_primary_without_scan() {
         100
     );
 
-    // A lease taken before an invalidation is found by it, and its fill refused.
+    // A lease taken before an invalidation is found by it, and its fill refused. The loader
+    // runs once the lease is taken; the invalidation comes while it waits.
+    let (entered, go_on) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
     let loading = {
-        let cache = cache.clone();
+        let (cache, entered, go_on) = (cache.clone(), entered.clone(), go_on.clone());
         tokio::spawn(async move {
             cache
-                .get_or_load("users:5", None, || async {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
+                .get_or_load("users:5", None, || async move {
+                    entered.notify_one();
+                    go_on.notified().await;
                     Ok::<_, std::io::Error>(5u32)
                 })
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    within(BOUND, "the loader", entered.notified()).await;
     assert_eq!(
         cache.invalidate_pattern("users:*").await,
         1,
         "the lease marker"
     );
+    go_on.notify_one();
     assert_eq!(loading.await.unwrap().unwrap(), 5);
     assert_eq!(
         cache.get::<u32>("users:5").await,

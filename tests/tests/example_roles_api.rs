@@ -65,32 +65,19 @@ impl App {
 
     /// `GET path`, answered 200 with a text body.
     async fn text(&self, path: &str) -> String {
-        let request = Request::builder()
-            .uri(format!("http://{}{path}", self.addr))
-            .body(Full::new(Bytes::new()))
-            .expect("a valid request");
-        let response = tokio::time::timeout(REQUEST_BOUND, self.client.request(request))
-            .await
-            .unwrap_or_else(|_| panic!("GET {path} did not answer within {REQUEST_BOUND:?}"))
-            .unwrap_or_else(|error| panic!("GET {path} failed: {error}"));
-        assert_eq!(response.status(), StatusCode::OK, "GET {path}");
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("the body arrives")
-            .to_bytes();
+        let (status, bytes) = self.request(Method::GET, path, None, "").await;
+        assert_eq!(status, StatusCode::OK, "GET {path}");
         String::from_utf8(bytes.to_vec()).expect("UTF-8 text")
     }
 
-    /// Sends a request and returns the status and the JSON body (every answer must be JSON).
-    async fn send(
+    /// Sends a request and returns the status and the body, within [`REQUEST_BOUND`].
+    async fn request(
         &self,
         method: Method,
         path: &str,
         content_type: Option<&str>,
         body: &str,
-    ) -> (StatusCode, Value) {
+    ) -> (StatusCode, Bytes) {
         let mut request = Request::builder()
             .method(method.clone())
             .uri(format!("http://{}{path}", self.addr));
@@ -111,6 +98,18 @@ impl App {
             .await
             .expect("the body arrives")
             .to_bytes();
+        (status, bytes)
+    }
+
+    /// Sends a request and returns the status and the JSON body (every answer must be JSON).
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: &str,
+    ) -> (StatusCode, Value) {
+        let (status, bytes) = self.request(method.clone(), path, content_type, body).await;
         let json = serde_json::from_slice(&bytes).unwrap_or_else(|error| {
             panic!(
                 "{method} {path} answered {status} with a body that is not JSON ({error}): {}",

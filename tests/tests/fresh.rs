@@ -838,7 +838,14 @@ async fn a_waiter_for_another_callers_reload_counts_one_miss() {
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The waiter read the value past its TTL (its one miss) and waits for the reload.
+    within(LIMIT, "the waiter's read", async {
+        while cache.stats().misses - misses < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await; // it polls meanwhile
     go_on.notify_one();
     assert_eq!(
         within(LIMIT, "the reload", reloader)
