@@ -63,13 +63,26 @@ async fn replicated(primary: &RedisServer) {
 }
 
 async fn service(cluster: &RedisCluster, prefix: &str) -> CacheService {
+    service_with(cluster, prefix, CacheService::builder()).await
+}
+
+/// A service for the tests of what the index and the leases do, not of faults: its operations
+/// may take 2 s, since this binary's tests run six-node clusters side by side on two cores,
+/// where a 250 ms operation can time out and count an error the test does not look for.
+async fn patient_service(cluster: &RedisCluster, prefix: &str) -> CacheService {
+    let builder = CacheService::builder().timeout(Duration::from_secs(2));
+    service_with(cluster, prefix, builder).await
+}
+
+async fn service_with(
+    cluster: &RedisCluster,
+    prefix: &str,
+    builder: cachekit::CacheServiceBuilder,
+) -> CacheService {
     within(
         BOUND,
         "build",
-        CacheService::builder()
-            .redis_cluster(cluster.urls())
-            .prefix(prefix)
-            .build(),
+        builder.redis_cluster(cluster.urls()).prefix(prefix).build(),
     )
     .await
     .expect("a cluster service builds")
@@ -79,7 +92,7 @@ async fn service(cluster: &RedisCluster, prefix: &str) -> CacheService {
 async fn every_operation_reaches_every_primary() {
     cachekit_tests::init_tracing();
     let cluster = RedisCluster::start();
-    let cache = service(&cluster, "app").await;
+    let cache = patient_service(&cluster, "app").await;
 
     let health = cache.health().await;
     assert!(health.connected, "{:?}", health.error);
@@ -176,6 +189,7 @@ async fn every_operation_reaches_every_primary() {
         CacheService::builder()
             .redis_cluster(cluster.urls())
             .prefix("fresh")
+            .timeout(Duration::from_secs(2))
             .refresh_ahead(100.0)
             .stale_if_error(Duration::from_secs(60))
             .build(),
@@ -782,7 +796,7 @@ async fn scans(cluster: &RedisCluster) -> u64 {
 async fn the_index_answers_patterns_on_every_primary_without_scan() {
     cachekit_tests::init_tracing();
     let cluster = RedisCluster::start();
-    let cache = service(&cluster, "ix").await;
+    let cache = patient_service(&cluster, "ix").await;
     for id in 0..1000 {
         assert!(cache.set(&format!("users:{id}"), &id, None).await);
     }
@@ -876,8 +890,8 @@ async fn concurrent_writers_never_outlive_an_invalidation_on_a_cluster() {
     cachekit_tests::init_tracing();
     let cluster = RedisCluster::start();
     let fleet = [
-        service(&cluster, "app").await,
-        service(&cluster, "app").await,
+        patient_service(&cluster, "app").await,
+        patient_service(&cluster, "app").await,
     ];
     fleet[0].rebuild_index().await.unwrap();
     // Per version, the clock reading after which an invalidation must remove it: when its
@@ -975,7 +989,7 @@ async fn concurrent_writers_never_outlive_an_invalidation_on_a_cluster() {
 async fn a_slot_index_of_a_foreign_type_makes_patterns_walk_until_a_rebuild() {
     cachekit_tests::init_tracing();
     let cluster = RedisCluster::start();
-    let cache = service(&cluster, "fx").await;
+    let cache = patient_service(&cluster, "fx").await;
     // Sequential names rarely share a slot (CRC16 spreads them); a hash tag puts 20 in one.
     for id in 0..2980 {
         assert!(cache.set(&format!("users:{id}"), &id, None).await);
