@@ -143,19 +143,16 @@ impl CacheService {
                 Ok(backend.get(physical).await?.map(|bytes| (bytes, None)))
             }
         };
-        let read = async {
-            let found = read.await?;
-            if grace.is_zero() {
-                return Ok(found);
-            }
+        let read = match guard.call("get", Bound::Op, budget, read).await {
             // Past its TTL, within the grace period: a miss here (a cache-aside call with a
             // loader may still serve it if the loader fails).
-            Ok(found.and_then(|(bytes, left)| match left {
+            Ok(Some((bytes, left))) if !grace.is_zero() => Ok(match left {
                 Some(left) if left <= grace => None,
                 left => Some((bytes, left.map(|left| left - grace))),
-            }))
+            }),
+            read => read,
         };
-        match guard.call("get", Bound::Op, budget, read).await {
+        match read {
             // A value over the size cap, or a list, hash or set under the prefix (this cache
             // writes strings only): not something to read, so it is removed.
             Err(e)
@@ -373,10 +370,7 @@ impl CacheService {
         if grace.is_zero() {
             return ttl;
         }
-        match self.ttl(ttl) {
-            Ok(ttl) => Some(ttl.saturating_add(grace).min(crate::MAX_TTL)),
-            Err(_) => ttl,
-        }
+        self.store_ttl(ttl, grace)
     }
 
     /// The TTL of a write: the given one or the default, checked.

@@ -451,7 +451,7 @@ impl CacheService {
 
     /// The TTL a value is written for: the TTL plus the grace period (an invalid TTL is left
     /// for the write to refuse).
-    fn store_ttl(&self, ttl: Option<Duration>, grace: Duration) -> Option<Duration> {
+    pub(crate) fn store_ttl(&self, ttl: Option<Duration>, grace: Duration) -> Option<Duration> {
         match self.ttl(ttl) {
             Ok(ttl) => Some(ttl.saturating_add(grace).min(MAX_TTL)),
             Err(_) => ttl,

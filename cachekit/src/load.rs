@@ -115,13 +115,13 @@ impl CacheService {
         T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<T, E>>,
     {
-        let load = self.metered(key, load);
         let fresh = if self.inner.versioned {
             fresh.over(self.inner.fresh)
         } else {
             Freshness::INHERIT
         };
         if !fresh.is_off() {
+            let load = self.metered(key, load);
             return self
                 .load_fresh(key, ttl, local, fresh, store_if, load)
                 .await;
@@ -130,6 +130,8 @@ impl CacheService {
         if let Some(value) = self.get_within::<T>(key, local, &budget).await {
             return Ok(Fetched::hit(value));
         }
+        // Wrapped only now: a hit never builds the load's span and timer.
+        let load = self.metered(key, load);
         let physical = self.physical_key(key);
         self.load_missing(key, &physical, ttl, store_if, load, &budget)
             .await
