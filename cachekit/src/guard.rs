@@ -13,7 +13,7 @@ use crate::error::CacheError;
 use crate::stats::Counters;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 /// What one public call of the service may still spend on the backend. Once one of its steps
@@ -47,6 +47,41 @@ pub(crate) struct Guard {
     fallback: Option<MemoryBackend>,
     /// Diagnostics only: calls go straight to the backend.
     bypass: bool,
+    /// The last connection failure (refused, reset, TLS handshake) since the backend last
+    /// answered: a later timeout alone does not say why the server cannot be reached.
+    unreachable: LastFailure,
+}
+
+/// The detail of the last connection failure, behind a flag so that a call that succeeds pays
+/// one relaxed load, not a lock, to clear it.
+#[derive(Debug, Default)]
+struct LastFailure {
+    set: AtomicBool,
+    detail: Mutex<Option<String>>,
+}
+
+impl LastFailure {
+    fn remember(&self, detail: String) {
+        *self.detail.lock().unwrap_or_else(|e| e.into_inner()) = Some(detail);
+        self.set.store(true, Ordering::Release);
+    }
+
+    fn forget(&self) {
+        if self.set.load(Ordering::Relaxed) {
+            self.set.store(false, Ordering::Relaxed);
+            *self.detail.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
+
+    fn get(&self) -> Option<String> {
+        if !self.set.load(Ordering::Acquire) {
+            return None;
+        }
+        self.detail
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 /// Which bound a call gets.
@@ -75,6 +110,7 @@ impl Guard {
             counters,
             fallback,
             bypass: false,
+            unreachable: LastFailure::default(),
         }
     }
 
@@ -96,9 +132,22 @@ impl Guard {
         self.breaker.state()
     }
 
-    /// Opens the breaker now (the first connection failed).
-    pub(crate) fn trip(&self) {
+    /// Opens the breaker now: the first connection failed with `error`.
+    pub(crate) fn trip(&self, error: &CacheError) {
+        self.remember(error);
         self.breaker.trip();
+    }
+
+    /// Why the backend could not be reached the last time a connection failed, if it has not
+    /// answered since: the cause behind later timeouts, for [`health`](crate::CacheService::health).
+    pub(crate) fn last_connection_failure(&self) -> Option<String> {
+        self.unreachable.get()
+    }
+
+    fn remember(&self, error: &CacheError) {
+        if error.fault_kind() == Some(crate::error::FaultKind::Connection) {
+            self.unreachable.remember(error.detail().to_string());
+        }
     }
 
     /// Runs one backend call: skipped if the call's budget is spent or the breaker is open;
@@ -133,6 +182,7 @@ impl Guard {
         match &result {
             Err(e) if e.is_transport() => {
                 self.record(e);
+                self.remember(e);
                 budget.spend();
                 self.breaker.on_failure(permit);
             }
@@ -141,6 +191,7 @@ impl Guard {
                 if let Err(e) = outcome {
                     self.record(e);
                 }
+                self.unreachable.forget();
                 if self.breaker.on_success(permit)
                     && let Some(store) = &self.fallback
                 {

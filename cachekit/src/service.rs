@@ -436,7 +436,7 @@ impl CacheService {
         if let Some(kind) = error.fault_kind() {
             inner.counters.fault(kind);
         }
-        inner.guard.trip();
+        inner.guard.trip(&error);
         tokio::spawn(Guard::reconnect_in_background(
             Arc::downgrade(&inner.guard),
             inner.endpoint.clone(),
@@ -855,6 +855,10 @@ impl CacheService {
     /// state; its cost on the server does not grow with the keyspace (`PING`, `INFO`,
     /// `DBSIZE`).
     ///
+    /// When the ping times out while connections have been failing (refused, cut, or a TLS
+    /// handshake rejected), [`Health::error`] names the last of those failures too, until the
+    /// backend answers again: a timeout alone does not say why.
+    ///
     /// ```
     /// # cachekit::__doc_block_on(async {
     /// let health = cachekit::CacheService::memory().health().await;
@@ -874,6 +878,12 @@ impl CacheService {
             Ok(Err(e)) => Some(e),
             Err(_) => Some(timed_out("ping")),
         };
+        // A ping that times out while a connection is being retried says nothing of why; the
+        // retry's last failure (a refused connection, an untrusted certificate) does.
+        let cause = match &error {
+            Some(CacheError::Timeout { .. }) => inner.guard.last_connection_failure(),
+            _ => None,
+        };
         let connected = error.is_none();
         let mut server = None;
         if connected {
@@ -891,9 +901,10 @@ impl CacheService {
             connected,
             latency_us: connected.then(|| u64::try_from(latency.as_micros()).unwrap_or(u64::MAX)),
             breaker: inner.guard.breaker_state(),
-            error: error.map(|e| match self.hint(&e) {
-                "" => e.to_string(),
-                hint => format!("{e} ({hint})"),
+            error: error.map(|e| match (cause, self.hint(&e)) {
+                (Some(cause), _) => format!("{e}; the last connection attempt failed: {cause}"),
+                (None, "") => e.to_string(),
+                (None, hint) => format!("{e} ({hint})"),
             }),
             server,
         }

@@ -901,3 +901,58 @@ async fn a_load_spanning_an_invalidation_does_not_refill_the_fallback_store() {
     );
     proxy.resume();
 }
+
+/// A server that stops answering shows only as a timeout; when connections were refused or cut
+/// before (at start-up here), `health()` names that failure too, and forgets it once the server
+/// has answered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_names_the_last_connection_failure_behind_a_timeout() {
+    init_tracing();
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr()).await;
+    proxy.cut();
+    let cache = within(
+        BOUND,
+        "build",
+        CacheService::builder()
+            .redis_url(proxy.url())
+            .prefix("health")
+            .circuit_breaker(1, Duration::from_millis(200))
+            .build(),
+    )
+    .await
+    .expect("a service builds while its server is unreachable");
+    // Connections are accepted again but never answered.
+    proxy.stall();
+    proxy.restore();
+    let health = within(BOUND, "health", cache.health()).await;
+    assert!(!health.connected);
+    let error = health.error.unwrap_or_default();
+    assert!(error.contains("timed out"), "{error}");
+    assert!(
+        error.contains("the last connection attempt failed:"),
+        "a timeout alone hides the refused connections before it: {error}"
+    );
+
+    proxy.resume();
+    let deadline = Instant::now() + BOUND;
+    while !cache.set("users:1", &1, None).await {
+        assert!(
+            Instant::now() < deadline,
+            "never reconnected: {:?}",
+            cache.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.stall();
+    let error = within(BOUND, "health", cache.health())
+        .await
+        .error
+        .unwrap_or_default();
+    assert!(error.contains("timed out"), "{error}");
+    assert!(
+        !error.contains("connection attempt"),
+        "the server answered since that failure: {error}"
+    );
+    proxy.resume();
+}
