@@ -85,23 +85,28 @@ cargo clippy --workspace --all-targets -- -D warnings
 # Workspace builds unify features across packages (the benches' `cached` crate turns on more of
 # redis-rs), which could hide a feature the library forgets to ask for: check it on its own too,
 # with and without its default features.
-step "cargo check -p cachekit (alone; default features, then none)"
-cargo check -p cachekit --all-targets
-cargo check -p cachekit --no-default-features
+step "cargo check -p cachekit-redis (alone; default features, then none)"
+cargo check -p cachekit-redis --all-targets
+cargo check -p cachekit-redis --no-default-features
 
 # The published crates build on the oldest Rust they declare (`rust-version` in Cargo.toml).
 msrv="$(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)"
 [[ -n "$msrv" ]] || die "no rust-version in Cargo.toml"
 command -v rustup >/dev/null 2>&1 ||
   die "checking the declared rust-version ($msrv) needs rustup: see https://rustup.rs"
-step "cargo +$msrv check -p cachekit -p cachekit-macros (the declared rust-version)"
+step "cargo +$msrv check -p cachekit-redis -p cachekit-redis-macros (the declared rust-version)"
 rustup toolchain install "$msrv" --profile minimal >/dev/null
-cargo "+$msrv" check -p cachekit -p cachekit-macros
+cargo "+$msrv" check -p cachekit-redis -p cachekit-redis-macros
 
 # The API docs as docs.rs builds them (every feature), with broken links and other warnings as
 # errors, so they cannot rot.
-step "cargo doc -p cachekit -p cachekit-macros (all features, warnings denied)"
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features -p cachekit -p cachekit-macros
+step "cargo doc -p cachekit-redis -p cachekit-redis-macros (all features, warnings denied)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features -p cachekit-redis -p cachekit-redis-macros
+
+# What crates.io would receive: both packages built from their packed sources alone (the
+# library against the packed macros), with their license files and README.
+step "cargo package -p cachekit-redis-macros -p cachekit-redis"
+cargo package --allow-dirty -p cachekit-redis-macros -p cachekit-redis
 
 step "cargo test --workspace $*"
 cargo test --workspace "$@"

@@ -2,7 +2,7 @@
 //! with their `.stderr`), and every supported shape compiles (`tests/ui/pass/*.rs`).
 //!
 //! Regenerate the expected output with
-//! `TRYBUILD=overwrite cargo test -p cachekit-macros --test ui` and read the diff.
+//! `TRYBUILD=overwrite cargo test -p cachekit-redis-macros --test ui` and read the diff.
 
 #[test]
 fn ui() {

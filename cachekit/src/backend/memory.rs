@@ -150,7 +150,7 @@ impl MemoryBackend {
     // to 8 bytes under their weight of then: 472.6 for a 32-byte key, 493.2 for a 40-byte
     // value, 605 for a 60-byte key with a 100-byte value (weighed 608). The weight now also
     // counts the key's copy and slot in its namespace's set. At the default bound,
-    // `cargo test -p cachekit --test memory_bound -- --nocapture` prints the outcome: RSS grown
+    // `cargo test -p cachekit-redis --test memory_bound -- --nocapture` prints the outcome: RSS grown
     // by 1.22x the bound, 644 bytes a held entry (the sketch, fixed costs, and the keys of
     // evicted entries that wait in the set until it is pruned included; 1.02x before the sets
     // existed). On 32-bit targets, with smaller pointers, the estimate is high.
