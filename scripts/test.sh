@@ -85,9 +85,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 # Workspace builds unify features across packages (the benches' `cached` crate turns on more of
 # redis-rs), which could hide a feature the library forgets to ask for: check it on its own too,
 # with and without its default features.
-step "cargo check -p cachekit-redis (alone; default features, then none)"
+step "cargo check -p cachekit-redis (alone; default features, none, each optional one)"
 cargo check -p cachekit-redis --all-targets
 cargo check -p cachekit-redis --no-default-features
+cargo check -p cachekit-redis --no-default-features --features msgpack
+cargo check -p cachekit-redis --no-default-features --features compression
 
 # The published crates build on the oldest Rust they declare (`rust-version` in Cargo.toml).
 msrv="$(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)"
@@ -96,7 +98,7 @@ command -v rustup >/dev/null 2>&1 ||
   die "checking the declared rust-version ($msrv) needs rustup: see https://rustup.rs"
 step "cargo +$msrv check -p cachekit-redis -p cachekit-redis-macros (the declared rust-version)"
 rustup toolchain install "$msrv" --profile minimal >/dev/null
-cargo "+$msrv" check -p cachekit-redis -p cachekit-redis-macros
+cargo "+$msrv" check --all-features -p cachekit-redis -p cachekit-redis-macros
 
 # The API docs as docs.rs builds them (every feature), with broken links and other warnings as
 # errors, so they cannot rot.

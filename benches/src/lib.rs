@@ -71,6 +71,9 @@ pub mod names {
     pub const CLUSTER_INVALIDATION: &str = "invalidate users:* on a cluster (ratio to the walk)";
     /// One task reading the user from an in-process cache, each call timed.
     pub const LOCAL: &str = "in-process hit";
+    /// The user record in each codec: its size in Redis (`STRLEN`), and a hit on the embedded
+    /// store, which decodes on every read; ratios to JSON.
+    pub const CODECS: &str = "codec";
 
     /// `Instant::now()` then `elapsed()`.
     pub const CLOCK: &str = "Instant::now + elapsed";
@@ -110,6 +113,14 @@ pub mod names {
     /// `CacheService::get::<Arc<User>>` on the embedded store with the in-process tier.
     pub const MEMORY_TIER_ARC: &str =
         "cachekit embedded CacheService::get::<Arc<User>>, in-process tier";
+    /// `CacheService::get::<User>` on the embedded store, values in JSON (the default).
+    pub const CODEC_JSON: &str = "json";
+    /// The same with `Codec::MessagePack`.
+    pub const CODEC_MSGPACK: &str = "msgpack";
+    /// The same in JSON with `compress_above(0)`: LZ4 whenever it saves space.
+    pub const CODEC_JSON_LZ4: &str = "json + lz4";
+    /// The same in MessagePack with `compress_above(0)`.
+    pub const CODEC_MSGPACK_LZ4: &str = "msgpack + lz4";
     /// `serde_json::from_slice` of the record alone, no store: the decoding every hit pays,
     /// measured beside the embedded store's hits.
     pub const DECODE_ONLY: &str = "serde_json::from_slice alone (no store)";
@@ -164,10 +175,11 @@ pub struct Options {
 /// The scenario groups `--only` can pick: the hit scenarios (sequential, embedded,
 /// concurrent), the in-process hits, the stampede, the sequential writes and fills, the
 /// invalidation, the hot key with and without refresh-ahead, and the invalidation on a
-/// private Redis Cluster.
-pub const GROUPS: [&str; 7] = [
+/// private Redis Cluster, and the codecs.
+pub const GROUPS: [&str; 8] = [
     "hits",
     "local",
+    "codecs",
     "stampede",
     "writes",
     "invalidation",

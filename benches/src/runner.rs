@@ -6,6 +6,7 @@ use crate::report::{Machine, Report, Row, Settings};
 use crate::stats::{mean, median, percentile};
 use crate::{Error, Options, PREFIX, User};
 use cachekit::CacheService;
+use cachekit::codec::Codec;
 use redis::AsyncConnectionConfig;
 use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
@@ -324,6 +325,9 @@ impl Runner {
         if self.runs("local") {
             self.local().await?;
         }
+        if self.runs("codecs") {
+            self.codecs().await?;
+        }
         if self.runs("stampede") {
             self.stampede().await?;
         }
@@ -548,7 +552,7 @@ impl Runner {
         let mut contenders = [
             Local::Moka(moka),
             Local::Arc(arc.clone(), TIER_ARC),
-            Local::User(plain.clone()),
+            Local::User(plain.clone(), TIER_USER),
             Local::Macro(repo.clone()),
             Local::Arc(memory.clone(), MEMORY_TIER_ARC),
         ];
@@ -568,6 +572,73 @@ impl Runner {
         }
         if repo.loads() != 0 {
             return Err(Error::new("in-process hit: the #[cached] loader ran"));
+        }
+        Ok(())
+    }
+
+    /// The user record in each codec: its stored size (written through a service on the
+    /// benchmark's Redis, read back with `STRLEN`) and a hit on the embedded store, which
+    /// decodes the record on every read. Ratios to JSON.
+    async fn codecs(&mut self) -> Result<(), Error> {
+        self.say("codecs: stored size and hit time of the record");
+        let key = format!("users:{HIT_ID}");
+        let user = User::sample(HIT_ID);
+        let variants = [
+            (CODEC_JSON, Codec::Json, None),
+            (CODEC_MSGPACK, Codec::MessagePack, None),
+            (CODEC_JSON_LZ4, Codec::Json, Some(0)),
+            (CODEC_MSGPACK_LZ4, Codec::MessagePack, Some(0)),
+        ];
+        let mut conn = self.raw_connection().await?;
+        let mut contenders = Vec::new();
+        let mut json_bytes = 0.0;
+        for (name, codec, compress_above) in variants {
+            let configure = |mut builder: cachekit::CacheServiceBuilder| {
+                builder = builder.codec(codec);
+                if let Some(bytes) = compress_above {
+                    builder = builder.compress_above(bytes);
+                }
+                builder
+            };
+            let sized = configure(CacheService::builder().redis_url(&self.url).prefix(PREFIX))
+                .build()
+                .await?;
+            let sized_key = format!("codec:{name}");
+            if !sized.set(&sized_key, &user, None).await {
+                return Err(Error::new(format!("codec {name}: cannot write the record")));
+            }
+            let bytes: u64 = redis::cmd("STRLEN")
+                .arg(format!("{PREFIX}:{sized_key}"))
+                .query_async(&mut conn)
+                .await?;
+            let bytes = bytes as f64;
+            if name == CODEC_JSON {
+                json_bytes = bytes;
+            }
+            let mut row = Row::new(CODECS, name, "stored size", "bytes");
+            row.value = bytes;
+            row.ratio = Some(bytes / json_bytes);
+            self.rows.push(row);
+
+            let memory =
+                configure(CacheService::builder().memory(cachekit::DEFAULT_LOCAL_MAX_BYTES))
+                    .build()
+                    .await?;
+            if !memory.set(&key, &user, None).await {
+                return Err(Error::new(format!("codec {name}: cannot prime the store")));
+            }
+            contenders.push(Local::User(memory, name));
+        }
+        let latencies = self
+            .take_turns(CODECS, &mut contenders, 0x5EED_C0DE_C5E7)
+            .await?;
+        self.latency_rows(CODECS, &contenders, &latencies);
+        for contender in &contenders {
+            if let Local::User(cache, name) = contender
+                && cache.stats().decode_errors != 0
+            {
+                return Err(Error::new(format!("codec {name}: a read did not decode")));
+            }
         }
         Ok(())
     }
@@ -1565,8 +1636,8 @@ enum Local {
     Moka(moka::sync::Cache<String, Arc<User>>),
     /// `CacheService::get::<Arc<User>>`, with its name.
     Arc(CacheService, &'static str),
-    /// `CacheService::get::<User>`.
-    User(CacheService),
+    /// `CacheService::get::<User>`, with its name.
+    User(CacheService, &'static str),
     /// `#[cached]` returning `User`.
     Macro(UserRepo),
 }
@@ -1576,7 +1647,7 @@ impl Contender for Local {
         match self {
             Self::Moka(_) => MOKA_ARC,
             Self::Arc(_, name) => name,
-            Self::User(_) => TIER_USER,
+            Self::User(_, name) => name,
             Self::Macro(_) => TIER_MACRO,
         }
     }
@@ -1589,7 +1660,7 @@ impl Contender for Local {
                 .get::<Arc<User>>(&format!("users:{id}"))
                 .await
                 .map(|u| u.id),
-            Self::User(cache) => cache
+            Self::User(cache, _) => cache
                 .get::<User>(&format!("users:{id}"))
                 .await
                 .map(|u| u.id),

@@ -1,32 +1,318 @@
-//! Serialization of cached values.
+//! How cached values are written as bytes, and read back.
 //!
-//! Values are stored as JSON (serde_json): readable with `redis-cli GET`, and shareable with
-//! services written in other languages. The encoding is part of the stable key/value format
-//! documented on the crate root.
+//! JSON (serde_json) is the default and the documented cross-language format: a JSON value is
+//! stored as plain JSON text, readable with `redis-cli GET` and by services in other languages.
+//! The [`Codec::MessagePack`] codec (cargo feature `msgpack`) and compression (cargo feature
+//! `compression`, [`CacheServiceBuilder::compress_above`](crate::CacheServiceBuilder::compress_above))
+//! trade that readability for size and decode time.
+//!
+//! # Which codec wrote a value
+//!
+//! Every value that is not plain JSON starts with a three-byte header: a zero byte (which no JSON
+//! text starts with), the codec (`j` JSON, `m` MessagePack) and the compression (`-` none,
+//! `4` LZ4 block with its uncompressed size in front). So a MessagePack value reads in
+//! `redis-cli` as `"\x00m-..."` and a compressed JSON one as `"\x00j4..."`.
+//!
+//! A reader decodes only what its own codec wrote. A value of another codec, of an unknown
+//! one, or compressed when this build has no `compression` feature is a miss, never garbage:
+//! the read counts a decode error, removes the entry and loads the value again, which writes it
+//! in the reader's codec. Compressed values of the reader's codec are read whether or not the
+//! reader compresses its own writes. Decompression is bounded by the maximum value size, so a
+//! hostile value cannot make a reader allocate more than that.
 
 use crate::CacheError;
 use serde::{Serialize, de::DeserializeOwned};
+use std::borrow::Cow;
 
-/// Encodes `value` as JSON bytes.
-pub(crate) fn encode<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<Vec<u8>, CacheError> {
-    serde_json::to_vec(value).map_err(|source| CacheError::Encode {
-        key: key.to_owned(),
-        source,
-    })
+/// The serialization format of cached values. Every process sharing keys must use the same
+/// one: a value of another codec reads as a miss (see the [module docs](self)).
+///
+/// Chosen with [`CacheServiceBuilder::codec`](crate::CacheServiceBuilder::codec) or
+/// `CACHE_CODEC` (`json`, `msgpack`).
+///
+/// ```
+/// use cachekit::codec::Codec;
+///
+/// assert_eq!(Codec::default(), Codec::Json);
+/// assert_eq!("json".parse::<Codec>().unwrap(), Codec::Json);
+/// assert_eq!(Codec::Json.name(), "json");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Codec {
+    /// JSON through serde_json: plain text in the store, readable by any language. The default.
+    #[default]
+    Json,
+    /// MessagePack through rmp-serde, structs written as maps of their field names (so a
+    /// reordered struct still decodes by name). Smaller and faster to decode than JSON; the
+    /// value carries a header, so only MessagePack readers that skip it can share it.
+    #[cfg(feature = "msgpack")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "msgpack")))]
+    MessagePack,
 }
 
-/// Decodes JSON bytes into `T`. The error does not include the bytes: cached values may hold
+impl Codec {
+    /// The codec's name, as `CACHE_CODEC` takes it: `json` or `msgpack`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Json => "json",
+            #[cfg(feature = "msgpack")]
+            Self::MessagePack => "msgpack",
+        }
+    }
+
+    /// The byte that names the codec in a value's header.
+    fn tag(self) -> u8 {
+        match self {
+            Self::Json => b'j',
+            #[cfg(feature = "msgpack")]
+            Self::MessagePack => b'm',
+        }
+    }
+
+    /// The name of the codec whose header byte is `tag`, known to this build or not.
+    fn named_by(tag: u8) -> &'static str {
+        match tag {
+            b'j' => "json",
+            b'm' => "msgpack",
+            _ => "an unknown codec",
+        }
+    }
+}
+
+impl std::fmt::Display for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Codec {
+    type Err = CacheError;
+
+    /// `json` or `msgpack` (also `messagepack`), any case; `msgpack` needs the `msgpack`
+    /// feature.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "json" => Ok(Self::Json),
+            #[cfg(feature = "msgpack")]
+            "msgpack" | "messagepack" => Ok(Self::MessagePack),
+            #[cfg(not(feature = "msgpack"))]
+            "msgpack" | "messagepack" => Err(CacheError::Config(
+                "the msgpack codec needs cachekit's `msgpack` cargo feature".into(),
+            )),
+            _ => Err(CacheError::Config(format!(
+                "unknown codec `{s}`: expected `json` or `msgpack`"
+            ))),
+        }
+    }
+}
+
+/// Why a value could not be encoded or decoded. Never quotes the value: cached values may hold
 /// personal data and must not reach logs.
-pub(crate) fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, CacheError> {
-    serde_json::from_slice(bytes).map_err(|error| CacheError::Decode {
-        key: key.to_owned(),
-        source: redacted::<T>(&error),
-    })
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct CodecError {
+    message: String,
+    foreign: bool,
+}
+
+impl CodecError {
+    fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            foreign: false,
+        }
+    }
+
+    fn foreign(message: String) -> Self {
+        Self {
+            message,
+            foreign: true,
+        }
+    }
+
+    /// Whether the value was written by another codec, or compressed in a way this build
+    /// cannot read, rather than being malformed.
+    pub fn is_foreign(&self) -> bool {
+        self.foreign
+    }
+}
+
+/// The first byte of every value that is not plain JSON: no JSON text starts with it.
+const MARK: u8 = 0;
+/// The compression byte of a header: none.
+const RAW: u8 = b'-';
+/// The compression byte of a header: an LZ4 block, its uncompressed size in front.
+const LZ4: u8 = b'4';
+const HEADER_LEN: usize = 3;
+
+/// How one service writes and reads values: its codec, when it compresses, and the largest
+/// value it handles.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Format {
+    pub(crate) codec: Codec,
+    /// Encoded values of at least this many bytes are stored compressed (when that is smaller).
+    pub(crate) compress_above: Option<u64>,
+    /// The largest encoded value, before compression, that is written or decompressed.
+    pub(crate) max_value_bytes: u64,
+}
+
+impl Format {
+    /// JSON, uncompressed, with `max_value_bytes` as the largest value.
+    #[cfg(test)]
+    pub(crate) fn json(max_value_bytes: u64) -> Self {
+        Self {
+            codec: Codec::Json,
+            compress_above: None,
+            max_value_bytes,
+        }
+    }
+
+    /// Encodes `value` in the service's codec, compressed if it is large enough and that saves
+    /// space. Fails with [`CacheError::TooLarge`] when the encoding exceeds the maximum value
+    /// size.
+    pub(crate) fn encode<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+    ) -> Result<Vec<u8>, CacheError> {
+        let failed = |source: CodecError| CacheError::Encode {
+            key: key.to_owned(),
+            source,
+        };
+        let encoded = match self.codec {
+            Codec::Json => serde_json::to_vec(value)
+                .map_err(|error| failed(CodecError::new(error.to_string())))?,
+            #[cfg(feature = "msgpack")]
+            Codec::MessagePack => {
+                let mut out = vec![MARK, self.codec.tag(), RAW];
+                rmp_serde::encode::write_named(&mut out, value)
+                    .map_err(|error| failed(CodecError::new(error.to_string())))?;
+                out
+            }
+        };
+        let body_len = encoded.len() - self.header_len();
+        if body_len as u64 > self.max_value_bytes {
+            return Err(CacheError::TooLarge {
+                max: self.max_value_bytes,
+            });
+        }
+        Ok(self.compressed(encoded))
+    }
+
+    /// How many header bytes an uncompressed value of this codec carries.
+    fn header_len(&self) -> usize {
+        if self.codec == Codec::Json {
+            0
+        } else {
+            HEADER_LEN
+        }
+    }
+
+    /// `encoded` compressed with its header, when compression is on, the value is large enough
+    /// and compressing it saves space; else `encoded` unchanged.
+    #[cfg(feature = "compression")]
+    fn compressed(&self, encoded: Vec<u8>) -> Vec<u8> {
+        let body = &encoded[self.header_len()..];
+        match self.compress_above {
+            Some(above) if body.len() as u64 >= above => {
+                let packed = lz4_flex::block::compress_prepend_size(body);
+                if packed.len() + HEADER_LEN >= encoded.len() {
+                    return encoded;
+                }
+                let mut out = Vec::with_capacity(HEADER_LEN + packed.len());
+                out.extend_from_slice(&[MARK, self.codec.tag(), LZ4]);
+                out.extend_from_slice(&packed);
+                out
+            }
+            _ => encoded,
+        }
+    }
+
+    #[cfg(not(feature = "compression"))]
+    fn compressed(&self, encoded: Vec<u8>) -> Vec<u8> {
+        debug_assert!(
+            self.compress_above.is_none(),
+            "the configuration refuses compress_above without the feature"
+        );
+        encoded
+    }
+
+    /// Decodes a stored value into `T`, if the service's codec wrote it. The error does not
+    /// include the bytes.
+    pub(crate) fn decode<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        bytes: &[u8],
+    ) -> Result<T, CacheError> {
+        self.decode_body(bytes)
+            .map_err(|source| CacheError::Decode {
+                key: key.to_owned(),
+                source,
+            })
+    }
+
+    fn decode_body<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, CodecError> {
+        let (tag, compression, body) = match bytes {
+            [MARK, tag, compression, body @ ..] => (*tag, *compression, body),
+            [MARK, ..] => return Err(CodecError::new("truncated value header")),
+            _ => (Codec::Json.tag(), RAW, bytes),
+        };
+        if tag != self.codec.tag() {
+            return Err(CodecError::foreign(format!(
+                "written by {}, read as {}",
+                Codec::named_by(tag),
+                self.codec
+            )));
+        }
+        let body = self.decompressed(compression, body)?;
+        match self.codec {
+            Codec::Json => serde_json::from_slice(&body).map_err(|error| redacted::<T>(&error)),
+            #[cfg(feature = "msgpack")]
+            Codec::MessagePack => rmp_serde::from_slice(&body).map_err(|error| {
+                CodecError::new(format!(
+                    "{} for `{}`",
+                    msgpack_problem(&error),
+                    std::any::type_name::<T>()
+                ))
+            }),
+        }
+    }
+
+    /// The body of a value whose header names `compression`, decompressed if need be.
+    fn decompressed<'a>(
+        &self,
+        compression: u8,
+        body: &'a [u8],
+    ) -> Result<Cow<'a, [u8]>, CodecError> {
+        match compression {
+            RAW => Ok(Cow::Borrowed(body)),
+            #[cfg(feature = "compression")]
+            LZ4 => {
+                let bad = |_| CodecError::new("corrupt LZ4 block");
+                let (size, _) = lz4_flex::block::uncompressed_size(body).map_err(bad)?;
+                if size as u64 > self.max_value_bytes {
+                    return Err(CodecError::new(format!(
+                        "compressed value of {size} bytes exceeds the {} allowed",
+                        self.max_value_bytes
+                    )));
+                }
+                lz4_flex::block::decompress_size_prepended(body)
+                    .map(Cow::Owned)
+                    .map_err(bad)
+            }
+            #[cfg(not(feature = "compression"))]
+            LZ4 => Err(CodecError::foreign(
+                "compressed with LZ4, and this build has no `compression` feature".into(),
+            )),
+            _ => Err(CodecError::foreign("compressed in an unknown way".into())),
+        }
+    }
 }
 
 /// serde_json's messages quote the data they reject (`invalid type: string "ada@example.com",
 /// expected u64`); keep only the kind of problem, the requested type and the position.
-fn redacted<T>(error: &serde_json::Error) -> serde_json::Error {
+fn redacted<T>(error: &serde_json::Error) -> CodecError {
     use serde_json::error::Category;
     let problem = match error.classify() {
         Category::Syntax => "not valid JSON",
@@ -34,7 +320,7 @@ fn redacted<T>(error: &serde_json::Error) -> serde_json::Error {
         Category::Data => "JSON of another shape",
         Category::Io => "unreadable JSON",
     };
-    serde::de::Error::custom(format_args!(
+    CodecError::new(format!(
         "{problem} for `{}` (line {}, column {})",
         std::any::type_name::<T>(),
         error.line(),
@@ -42,26 +328,139 @@ fn redacted<T>(error: &serde_json::Error) -> serde_json::Error {
     ))
 }
 
+/// rmp-serde's messages may quote the data they reject; keep only the kind of problem.
+#[cfg(feature = "msgpack")]
+fn msgpack_problem(error: &rmp_serde::decode::Error) -> &'static str {
+    use rmp_serde::decode::Error;
+    match error {
+        Error::InvalidMarkerRead(_) | Error::InvalidDataRead(_) => "truncated MessagePack",
+        Error::TypeMismatch(_) | Error::LengthMismatch(_) | Error::Syntax(_) => {
+            "MessagePack of another shape"
+        }
+        Error::OutOfRange => "MessagePack number out of range",
+        Error::Utf8Error(_) => "MessagePack string that is not UTF-8",
+        Error::DepthLimitExceeded => "MessagePack nested too deep",
+        Error::Uncategorized(_) => "invalid MessagePack",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const MAX: u64 = 1 << 20;
+
     #[test]
-    fn round_trip_and_foreign_bytes() {
-        let bytes = encode("k", &vec![1u32, 2, 3]).unwrap();
+    fn json_is_plain_and_round_trips() {
+        let json = Format::json(MAX);
+        let bytes = json.encode("k", &vec![1u32, 2, 3]).unwrap();
         assert_eq!(bytes, b"[1,2,3]");
-        assert_eq!(decode::<Vec<u32>>("k", &bytes).unwrap(), vec![1, 2, 3]);
-        let err = decode::<Vec<u32>>("k", b"\xff\x00not json").unwrap_err();
+        assert_eq!(json.decode::<Vec<u32>>("k", &bytes).unwrap(), vec![1, 2, 3]);
+        let err = json
+            .decode::<Vec<u32>>("k", b"\xff\x00not json")
+            .unwrap_err();
         assert!(err.is_decode());
-        let err = decode::<String>("k", b"[1,2,3]").unwrap_err();
+        let err = json.decode::<String>("k", b"[1,2,3]").unwrap_err();
         assert!(err.is_decode());
     }
 
     #[test]
     fn decode_errors_never_quote_the_value() {
-        let err = decode::<u64>("k", br#""ada@example.com""#).unwrap_err();
+        let err = Format::json(MAX)
+            .decode::<u64>("k", br#""ada@example.com""#)
+            .unwrap_err();
         let text = format!("{err} {err:?}");
         assert!(!text.contains("ada@"), "{text}");
         assert!(text.contains("u64") && text.contains("column"), "{text}");
+    }
+
+    #[test]
+    fn values_larger_than_the_maximum_are_refused() {
+        let err = Format::json(4).encode("k", "12345").unwrap_err();
+        assert!(matches!(err, CacheError::TooLarge { max: 4 }), "{err}");
+    }
+
+    /// The source of a decode error, for its foreign flag.
+    fn source(err: CacheError) -> CodecError {
+        match err {
+            CacheError::Decode { source, .. } => source,
+            other => panic!("not a decode error: {other}"),
+        }
+    }
+
+    #[test]
+    fn headers_of_unknown_codecs_or_compressions_are_foreign() {
+        let json = Format::json(MAX);
+        for bytes in [&b"\x00x-1"[..], b"\x00j?1", b"\x00m-\x01"] {
+            let err = source(json.decode::<u32>("k", bytes).unwrap_err());
+            assert!(err.is_foreign(), "{err}");
+        }
+        let err = source(json.decode::<u32>("k", b"\x00j").unwrap_err());
+        assert!(!err.is_foreign(), "{err}");
+    }
+
+    #[cfg(feature = "msgpack")]
+    #[test]
+    fn msgpack_is_tagged_and_foreign_to_json() {
+        #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+        struct User {
+            id: u64,
+            email: String,
+        }
+        let msgpack = Format {
+            codec: Codec::MessagePack,
+            ..Format::json(MAX)
+        };
+        let user = User {
+            id: 7,
+            email: "ada@example.com".into(),
+        };
+        let bytes = msgpack.encode("k", &user).unwrap();
+        assert_eq!(&bytes[..3], b"\x00m-");
+        assert_eq!(msgpack.decode::<User>("k", &bytes).unwrap(), user);
+        // Each codec refuses the other's values as foreign, never as garbage.
+        let err = source(Format::json(MAX).decode::<User>("k", &bytes).unwrap_err());
+        assert!(err.is_foreign(), "{err}");
+        let json = Format::json(MAX).encode("k", &user).unwrap();
+        let err = source(msgpack.decode::<User>("k", &json).unwrap_err());
+        assert!(err.is_foreign(), "{err}");
+        // A MessagePack value of another shape names the type, never the data.
+        let err = msgpack.decode::<u64>("k", &bytes).unwrap_err();
+        let text = format!("{err} {err:?}");
+        assert!(!text.contains("ada@") && text.contains("u64"), "{text}");
+    }
+
+    #[cfg(feature = "compression")]
+    #[test]
+    fn large_values_are_compressed_and_bounded_on_the_way_back() {
+        let compressing = Format {
+            compress_above: Some(64),
+            ..Format::json(MAX)
+        };
+        let small = compressing.encode("k", "short").unwrap();
+        assert_eq!(small, b"\"short\"");
+        let text = "all work and no play ".repeat(100);
+        let bytes = compressing.encode("k", &text).unwrap();
+        assert_eq!(&bytes[..3], b"\x00j4");
+        assert!(bytes.len() < text.len() / 4, "{} bytes", bytes.len());
+        assert_eq!(compressing.decode::<String>("k", &bytes).unwrap(), text);
+        // A reader that does not compress still reads it.
+        assert_eq!(
+            Format::json(MAX).decode::<String>("k", &bytes).unwrap(),
+            text
+        );
+        // One that allows less than it expands to refuses it before allocating.
+        let err = Format::json(100).decode::<String>("k", &bytes).unwrap_err();
+        assert!(err.to_string().contains("exceeds"), "{err}");
+        // A corrupt block is an error, not a panic.
+        let mut corrupt = bytes.clone();
+        corrupt.truncate(bytes.len() / 2);
+        assert!(Format::json(MAX).decode::<String>("k", &corrupt).is_err());
+        // Incompressible data stays as it is.
+        let noise: String = (0..200u32)
+            .map(|i| char::from(b'a' + (i.wrapping_mul(2_654_435_761) >> 24) as u8 % 26))
+            .collect();
+        let bytes = compressing.encode("k", &noise).unwrap();
+        assert_eq!(bytes[0], b'"');
     }
 }

@@ -2,6 +2,7 @@
 
 use crate::CacheError;
 use crate::backend::{Backend, MemoryBackend};
+use crate::codec::Codec;
 use std::fmt;
 #[cfg(feature = "tls")]
 use std::path::Path;
@@ -788,6 +789,13 @@ pub struct CacheConfig {
     pub local_ttl: Option<Duration>,
     /// The in-process tier's bound in bytes (entries weighed by their encoded size).
     pub local_max_bytes: u64,
+    /// How values are written: JSON (the default) or, with the `msgpack` feature,
+    /// MessagePack. See [`CacheServiceBuilder::codec`].
+    pub codec: Codec,
+    /// Values whose encoding has at least this many bytes are stored LZ4-compressed (needs the
+    /// `compression` feature). `None` (the default): never. See
+    /// [`CacheServiceBuilder::compress_above`].
+    pub compress_above: Option<u64>,
     /// Diagnostics only: calls skip the guard (no timeout, no breaker, no fault counting).
     pub(crate) unguarded: bool,
     /// Diagnostics only: Redis writes skip the invalidation index and patterns walk.
@@ -819,6 +827,8 @@ impl Default for CacheConfig {
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             local_ttl: None,
             local_max_bytes: DEFAULT_LOCAL_MAX_BYTES,
+            codec: Codec::Json,
+            compress_above: None,
             unguarded: false,
             unindexed: false,
         }
@@ -1047,6 +1057,16 @@ impl CacheConfig {
         if let Some(n) = var("CACHE_LOCAL_MAX_BYTES") {
             config.local_max_bytes = parse_num("CACHE_LOCAL_MAX_BYTES", &n)?;
         }
+        if let Some(codec) = var("CACHE_CODEC") {
+            config.codec = codec.parse().map_err(|error| match error {
+                CacheError::Config(why) => CacheError::Config(format!("CACHE_CODEC: {why}")),
+                other => other,
+            })?;
+        }
+        if let Some(n) = var("CACHE_COMPRESS_ABOVE") {
+            let n: u64 = parse_num("CACHE_COMPRESS_ABOVE", &n)?;
+            config.compress_above = (n > 0).then_some(n);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -1096,6 +1116,13 @@ impl CacheConfig {
                 "max_value_bytes must be from 1 to {MAX_VALUE_BYTES_LIMIT} (512 MiB, the largest \
                  string Redis stores)"
             )));
+        }
+        if self.compress_above.is_some() && !cfg!(feature = "compression") {
+            return Err(CacheError::Config(
+                "compress_above (CACHE_COMPRESS_ABOVE) needs cachekit's `compression` cargo \
+                 feature"
+                    .into(),
+            ));
         }
         if let Fallback::Memory { ttl, max_bytes } = &self.fallback {
             check_duration("the memory fallback's ttl", *ttl, Least::Millisecond)?;
@@ -1550,6 +1577,28 @@ impl CacheServiceBuilder {
     /// [`local_tier`](Self::local_tier).
     pub fn local_tier_max_bytes(mut self, max_bytes: u64) -> Self {
         self.config.local_max_bytes = max_bytes;
+        self
+    }
+
+    /// How values are written to the store. [`Codec::Json`] (the default) is plain JSON,
+    /// readable with `redis-cli GET` and by services in other languages;
+    /// `Codec::MessagePack` (cargo feature `msgpack`) is smaller and faster to decode, behind
+    /// a three-byte header (see [`codec`](crate::codec)). Every process sharing the keys must
+    /// use the same codec: a value of another one reads as a miss and is written again in the
+    /// reader's codec. Env: `CACHE_CODEC` (`json`, `msgpack`).
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.config.codec = codec;
+        self
+    }
+
+    /// Stores values whose encoding has at least `bytes` bytes LZ4-compressed, when that saves
+    /// space (cargo feature `compression`; without it, [`build`](Self::build) fails). Every
+    /// build with the feature reads compressed values whatever its own setting; one without it
+    /// reads them as misses. Costs CPU on every write and every read of such a value: worth it
+    /// for large, repetitive values (JSON documents of several KB) when Redis memory or
+    /// bandwidth is the limit. Env: `CACHE_COMPRESS_ABOVE` (`0`: off). Default: off.
+    pub fn compress_above(mut self, bytes: u64) -> Self {
+        self.config.compress_above = Some(bytes);
         self
     }
 

@@ -11,7 +11,7 @@ use crate::guard::{Bound, Budget};
 use crate::invalidate::Removal;
 use crate::metrics::Tier;
 use crate::stats::Counters;
-use crate::{CacheError, CacheService, codec};
+use crate::{CacheError, CacheService};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
@@ -260,7 +260,7 @@ impl CacheService {
             counters.miss(key);
             return Ok(None);
         };
-        match codec::decode(key, bytes) {
+        match self.inner.format.decode(key, bytes) {
             Ok(value) => {
                 counters.hit(key, Tier::Store);
                 Ok(Some(value))
@@ -298,13 +298,11 @@ impl CacheService {
         key: &str,
         value: &T,
     ) -> Result<Vec<u8>, CacheError> {
-        let bytes = codec::encode(key, value)?;
-        let max = self.inner.max_value_bytes;
-        if bytes.len() as u64 > max {
+        let encoded = self.inner.format.encode(key, value);
+        if let Err(CacheError::TooLarge { .. }) = encoded {
             self.inner.counters.fault(FaultKind::TooLarge);
-            return Err(CacheError::TooLarge { max });
         }
-        Ok(bytes)
+        encoded
     }
 
     /// Writes encoded bytes; on a backend failure, to the fallback store if there is one.

@@ -41,7 +41,7 @@ pub enum CacheError {
         key: String,
         /// The serializer's error.
         #[source]
-        source: serde_json::Error,
+        source: crate::codec::CodecError,
     },
 
     /// A stored value did not decode into the requested type. The entry has been deleted.
@@ -49,9 +49,10 @@ pub enum CacheError {
     Decode {
         /// The logical key.
         key: String,
-        /// The deserializer's error.
+        /// The deserializer's error; [`CodecError::is_foreign`](crate::codec::CodecError::is_foreign)
+        /// when another codec wrote the value.
         #[source]
-        source: serde_json::Error,
+        source: crate::codec::CodecError,
     },
 
     /// An earlier step of the same call met a timeout, an unreachable backend or the open

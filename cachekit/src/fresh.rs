@@ -29,7 +29,7 @@ use crate::invalidate::Removal;
 use crate::lease::new_marker;
 use crate::metrics::Tier;
 use crate::stats::Counters;
-use crate::{CacheError, CacheService, Fetched, codec};
+use crate::{CacheError, CacheService, Fetched};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::future::Future;
@@ -575,7 +575,7 @@ impl CacheService {
             count(false);
             return Ok(None);
         };
-        let value = match codec::decode::<T>(key, &read.bytes) {
+        let value = match inner.format.decode::<T>(key, &read.bytes) {
             Ok(value) => value,
             Err(error) => {
                 count(false);
@@ -749,7 +749,7 @@ impl CacheService {
         let fresh = again.left.is_none_or(|left| left > grace);
         if fresh
             && !is_lease_marker(&again.bytes)
-            && let Ok(value) = codec::decode::<T>(key, &again.bytes)
+            && let Ok(value) = self.inner.format.decode::<T>(key, &again.bytes)
         {
             return Ok(Fetched::hit(value));
         }

@@ -70,6 +70,8 @@
 //! | `CACHE_REDACT_KEYS` | `false` | logs show keys as their namespace and a hash (`users:#3fa9c1d2`) instead of in full |
 //! | `CACHE_LOCAL_TTL_MS` | — (off) | turns on the in-process tier, holding decoded values for at most this many ms |
 //! | `CACHE_LOCAL_MAX_BYTES` | `67108864` | bound on the in-process tier, in bytes |
+//! | `CACHE_CODEC` | `json` | how values are written: `json`, or `msgpack` (cargo feature `msgpack`); see [`codec`] |
+//! | `CACHE_COMPRESS_ABOVE` | `0` (off) | values whose encoding has at least this many bytes are stored LZ4-compressed (cargo feature `compression`) |
 //!
 //! With none of them set, the service runs on the embedded in-process store. TTLs and
 //! timeouts are at most [`MAX_TTL`] (10 years): a larger value is an error naming the variable
@@ -80,7 +82,9 @@
 //! ## Keys and values
 //!
 //! A logical key `users:1` is stored under `{prefix}:users:1`; its value is the JSON of the
-//! value, readable with `redis-cli GET` and by services in other languages. The macros build
+//! value, readable with `redis-cli GET` and by services in other languages. Other
+//! [codecs](codec) (MessagePack, LZ4 compression) are opt-in cargo features; their values carry
+//! a three-byte header naming the codec, and a value of another codec reads as a miss. The macros build
 //! logical keys in a stable format documented in [`key`]: the template with each placeholder
 //! replaced by its argument's `Display` form, in which `%` and `:` are written `%25` and `%3A`
 //! ([`key::escape_part`]), so that `key = "route:{from}:{to}"` gives `route:a%3Ab:c` for
@@ -208,6 +212,11 @@
 //! ## Features
 //!
 //! - `tls` (default): `rediss://` URLs, through rustls.
+//! - `msgpack`: [`Codec::MessagePack`](codec::Codec), values stored as MessagePack (rmp-serde).
+//! - `compression`: [`CacheServiceBuilder::compress_above`], values above a size stored
+//!   LZ4-compressed (lz4_flex: pure Rust, its safe and bounds-checked decoder; LZ4 rather than
+//!   zstd because its decode costs a fraction of a JSON decode, and it builds without a C
+//!   compiler).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -218,7 +227,7 @@ mod acl;
 pub mod backend;
 mod breaker;
 mod coalesce;
-mod codec;
+pub mod codec;
 mod config;
 mod entry;
 mod error;

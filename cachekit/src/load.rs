@@ -27,7 +27,7 @@ use crate::guard::{Bound, Budget};
 use crate::invalidate::Removal;
 use crate::lease::LeaseGuard;
 use crate::stats::Counters;
-use crate::{CacheError, CacheService, Fetched, codec};
+use crate::{CacheError, CacheService, Fetched};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::future::Future;
@@ -204,7 +204,7 @@ impl CacheService {
                 Role::Follower(follower) => {
                     match tokio::time::timeout_at(deadline, flight::wait(follower)).await {
                         Ok(Some(bytes)) => {
-                            if let Ok(value) = codec::decode::<T>(key, &bytes) {
+                            if let Ok(value) = inner.format.decode::<T>(key, &bytes) {
                                 inner.counters.load_coalesced(key);
                                 return Ok(Fetched::hit(value));
                             }

@@ -9,6 +9,7 @@ use crate::backend::{
 };
 use crate::breaker::{Breaker, BreakerState};
 use crate::coalesce::Reads;
+use crate::codec::Format;
 use crate::config::{CacheConfig, CacheServiceBuilder, Fallback, StoreConfig};
 use crate::flight::Flights;
 use crate::fresh::{Freshness, LoadTimes};
@@ -68,7 +69,8 @@ pub(crate) struct Inner {
     /// The marker's TTL in the store and its renewal period.
     pub(crate) beat: Beat,
     pub(crate) deferred: Deferred,
-    pub(crate) max_value_bytes: u64,
+    /// The codec, compression and largest value of what is written and read.
+    pub(crate) format: Format,
     redact_keys: bool,
     /// The in-process tier, when it is on.
     pub(crate) tier: Option<Arc<Tier>>,
@@ -376,7 +378,11 @@ impl CacheService {
             load_times: LoadTimes::default(),
             beat: Beat::for_timeout(config.timeout),
             deferred: Deferred::default(),
-            max_value_bytes: config.max_value_bytes,
+            format: Format {
+                codec: config.codec,
+                compress_above: config.compress_above,
+                max_value_bytes: config.max_value_bytes,
+            },
             redact_keys: config.redact_keys,
             tls: match &config.store {
                 StoreConfig::Redis(redis) => redis.tls,

@@ -18,8 +18,8 @@ usage: compare [--quick] [--json FILE] [--redis-url URL] [--diagnostics] [--only
   --json FILE      also write the report as JSON to FILE
   --diagnostics    also measure raw redis-rs inside cachekit's per-call timeout,
                    and cachekit without it
-  --only GROUP,..  run only these scenario groups: hits, local, stampede, writes,
-                   invalidation, hotkey, cluster
+  --only GROUP,..  run only these scenario groups: hits, local, codecs, stampede,
+                   writes, invalidation, hotkey, cluster
   --redis-url URL  use this Redis (default: REDIS_URL, else a private redis-server);
                    the run writes keys under `cachekit-bench` (a million in full mode)
                    and removes them at the end";
