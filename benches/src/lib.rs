@@ -93,6 +93,9 @@ pub mod names {
     /// Diagnostic (`--diagnostics`): `CacheService::get` on cachekit's own Redis backend with
     /// the guard switched off (no per-call timeout, no breaker, no fault counting).
     pub const SERVICE_GET_UNGUARDED: &str = "cachekit CacheService::get, guard off";
+    /// Diagnostic (`--diagnostics`): `CacheService::get` on Redis with every read sent on its
+    /// own, never queued into a batch behind the reads in flight.
+    pub const SERVICE_GET_UNBATCHED: &str = "cachekit CacheService::get, reads unbatched";
     /// A `#[cached]` method on Redis.
     pub const MACRO: &str = "cachekit #[cached]";
     /// The `cached` crate's `#[concurrent_cached]` with its `AsyncRedisCache`.

@@ -130,6 +130,8 @@ enum Hit {
     TierGet(CacheService),
     /// Diagnostic: `CacheService::get` on Redis with the guard switched off.
     Unguarded(CacheService),
+    /// Diagnostic: `CacheService::get` on Redis with every read sent on its own.
+    Unbatched(CacheService),
     Macro(UserRepo),
     CachedCrate,
     MemoryGet(CacheService),
@@ -147,6 +149,7 @@ impl Hit {
             Self::Get(_) => SERVICE_GET,
             Self::TierGet(_) => TIER_USER,
             Self::Unguarded(_) => SERVICE_GET_UNGUARDED,
+            Self::Unbatched(_) => SERVICE_GET_UNBATCHED,
             Self::Macro(_) => MACRO,
             Self::CachedCrate => CACHED_CRATE,
             Self::MemoryGet(_) => MEMORY_GET,
@@ -169,6 +172,7 @@ impl Hit {
             Self::Get(cache)
             | Self::TierGet(cache)
             | Self::Unguarded(cache)
+            | Self::Unbatched(cache)
             | Self::MemoryGet(cache) => cache
                 .get::<User>(&format!("users:{id}"))
                 .await
@@ -432,6 +436,13 @@ impl Runner {
                 .build()
                 .await?;
             redis.push(Hit::Unguarded(unguarded));
+            let unbatched = CacheService::builder()
+                .redis_url(&self.url)
+                .prefix(PREFIX)
+                .__diagnostic_unbatched()
+                .build()
+                .await?;
+            redis.push(Hit::Unbatched(unbatched));
         }
         redis.extend([Hit::Macro(UserRepo::new(service)), Hit::CachedCrate]);
         let embedded = vec![
@@ -750,7 +761,12 @@ impl Runner {
         }
         let contenders: Vec<Hit> = redis
             .iter()
-            .filter(|c| matches!(c, Hit::Raw(_) | Hit::Get(_) | Hit::Macro(_)))
+            .filter(|c| {
+                matches!(
+                    c,
+                    Hit::Raw(_) | Hit::Get(_) | Hit::Unbatched(_) | Hit::Macro(_)
+                )
+            })
             .cloned()
             .collect();
         self.concurrent(CONCURRENT_SPREAD, SPREAD_KEYS, &contenders)

@@ -10,6 +10,7 @@ use serde::Serialize;
 use std::fmt;
 use std::time::Duration;
 
+pub(crate) mod batch;
 pub(crate) mod conn;
 pub mod memory;
 pub mod redis;

@@ -800,6 +800,8 @@ pub struct CacheConfig {
     pub(crate) unguarded: bool,
     /// Diagnostics only: Redis writes skip the invalidation index and patterns walk.
     pub(crate) unindexed: bool,
+    /// Diagnostics only: every Redis read goes out on its own, never queued into a batch.
+    pub(crate) unbatched: bool,
 }
 
 impl Default for CacheConfig {
@@ -831,6 +833,7 @@ impl Default for CacheConfig {
             compress_above: None,
             unguarded: false,
             unindexed: false,
+            unbatched: false,
         }
     }
 }
@@ -1618,6 +1621,14 @@ impl CacheServiceBuilder {
     #[doc(hidden)]
     pub fn __diagnostic_unindexed(mut self) -> Self {
         self.config.unindexed = true;
+        self
+    }
+
+    /// Diagnostics only, for the benchmarks that measure what batching reads saves: every
+    /// Redis read goes out on its own, however many are in flight.
+    #[doc(hidden)]
+    pub fn __diagnostic_unbatched(mut self) -> Self {
+        self.config.unbatched = true;
         self
     }
 

@@ -260,6 +260,7 @@ impl CacheService {
             max_value_bytes: config.max_value_bytes,
             indexed: !config.unindexed,
             step_timeout: config.admin_timeout,
+            batch_timeout: (!config.unbatched).then_some(config.timeout),
         };
         let (backend, endpoint): (Arc<dyn Backend>, _) = match &config.store {
             StoreConfig::Redis(redis) => {
@@ -851,9 +852,14 @@ impl CacheService {
     /// # });
     /// ```
     pub fn stats(&self) -> CacheStats {
-        self.inner
+        let mut stats = self
+            .inner
             .counters
-            .snapshot(self.inner.kind, self.inner.guard.breaker_state())
+            .snapshot(self.inner.kind, self.inner.guard.breaker_state());
+        if let Some(redis) = &self.inner.redis {
+            stats.reads_batched = redis.reads_batched();
+        }
+        stats
     }
 
     /// Measures a real round trip to the backend and, for a server, reports its facts (version,

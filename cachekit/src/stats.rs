@@ -28,6 +28,9 @@ pub struct CacheStats {
     /// Reads that shared a concurrent read of the same key from the store (and its decoded
     /// value) instead of sending their own; counted in `hits` or `misses` as well.
     pub reads_coalesced: u64,
+    /// Reads of Redis that queued behind reads in flight and left with others as one pipeline
+    /// (many tasks reading distinct keys); counted in `hits` or `misses` as well.
+    pub reads_batched: u64,
     /// Reads that found nothing (or a value that did not decode, or could not reach the store).
     pub misses: u64,
     /// Values written.
@@ -303,6 +306,7 @@ impl Counters {
             local_hits: self.local_hits.sum(),
             local_flushes: self.local_flushes.load(Relaxed),
             reads_coalesced: self.reads_coalesced.sum(),
+            reads_batched: 0,
             misses: self.misses.sum(),
             sets: self.sets.load(Relaxed),
             deletes: self.deletes.load(Relaxed),

@@ -1,5 +1,6 @@
 //! The standalone Redis store, on redis-rs's auto-reconnecting multiplexed connection.
 
+use super::batch::{Batcher, Entry, Waiting};
 use super::conn::{self, ClusterLink, Conn, Primary};
 use super::{
     Backend, BackendKind, LEASE_MARKER_PREFIX, Lease, ServerInfo, Versioned, is_lease_marker,
@@ -8,7 +9,7 @@ use crate::CacheError;
 use crate::index::{self, Scope};
 use crate::key::escape_glob;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Script, ScriptInvocation};
+use redis::{RedisError, Script, ScriptInvocation};
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -524,6 +525,19 @@ pub struct RedisBackend {
     index: Arc<IndexState>,
     /// `set`s so far, to trim the index on every [`TRIM_EVERY`]th.
     writes: Arc<AtomicU32>,
+    /// On one server, reads beyond those in flight queue and leave together (`None` on a
+    /// cluster, whose reads go to different nodes, and in diagnostics).
+    batch: Option<Arc<Batcher>>,
+    /// The bound on one batch of reads: the operation timeout.
+    batch_timeout: Duration,
+}
+
+/// `GETRANGE key 0 max`: the value, or its first `max + 1` bytes. The command's buffer is sized
+/// for its arguments up front.
+fn getrange(key: &str, max: u64) -> redis::Cmd {
+    let mut cmd = redis::Cmd::with_capacity(4, key.len() + 48);
+    cmd.arg("GETRANGE").arg(key).arg(0).arg(max);
+    cmd
 }
 
 /// How a [`RedisBackend`] is set up.
@@ -533,6 +547,8 @@ pub(crate) struct RedisOptions {
     pub(crate) max_value_bytes: u64,
     pub(crate) indexed: bool,
     pub(crate) step_timeout: Duration,
+    /// Batch reads on one server, each batch bounded by this (`None`: never batch).
+    pub(crate) batch_timeout: Option<Duration>,
 }
 
 impl RedisBackend {
@@ -564,6 +580,8 @@ impl RedisBackend {
             step_timeout: options.step_timeout,
             index: Arc::default(),
             writes: Arc::default(),
+            batch: options.batch_timeout.map(|_| Arc::default()),
+            batch_timeout: options.batch_timeout.unwrap_or(options.step_timeout),
         })
     }
 
@@ -582,6 +600,8 @@ impl RedisBackend {
             step_timeout: options.step_timeout,
             index: Arc::default(),
             writes: Arc::default(),
+            batch: None,
+            batch_timeout: options.step_timeout,
         }
     }
 
@@ -619,12 +639,91 @@ impl RedisBackend {
     /// The value under `key`: [`Backend::get`], as a future of its own type, so the service's
     /// read path calls it without boxing.
     pub(crate) async fn read(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
+        let Some(batcher) = &self.batch else {
+            return self.read_now(key).await;
+        };
+        let launch = |batch| self.launch(batcher, batch);
+        match batcher.enter(key, &launch) {
+            Entry::Direct(_slot) => self.read_now(key).await,
+            Entry::Queued(reply) => match reply.await {
+                Ok(value) => self.checked(value?),
+                // The batch was dropped unsent: its runtime is shutting down.
+                Err(_) => Err(RedisError::from((
+                    redis::ErrorKind::Io,
+                    "the batch of this read was dropped unsent",
+                ))
+                .into()),
+            },
+        }
+    }
+
+    /// Reads sent in batches so far ([`CacheStats::reads_batched`](crate::CacheStats::reads_batched)).
+    pub(crate) fn reads_batched(&self) -> u64 {
+        self.batch.as_ref().map_or(0, |batcher| batcher.batched())
+    }
+
+    /// One read, sent at once.
+    async fn read_now(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
         let mut conn = self.conn.clone();
         // GETRANGE reads like GET but sends at most max + 1 bytes. A missing key reads as the
         // empty string, which no stored value is (JSON is never empty). The command's buffer is
         // sized for its arguments up front.
         let value: Vec<u8> = self.getrange(key).query_async(&mut conn).await?;
         self.checked(value)
+    }
+
+    /// Sends queued reads, and those that queue while they are out, as pipelines from a task
+    /// of its own, until none are left. Each reader gets its own reply or error (a `WRONGTYPE`
+    /// for one key fails that read only); a batch that fails as a whole, or takes longer than
+    /// the operation timeout, fails each of its reads.
+    fn launch(&self, batcher: &Arc<Batcher>, batch: Vec<Waiting>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // Off a runtime (a read dropped during shutdown): the readers' receivers see the
+            // senders dropped; give the slot back.
+            drop(batch);
+            while let Some(batch) = batcher.finish() {
+                drop(batch);
+            }
+            return;
+        };
+        let (batcher, mut conn) = (batcher.clone(), self.conn.clone());
+        let (max, timeout) = (self.max_value_bytes, self.batch_timeout);
+        runtime.spawn(async move {
+            let mut batch = batch;
+            loop {
+                let mut pipe = redis::pipe();
+                pipe.ignore_errors();
+                for waiting in &batch {
+                    pipe.add_command(getrange(&waiting.key, max));
+                }
+                let sent = pipe.query_async::<Vec<redis::RedisResult<Vec<u8>>>>(&mut conn);
+                let failed = match tokio::time::timeout(timeout, sent).await {
+                    Ok(Ok(replies)) if replies.len() == batch.len() => {
+                        for (waiting, reply) in batch.drain(..).zip(replies) {
+                            let _ = waiting.reply.send(reply.map_err(CacheError::from));
+                        }
+                        None
+                    }
+                    Ok(Ok(_)) => Some(RedisError::from((
+                        redis::ErrorKind::Parse,
+                        "a batch of reads had a reply count of its own",
+                    ))),
+                    Ok(Err(error)) => Some(error),
+                    Err(_) => None,
+                };
+                for waiting in batch.drain(..) {
+                    let error = match &failed {
+                        Some(error) => CacheError::from(error.clone()),
+                        None => CacheError::Timeout { op: "get", timeout },
+                    };
+                    let _ = waiting.reply.send(Err(error));
+                }
+                match batcher.finish() {
+                    Some(next) => batch = next,
+                    None => return,
+                }
+            }
+        });
     }
 
     /// [`read`](Self::read) with the TTL the key has left (`PTTL` in the same round trip), for
@@ -647,12 +746,7 @@ impl RedisBackend {
     }
 
     fn getrange(&self, key: &str) -> redis::Cmd {
-        let mut cmd = redis::Cmd::with_capacity(4, key.len() + 48);
-        cmd.arg("GETRANGE")
-            .arg(key)
-            .arg(0)
-            .arg(self.max_value_bytes);
-        cmd
+        getrange(key, self.max_value_bytes)
     }
 
     /// What `GETRANGE` returned, as a value: empty is no value, over the cap is an error.

@@ -1,0 +1,213 @@
+//! Reads batched behind reads in flight, against a private `redis-server`: many tasks reading
+//! distinct keys through one service each get their own key's value, a key of the wrong type
+//! fails its own read only, a read after a write sees the write, and a stalled server fails a
+//! batch within the operation timeout.
+//!
+//! ```bash
+//! cargo test -p cachekit-tests --test batching
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cachekit::CacheService;
+use cachekit_tests::{FaultProxy, RedisServer, init_tracing, within};
+use tokio::task::JoinSet;
+
+/// Far above the operation timeout: a call that takes longer is hung.
+const BOUND: Duration = Duration::from_secs(10);
+const TASKS: u64 = 64;
+const KEYS: u64 = 1_000;
+
+async fn service(url: String, prefix: &str) -> CacheService {
+    CacheService::builder()
+        .redis_url(url)
+        .prefix(prefix)
+        .build()
+        .await
+        .expect("a valid configuration builds")
+}
+
+/// `TASKS` tasks each reading every key once, in an order of their own, checking each value is
+/// its key's.
+async fn read_everything(cache: &CacheService) {
+    let mut tasks = JoinSet::new();
+    for task in 0..TASKS {
+        let cache = cache.clone();
+        tasks.spawn(async move {
+            for i in 0..KEYS {
+                let id = (i * 7 + task * 13) % KEYS;
+                let value = cache.get::<u64>(&format!("users:{id}")).await;
+                assert_eq!(value, Some(id * 10), "task {task} read users:{id}");
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("a reader panicked");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reads_of_distinct_keys_leave_in_batches_each_with_its_own_value() {
+    init_tracing();
+    let server = RedisServer::start();
+    let cache = service(server.url(), "batch").await;
+    for id in 0..KEYS {
+        assert!(cache.set(&format!("users:{id}"), &(id * 10), None).await);
+    }
+    within(BOUND, "reads", read_everything(&cache)).await;
+    let stats = cache.stats();
+    assert_eq!(stats.hits, TASKS * KEYS, "{stats:?}");
+    assert_eq!(stats.errors, 0, "{stats:?}");
+    assert!(
+        stats.reads_batched > 0,
+        "64 tasks never queued behind two reads: {stats:?}"
+    );
+    println!(
+        "{} of {} reads left in batches",
+        stats.reads_batched,
+        TASKS * KEYS
+    );
+
+    // A lone reader sends each read at once.
+    let before = cache.stats().reads_batched;
+    for id in 0..100 {
+        assert_eq!(
+            cache.get::<u64>(&format!("users:{id}")).await,
+            Some(id * 10)
+        );
+    }
+    assert_eq!(cache.stats().reads_batched, before);
+}
+
+/// A list under the prefix answers `WRONGTYPE` to its own read inside a batch; the other reads
+/// of the batch get their values, and the list is removed as any unreadable key is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_of_the_wrong_type_fails_its_own_read_only() {
+    init_tracing();
+    let server = RedisServer::start();
+    let mut conn = server.connection().await;
+    let cache = service(server.url(), "wrong").await;
+    for id in 0..KEYS {
+        assert!(cache.set(&format!("users:{id}"), &(id * 10), None).await);
+    }
+    let lists: Vec<u64> = (0..KEYS).step_by(100).collect();
+    for id in &lists {
+        let _: () = redis::cmd("DEL")
+            .arg(format!("wrong:users:{id}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("RPUSH")
+            .arg(format!("wrong:users:{id}"))
+            .arg("x")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let lists = Arc::new(lists);
+    let mut tasks = JoinSet::new();
+    for task in 0..TASKS {
+        let (cache, lists) = (cache.clone(), lists.clone());
+        tasks.spawn(async move {
+            for i in 0..KEYS {
+                let id = (i * 7 + task * 13) % KEYS;
+                let value = cache.get::<u64>(&format!("users:{id}")).await;
+                if lists.contains(&id) {
+                    // The list, or nothing once a reader removed it.
+                    assert_eq!(value, None, "users:{id}");
+                } else {
+                    assert_eq!(value, Some(id * 10), "task {task} read users:{id}");
+                }
+            }
+        });
+    }
+    within(BOUND, "reads", async {
+        while let Some(done) = tasks.join_next().await {
+            done.expect("a reader panicked");
+        }
+    })
+    .await;
+    let stats = cache.stats();
+    assert!(stats.reads_batched > 0, "{stats:?}");
+    assert!(stats.faults.wrong_type >= 1, "{stats:?}");
+    assert_eq!(
+        stats.faults.timeouts + stats.faults.connection,
+        0,
+        "{stats:?}"
+    );
+    assert_eq!(stats.breaker, cachekit::BreakerState::Closed, "{stats:?}");
+}
+
+/// A write that returned is seen by every read that began after it, batched or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_after_a_write_sees_the_write() {
+    init_tracing();
+    let server = RedisServer::start();
+    let cache = service(server.url(), "order").await;
+    for id in 0..KEYS {
+        assert!(cache.set(&format!("users:{id}"), &0u64, None).await);
+    }
+    let mut tasks = JoinSet::new();
+    for task in 0..TASKS {
+        let cache = cache.clone();
+        tasks.spawn(async move {
+            // Each task owns the keys congruent to it, writes a new version, reads it back.
+            for version in 1..=20u64 {
+                for id in (task..KEYS).step_by(TASKS as usize) {
+                    let key = format!("users:{id}");
+                    assert!(cache.set(&key, &version, None).await);
+                    assert_eq!(cache.get::<u64>(&key).await, Some(version), "{key}");
+                }
+            }
+        });
+    }
+    within(BOUND * 3, "writes and reads", async {
+        while let Some(done) = tasks.join_next().await {
+            done.expect("a task panicked");
+        }
+    })
+    .await;
+    let stats = cache.stats();
+    assert!(stats.reads_batched > 0, "{stats:?}");
+    assert_eq!(stats.errors, 0, "{stats:?}");
+}
+
+/// Reads queued behind a stalled server fail within the operation timeout, and reads succeed
+/// again once it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_server_fails_queued_reads_within_the_timeout() {
+    init_tracing();
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr()).await;
+    let cache = CacheService::builder()
+        .redis_url(proxy.url())
+        .prefix("stall")
+        // Never opened by this test's timeouts: every read reaches the batcher.
+        .circuit_breaker(1_000_000, Duration::from_secs(1))
+        .build()
+        .await
+        .expect("a valid configuration builds");
+    for id in 0..KEYS {
+        assert!(cache.set(&format!("users:{id}"), &(id * 10), None).await);
+    }
+    proxy.stall();
+    let mut tasks = JoinSet::new();
+    for task in 0..TASKS {
+        let cache = cache.clone();
+        tasks.spawn(async move { cache.get::<u64>(&format!("users:{task}")).await });
+    }
+    within(BOUND, "reads against a stalled server", async {
+        while let Some(done) = tasks.join_next().await {
+            assert_eq!(done.expect("a reader panicked"), None);
+        }
+    })
+    .await;
+    let stalled = cache.stats();
+    assert_eq!(stalled.faults.timeouts, TASKS, "{stalled:?}");
+    proxy.resume();
+    within(BOUND, "reads after the stall", read_everything(&cache)).await;
+    let stats = cache.stats();
+    assert_eq!(stats.faults.timeouts, TASKS, "{stats:?}");
+    assert!(stats.reads_batched > 0, "{stats:?}");
+}
