@@ -15,6 +15,7 @@
 
 use std::any::Any;
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -112,12 +113,17 @@ impl Reads {
     /// This reader's part in a read of the physical `key`.
     pub(crate) fn join(&self, key: &Arc<str>) -> Role {
         let mut flights = shard(&self.shards, key);
-        if let Some(flight) = flights.get_mut(&**key) {
-            let (sender, receiver) = oneshot::channel();
-            flight.waiting.push(sender);
-            return Role::Follower(receiver);
+        // One lookup either way (the key's hash is computed once).
+        match flights.entry(key.clone()) {
+            Entry::Occupied(mut flight) => {
+                let (sender, receiver) = oneshot::channel();
+                flight.get_mut().waiting.push(sender);
+                return Role::Follower(receiver);
+            }
+            Entry::Vacant(vacant) => {
+                vacant.insert(Flight::default());
+            }
         }
-        flights.insert(key.clone(), Flight::default());
         drop(flights);
         Role::Leader(Leader {
             shards: self.shards.clone(),
@@ -154,15 +160,15 @@ impl Leader {
 
     fn take_followers(&self) -> Vec<oneshot::Sender<Handed>> {
         let mut flights = shard(&self.shards, &self.key);
-        let Some(flight) = flights.get_mut(&*self.key) else {
+        let Entry::Occupied(mut flight) = flights.entry(self.key.clone()) else {
             return Vec::new();
         };
-        let followers = std::mem::take(&mut flight.followers);
-        let mut waiting = std::mem::take(&mut flight.waiting).into_iter();
+        let followers = std::mem::take(&mut flight.get_mut().followers);
+        let mut waiting = std::mem::take(&mut flight.get_mut().waiting).into_iter();
         // The first waiter still listening leads the next flight; the others follow it.
         loop {
             let Some(next) = waiting.next() else {
-                flights.remove(&*self.key);
+                flight.remove();
                 break;
             };
             let lead = Leader {
@@ -172,7 +178,7 @@ impl Leader {
             };
             match next.send(Handed::Lead(lead)) {
                 Ok(()) => {
-                    flight.followers = waiting.collect();
+                    flight.get_mut().followers = waiting.collect();
                     break;
                 }
                 // Its reader is gone: the lead comes back, and must not end the flight while
