@@ -120,9 +120,9 @@ pub mod names {
     pub const CODEC_JSON: &str = "json";
     /// The same with `Codec::MessagePack`.
     pub const CODEC_MSGPACK: &str = "msgpack";
-    /// The same in JSON with `compress_above(0)`: LZ4 whenever it saves space.
+    /// The same in JSON with `compress_above(1)`: LZ4 whenever it saves space.
     pub const CODEC_JSON_LZ4: &str = "json + lz4";
-    /// The same in MessagePack with `compress_above(0)`.
+    /// The same in MessagePack with `compress_above(1)`.
     pub const CODEC_MSGPACK_LZ4: &str = "msgpack + lz4";
     /// `serde_json::from_slice` of the record alone, no store: the decoding every hit pays,
     /// measured beside the embedded store's hits.

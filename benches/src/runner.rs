@@ -597,8 +597,8 @@ impl Runner {
         let variants = [
             (CODEC_JSON, Codec::Json, None),
             (CODEC_MSGPACK, Codec::MessagePack, None),
-            (CODEC_JSON_LZ4, Codec::Json, Some(0)),
-            (CODEC_MSGPACK_LZ4, Codec::MessagePack, Some(0)),
+            (CODEC_JSON_LZ4, Codec::Json, Some(1)),
+            (CODEC_MSGPACK_LZ4, Codec::MessagePack, Some(1)),
         ];
         let mut conn = self.raw_connection().await?;
         let mut contenders = Vec::new();

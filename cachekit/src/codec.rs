@@ -191,13 +191,27 @@ impl Format {
                 out
             }
         };
-        let body_len = encoded.len() - self.header_len();
-        if body_len as u64 > self.max_value_bytes {
+        // Bounds the value as stored, header included (what a reader fetches), and so its
+        // body (what a reader decompresses): compression only ever makes it smaller.
+        if encoded.len() as u64 > self.max_value_bytes {
             return Err(CacheError::TooLarge {
                 max: self.max_value_bytes,
             });
         }
         Ok(self.compressed(encoded))
+    }
+
+    /// What a stored value weighs once decoded, for the in-process tier's bound: the
+    /// uncompressed size of a compressed value (at most the maximum value size), else its
+    /// stored size.
+    pub(crate) fn weight(&self, bytes: &[u8]) -> usize {
+        #[cfg(feature = "compression")]
+        if let [MARK, _, LZ4, body @ ..] = bytes
+            && let Ok((size, _)) = lz4_flex::block::uncompressed_size(body)
+        {
+            return size.min(usize::try_from(self.max_value_bytes).unwrap_or(usize::MAX));
+        }
+        bytes.len()
     }
 
     /// How many header bytes an uncompressed value of this codec carries.
@@ -269,13 +283,18 @@ impl Format {
         match self.codec {
             Codec::Json => serde_json::from_slice(&body).map_err(|error| redacted::<T>(&error)),
             #[cfg(feature = "msgpack")]
-            Codec::MessagePack => rmp_serde::from_slice(&body).map_err(|error| {
-                CodecError::new(format!(
-                    "{} for `{}`",
-                    msgpack_problem(&error),
-                    std::any::type_name::<T>()
-                ))
-            }),
+            Codec::MessagePack => {
+                let mut deserializer = rmp_serde::Deserializer::from_read_ref(&*body);
+                // serde_json's limit: a hostile value nested deeper cannot exhaust the stack.
+                deserializer.set_max_depth(128);
+                T::deserialize(&mut deserializer).map_err(|error| {
+                    CodecError::new(format!(
+                        "{} for `{}`",
+                        msgpack_problem(&error),
+                        std::any::type_name::<T>()
+                    ))
+                })
+            }
         }
     }
 
@@ -290,7 +309,14 @@ impl Format {
             #[cfg(feature = "compression")]
             LZ4 => {
                 let bad = |_| CodecError::new("corrupt LZ4 block");
-                let (size, _) = lz4_flex::block::uncompressed_size(body).map_err(bad)?;
+                let (size, packed) = lz4_flex::block::uncompressed_size(body).map_err(bad)?;
+                // LZ4 expands at most about 255 times: a larger claim is corrupt, and is
+                // refused before the buffer it claims is allocated.
+                if size > packed.len().saturating_mul(255).saturating_add(16) {
+                    return Err(CodecError::new(
+                        "LZ4 block claims more than it can expand to",
+                    ));
+                }
                 if size as u64 > self.max_value_bytes {
                     return Err(CodecError::new(format!(
                         "compressed value of {size} bytes exceeds the {} allowed",
@@ -428,6 +454,55 @@ mod tests {
         let err = msgpack.decode::<u64>("k", &bytes).unwrap_err();
         let text = format!("{err} {err:?}");
         assert!(!text.contains("ada@") && text.contains("u64"), "{text}");
+    }
+
+    #[cfg(feature = "msgpack")]
+    #[test]
+    fn msgpack_values_are_bounded_as_stored_and_in_depth() {
+        let msgpack = Format {
+            codec: Codec::MessagePack,
+            ..Format::json(MAX)
+        };
+        let value = "x".repeat(100);
+        let stored = msgpack.encode("k", &value).unwrap();
+        // A body that fits while body and header do not is refused: readers fetch at most the
+        // maximum, header included.
+        let tight = Format {
+            max_value_bytes: stored.len() as u64 - 1,
+            ..msgpack
+        };
+        let err = tight.encode("k", &value).unwrap_err();
+        assert!(matches!(err, CacheError::TooLarge { .. }), "{err}");
+        // Arrays nested 200 deep: refused, not decoded on a deep stack.
+        let mut nested = b"\x00m-".to_vec();
+        nested.extend(std::iter::repeat_n(0x91u8, 200));
+        nested.push(0xc0);
+        let err = msgpack
+            .decode::<serde_json::Value>("k", &nested)
+            .unwrap_err();
+        assert!(err.to_string().contains("too deep"), "{err}");
+    }
+
+    #[cfg(feature = "compression")]
+    #[test]
+    fn compressed_values_weigh_and_are_bounded_by_their_decoded_size() {
+        let compressing = Format {
+            compress_above: Some(64),
+            ..Format::json(MAX)
+        };
+        let text = "all work and no play ".repeat(100);
+        let stored = compressing.encode("k", &text).unwrap();
+        let decoded = serde_json::to_vec(&text).unwrap().len();
+        assert!(stored.len() * 4 < decoded);
+        assert_eq!(compressing.weight(&stored), decoded);
+        assert_eq!(compressing.weight(b"[1,2]"), 5);
+        // A block claiming far more than LZ4 can expand to is corrupt, refused before the
+        // buffer it claims is allocated.
+        let mut bomb = b"\x00j4".to_vec();
+        bomb.extend_from_slice(&1_000_000u32.to_le_bytes());
+        bomb.extend_from_slice(&[0x1f, b'a', 0, 0]);
+        let err = compressing.decode::<String>("k", &bomb).unwrap_err();
+        assert!(err.to_string().contains("claims more"), "{err}");
     }
 
     #[cfg(feature = "compression")]

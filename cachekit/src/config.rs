@@ -1599,9 +1599,10 @@ impl CacheServiceBuilder {
     /// build with the feature reads compressed values whatever its own setting; one without it
     /// reads them as misses. Costs CPU on every write and every read of such a value: worth it
     /// for large, repetitive values (JSON documents of several KB) when Redis memory or
-    /// bandwidth is the limit. Env: `CACHE_COMPRESS_ABOVE` (`0`: off). Default: off.
+    /// bandwidth is the limit. `0` turns it off, as in the environment:
+    /// `CACHE_COMPRESS_ABOVE`. Default: off.
     pub fn compress_above(mut self, bytes: u64) -> Self {
-        self.config.compress_above = Some(bytes);
+        self.config.compress_above = (bytes > 0).then_some(bytes);
         self
     }
 

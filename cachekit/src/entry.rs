@@ -176,7 +176,7 @@ impl CacheService {
         left: Option<Duration>,
         budget: &Budget,
     ) -> Result<Stored<T>, CacheError> {
-        let encoded_len = bytes.as_ref().map_or(0, Vec::len);
+        let encoded_len = bytes.as_deref().map_or(0, |b| self.inner.format.weight(b));
         let value = self
             .decode_or_remove(key, physical, bytes.as_deref(), budget)
             .await?;
@@ -192,7 +192,10 @@ impl CacheService {
         reply: &Reply,
         budget: &Budget,
     ) -> Result<Stored<T>, CacheError> {
-        let encoded_len = reply.bytes.as_ref().map_or(0, Vec::len);
+        let encoded_len = reply
+            .bytes
+            .as_deref()
+            .map_or(0, |b| self.inner.format.weight(b));
         if let Some(value) = reply.decoded::<T>() {
             self.inner.counters.hit(key, Tier::Store);
             return Ok((Some(value), encoded_len, reply.left));

@@ -605,7 +605,8 @@ impl CacheService {
                 None => Duration::ZERO,
             };
             if let Some(left) = left.checked_sub(window).filter(|left| !left.is_zero()) {
-                tier.fill(key, ticket, &found.value, found.bytes.len(), Some(left));
+                let weight = inner.format.weight(&found.bytes);
+                tier.fill(key, ticket, &found.value, weight, Some(left));
             }
         }
         Ok(Some(found))

@@ -17,6 +17,8 @@ use tokio::task::JoinSet;
 /// Far above the operation timeout: a call that takes longer is hung.
 const BOUND: Duration = Duration::from_secs(10);
 const TASKS: u64 = 64;
+/// The pace of the runtime test's events; its operation timeout is five steps.
+const STEP: Duration = Duration::from_millis(200);
 const KEYS: u64 = 1_000;
 
 async fn service(url: String, prefix: &str) -> CacheService {
@@ -210,4 +212,66 @@ async fn a_stalled_server_fails_queued_reads_within_the_timeout() {
     let stats = cache.stats();
     assert_eq!(stats.faults.timeouts, TASKS, "{stats:?}");
     assert!(stats.reads_batched > 0, "{stats:?}");
+}
+
+/// A service outlives the runtime it was used on (a service in a `static`, shared by tests
+/// that each run their own runtime): batches in flight when that runtime shuts down are
+/// dropped unfinished, and must give their slots back, or every later read would queue for
+/// a batch that is never sent.
+#[test]
+fn batches_dropped_with_their_runtime_give_their_slots_back() {
+    init_tracing();
+    let server = RedisServer::start();
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime")
+    };
+    let first = runtime();
+    let cache = first.block_on(async {
+        let cache = CacheService::builder()
+            .redis_url(server.url())
+            .prefix("runtimes")
+            .timeout(STEP * 5)
+            // Kept closed by this test's faults: every read reaches the batcher.
+            .circuit_breaker(1_000_000, Duration::from_secs(1))
+            .build()
+            .await
+            .expect("a valid configuration builds");
+        for id in 0..KEYS {
+            assert!(cache.set(&format!("users:{id}"), &(id * 10), None).await);
+        }
+        // Against a paused server: two reads go out at once, one step apart; reads queue
+        // behind them; when the first gives up (its timeout), the queue leaves as a batch;
+        // more reads queue; when the second gives up, they leave as a second batch. Both
+        // batches are out when the runtime shuts down.
+        tokio::task::block_in_place(|| server.pause());
+        let read = |id: u64| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get::<u64>(&format!("users:{id}")).await })
+        };
+        read(0);
+        tokio::time::sleep(STEP).await;
+        read(1);
+        tokio::time::sleep(STEP).await;
+        (2..12).for_each(|id| drop(read(id)));
+        tokio::time::sleep(STEP * 3 + STEP / 2).await;
+        (12..22).for_each(|id| drop(read(id)));
+        tokio::time::sleep(STEP).await;
+        cache
+    });
+    first.shutdown_background();
+    server.resume();
+
+    runtime().block_on(async {
+        // The connection went with the first runtime; the service reconnects on this one.
+        let deadline = std::time::Instant::now() + BOUND;
+        while !cache.set("users:0", &0u64, None).await {
+            assert!(std::time::Instant::now() < deadline, "never reconnected");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        within(BOUND, "reads on a new runtime", read_everything(&cache)).await;
+    });
 }

@@ -13,8 +13,8 @@
 
 use crate::error::CacheError;
 use std::mem;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 /// Reads on the wire before the next ones queue. Two keep the connection busy while a batch is
@@ -115,6 +115,40 @@ impl Batcher {
     }
 }
 
+/// A batch's slot on the wire, owned by the task that sends it. [`next`](Self::next) hands it
+/// the reads that queued meanwhile, or gives the slot back. Dropped while it still holds the
+/// slot (the task was dropped unfinished: its runtime shut down, or it was never run), it
+/// gives the slot back and drops the reads still queued, whose readers then see their batch
+/// gone instead of waiting for one that will never be sent.
+pub(crate) struct Held {
+    batcher: Arc<Batcher>,
+    holding: bool,
+}
+
+impl Held {
+    pub(crate) fn new(batcher: Arc<Batcher>) -> Self {
+        Self {
+            batcher,
+            holding: true,
+        }
+    }
+
+    /// The reads that queued while the last batch was out, or `None` with the slot given back.
+    pub(crate) fn next(&mut self) -> Option<Vec<Waiting>> {
+        let next = self.batcher.finish();
+        self.holding = next.is_some();
+        next
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        while self.holding {
+            self.next();
+        }
+    }
+}
+
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
         let next = {
@@ -169,5 +203,33 @@ mod tests {
         assert!(batcher.finish().is_none());
         assert!(matches!(batcher.enter("g", &launch), Entry::Direct(_)));
         drop((third, fourth, f));
+    }
+
+    /// A batch whose task is dropped unfinished gives its slot back and drops the reads that
+    /// queued behind it.
+    #[test]
+    fn a_batch_dropped_unfinished_gives_its_slot_back() {
+        let batcher = Arc::new(Batcher::default());
+        let held = Mutex::new(Vec::new());
+        let launch = |batch: Vec<Waiting>| {
+            held.lock().unwrap().push(Held::new(batcher.clone()));
+            drop(batch);
+        };
+        let (a, b) = (batcher.enter("a", &launch), batcher.enter("b", &launch));
+        let c = batcher.enter("c", &launch);
+        drop(a); // launches [c]: the batch now holds a's slot
+        let Entry::Queued(mut d) = batcher.enter("d", &launch) else {
+            panic!("the wire is full")
+        };
+        // The batch's task is dropped before it sent anything: the slot comes back, and the
+        // read queued behind it hears that its batch is gone.
+        held.lock().unwrap().clear();
+        assert!(matches!(
+            d.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed)
+        ));
+        drop((b, c));
+        assert!(matches!(batcher.enter("e", &launch), Entry::Direct(_)));
+        assert!(matches!(batcher.enter("f", &launch), Entry::Direct(_)));
     }
 }

@@ -1,6 +1,6 @@
 //! The standalone Redis store, on redis-rs's auto-reconnecting multiplexed connection.
 
-use super::batch::{Batcher, Entry, Waiting};
+use super::batch::{Batcher, Entry, Held, Waiting};
 use super::conn::{self, ClusterLink, Conn, Primary};
 use super::{
     Backend, BackendKind, LEASE_MARKER_PREFIX, Lease, ServerInfo, Versioned, is_lease_marker,
@@ -677,16 +677,14 @@ impl RedisBackend {
     /// for one key fails that read only); a batch that fails as a whole, or takes longer than
     /// the operation timeout, fails each of its reads.
     fn launch(&self, batcher: &Arc<Batcher>, batch: Vec<Waiting>) {
+        // Gives the slot back however the task ends, even dropped unfinished.
+        let mut held = Held::new(batcher.clone());
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            // Off a runtime (a read dropped during shutdown): the readers' receivers see the
-            // senders dropped; give the slot back.
-            drop(batch);
-            while let Some(batch) = batcher.finish() {
-                drop(batch);
-            }
+            // Off a runtime (a read dropped during shutdown): the readers see their batch
+            // gone, and `held` gives the slot back.
             return;
         };
-        let (batcher, mut conn) = (batcher.clone(), self.conn.clone());
+        let mut conn = self.conn.clone();
         let (max, timeout) = (self.max_value_bytes, self.batch_timeout);
         runtime.spawn(async move {
             let mut batch = batch;
@@ -718,7 +716,7 @@ impl RedisBackend {
                     };
                     let _ = waiting.reply.send(Err(error));
                 }
-                match batcher.finish() {
+                match held.next() {
                     Some(next) => batch = next,
                     None => return,
                 }
