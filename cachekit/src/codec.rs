@@ -144,6 +144,7 @@ const MARK: u8 = 0;
 const RAW: u8 = b'-';
 /// The compression byte of a header: an LZ4 block, its uncompressed size in front.
 const LZ4: u8 = b'4';
+#[cfg(feature = "compression")]
 const HEADER_LEN: usize = 3;
 
 /// How one service writes and reads values: its codec, when it compresses, and the largest
@@ -215,6 +216,7 @@ impl Format {
     }
 
     /// How many header bytes an uncompressed value of this codec carries.
+    #[cfg(feature = "compression")]
     fn header_len(&self) -> usize {
         if self.codec == Codec::Json {
             0
