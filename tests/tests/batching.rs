@@ -30,6 +30,23 @@ async fn service(url: String, prefix: &str) -> CacheService {
         .expect("a valid configuration builds")
 }
 
+/// `users:{id}` holds `id * 10`, for every id below `KEYS`.
+async fn prime(cache: &CacheService) {
+    for id in 0..KEYS {
+        assert!(cache.set(&format!("users:{id}"), &(id * 10), None).await);
+    }
+}
+
+/// Waits for every task, failing the test if one panicked or all take longer than `bound`.
+async fn join_all(bound: Duration, what: &str, mut tasks: JoinSet<()>) {
+    within(bound, what, async {
+        while let Some(done) = tasks.join_next().await {
+            done.expect("a task panicked");
+        }
+    })
+    .await;
+}
+
 /// `TASKS` tasks each reading every key once, in an order of their own, checking each value is
 /// its key's.
 async fn read_everything(cache: &CacheService) {
@@ -44,9 +61,7 @@ async fn read_everything(cache: &CacheService) {
             }
         });
     }
-    while let Some(done) = tasks.join_next().await {
-        done.expect("a reader panicked");
-    }
+    join_all(BOUND, "reads", tasks).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,10 +69,8 @@ async fn concurrent_reads_of_distinct_keys_leave_in_batches_each_with_its_own_va
     init_tracing();
     let server = RedisServer::start();
     let cache = service(server.url(), "batch").await;
-    for id in 0..KEYS {
-        assert!(cache.set(&format!("users:{id}"), &(id * 10), None).await);
-    }
-    within(BOUND, "reads", read_everything(&cache)).await;
+    prime(&cache).await;
+    read_everything(&cache).await;
     let stats = cache.stats();
     assert_eq!(stats.hits, TASKS * KEYS, "{stats:?}");
     assert_eq!(stats.errors, 0, "{stats:?}");
@@ -90,9 +103,7 @@ async fn a_key_of_the_wrong_type_fails_its_own_read_only() {
     let server = RedisServer::start();
     let mut conn = server.connection().await;
     let cache = service(server.url(), "wrong").await;
-    for id in 0..KEYS {
-        assert!(cache.set(&format!("users:{id}"), &(id * 10), None).await);
-    }
+    prime(&cache).await;
     let lists: Vec<u64> = (0..KEYS).step_by(100).collect();
     for id in &lists {
         let _: () = redis::cmd("DEL")
@@ -124,12 +135,7 @@ async fn a_key_of_the_wrong_type_fails_its_own_read_only() {
             }
         });
     }
-    within(BOUND, "reads", async {
-        while let Some(done) = tasks.join_next().await {
-            done.expect("a reader panicked");
-        }
-    })
-    .await;
+    join_all(BOUND, "reads", tasks).await;
     let stats = cache.stats();
     assert!(stats.reads_batched > 0, "{stats:?}");
     assert!(stats.faults.wrong_type >= 1, "{stats:?}");
@@ -147,9 +153,7 @@ async fn a_read_after_a_write_sees_the_write() {
     init_tracing();
     let server = RedisServer::start();
     let cache = service(server.url(), "order").await;
-    for id in 0..KEYS {
-        assert!(cache.set(&format!("users:{id}"), &0u64, None).await);
-    }
+    prime(&cache).await;
     let mut tasks = JoinSet::new();
     for task in 0..TASKS {
         let cache = cache.clone();
@@ -164,12 +168,7 @@ async fn a_read_after_a_write_sees_the_write() {
             }
         });
     }
-    within(BOUND * 3, "writes and reads", async {
-        while let Some(done) = tasks.join_next().await {
-            done.expect("a task panicked");
-        }
-    })
-    .await;
+    join_all(BOUND * 3, "writes and reads", tasks).await;
     let stats = cache.stats();
     assert!(stats.reads_batched > 0, "{stats:?}");
     assert_eq!(stats.errors, 0, "{stats:?}");
@@ -190,9 +189,7 @@ async fn a_stalled_server_fails_queued_reads_within_the_timeout() {
         .build()
         .await
         .expect("a valid configuration builds");
-    for id in 0..KEYS {
-        assert!(cache.set(&format!("users:{id}"), &(id * 10), None).await);
-    }
+    prime(&cache).await;
     proxy.stall();
     let mut tasks = JoinSet::new();
     for task in 0..TASKS {
@@ -208,7 +205,7 @@ async fn a_stalled_server_fails_queued_reads_within_the_timeout() {
     let stalled = cache.stats();
     assert_eq!(stalled.faults.timeouts, TASKS, "{stalled:?}");
     proxy.resume();
-    within(BOUND, "reads after the stall", read_everything(&cache)).await;
+    read_everything(&cache).await;
     let stats = cache.stats();
     assert_eq!(stats.faults.timeouts, TASKS, "{stats:?}");
     assert!(stats.reads_batched > 0, "{stats:?}");
@@ -240,9 +237,7 @@ fn batches_dropped_with_their_runtime_give_their_slots_back() {
             .build()
             .await
             .expect("a valid configuration builds");
-        for id in 0..KEYS {
-            assert!(cache.set(&format!("users:{id}"), &(id * 10), None).await);
-        }
+        prime(&cache).await;
         // Against a paused server: two reads go out at once, one step apart; reads queue
         // behind them; when the first gives up (its timeout), the queue leaves as a batch;
         // more reads queue; when the second gives up, they leave as a second batch. Both
@@ -272,6 +267,6 @@ fn batches_dropped_with_their_runtime_give_their_slots_back() {
             assert!(std::time::Instant::now() < deadline, "never reconnected");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        within(BOUND, "reads on a new runtime", read_everything(&cache)).await;
+        read_everything(&cache).await;
     });
 }
