@@ -201,29 +201,14 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    /// The kind as a metric label: `timeout`, `connection`, `out_of_memory`, `no_permission`,
-    /// `wrong_type`, `read_only`, `busy`, `too_large` or `other_reply` (the names of
-    /// [`FaultStats`](crate::FaultStats)' fields).
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Timeout => "timeout",
-            Self::Connection => "connection",
-            Self::OutOfMemory => "out_of_memory",
-            Self::NoPermission => "no_permission",
-            Self::WrongType => "wrong_type",
-            Self::ReadOnly => "read_only",
-            Self::Busy => "busy",
-            Self::TooLarge => "too_large",
-            Self::OtherReply => "other_reply",
-        }
-    }
-
     /// Whether this kind says the server is unreachable or too slow (counts toward the breaker).
     pub fn is_transport(self) -> bool {
         matches!(self, Self::Timeout | Self::Connection)
     }
 
-    /// A short stable name, for logs and metrics.
+    /// A short stable name, for logs and as the `kind` label of metrics: `timeout`,
+    /// `connection`, `out_of_memory`, `no_permission`, `wrong_type`, `read_only`, `busy`,
+    /// `too_large` or `other_reply` (the names of [`FaultStats`](crate::FaultStats)' fields).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Timeout => "timeout",
