@@ -605,7 +605,7 @@ impl Runner {
         let mut json_bytes = 0.0;
         for (name, codec, compress_above) in variants {
             let configure = |mut builder: cachekit::CacheServiceBuilder| {
-                builder = builder.codec(codec);
+                builder = builder.codec(codec.clone());
                 if let Some(bytes) = compress_above {
                     builder = builder.compress_above(bytes);
                 }

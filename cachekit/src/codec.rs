@@ -2,14 +2,16 @@
 //!
 //! JSON (serde_json) is the default and the documented cross-language format: a JSON value is
 //! stored as plain JSON text, readable with `redis-cli GET` and by services in other languages.
-//! The [`Codec::MessagePack`] codec (cargo feature `msgpack`) and compression (cargo feature
+//! The `Codec::MessagePack` codec (cargo feature `msgpack`) and compression (cargo feature
 //! `compression`, [`CacheServiceBuilder::compress_above`](crate::CacheServiceBuilder::compress_above))
-//! trade that readability for size and decode time.
+//! trade that readability for size and decode time; [`CustomCodec`] brings a format of the
+//! application's own.
 //!
 //! # Which codec wrote a value
 //!
 //! Every value that is not plain JSON starts with a three-byte header: a zero byte (which no JSON
-//! text starts with), the codec (`j` JSON, `m` MessagePack) and the compression (`-` none,
+//! text starts with), the codec (`j` JSON, `m` MessagePack, `0x80` to `0xff` a custom codec's
+//! tag) and the compression (`-` none,
 //! `4` LZ4 block with its uncompressed size in front). So a MessagePack value reads in
 //! `redis-cli` as `"\x00m-..."` and a compressed JSON one as `"\x00j4..."`.
 //!
@@ -23,6 +25,8 @@
 use crate::CacheError;
 use serde::{Serialize, de::DeserializeOwned};
 use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
 
 /// The serialization format of cached values. Every process sharing keys must use the same
 /// one: a value of another codec reads as a miss (see the [module docs](self)).
@@ -37,7 +41,7 @@ use std::borrow::Cow;
 /// assert_eq!("json".parse::<Codec>().unwrap(), Codec::Json);
 /// assert_eq!(Codec::Json.name(), "json");
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub enum Codec {
     /// JSON through serde_json: plain text in the store, readable by any language. The default.
@@ -49,39 +53,142 @@ pub enum Codec {
     #[cfg(feature = "msgpack")]
     #[cfg_attr(docsrs, doc(cfg(feature = "msgpack")))]
     MessagePack,
+    /// A codec of the application's own: see [`CustomCodec`].
+    Custom(Arc<dyn CustomCodec>),
+}
+
+/// Two codecs are the same when their values carry the same header byte.
+impl PartialEq for Codec {
+    fn eq(&self, other: &Self) -> bool {
+        self.tag() == other.tag()
+    }
+}
+
+impl Eq for Codec {}
+
+/// A codec of the application's own, for a format cachekit does not build in (CBOR, bincode,
+/// JSON encrypted at rest...), chosen with `Codec::Custom`. Values pass through
+/// [`erased_serde`] trait objects, so each encode and decode costs a virtual call per field
+/// that the built-in codecs do not pay.
+///
+/// Its values carry the same three-byte header as MessagePack's, with [`tag`](Self::tag) as
+/// the codec byte: a reader of another codec treats them as misses, and this codec never sees
+/// another's values. The service's compression, if on, applies to what `encode` returns.
+///
+/// ```
+/// use cachekit::codec::{Codec, CodecError, CustomCodec};
+/// use std::sync::Arc;
+///
+/// /// JSON with its bytes reversed: a stand-in for a transform such as encryption.
+/// #[derive(Debug)]
+/// struct Reversed;
+///
+/// impl CustomCodec for Reversed {
+///     fn name(&self) -> &str {
+///         "reversed-json"
+///     }
+///     fn tag(&self) -> u8 {
+///         0x80
+///     }
+///     fn encode(&self, value: &dyn erased_serde::Serialize) -> Result<Vec<u8>, CodecError> {
+///         let mut bytes = serde_json::to_vec(value).map_err(CodecError::custom)?;
+///         bytes.reverse();
+///         Ok(bytes)
+///     }
+///     fn decode(
+///         &self,
+///         bytes: &[u8],
+///         into: &mut dyn for<'de> FnMut(
+///             &mut dyn erased_serde::Deserializer<'de>,
+///         ) -> Result<(), erased_serde::Error>,
+///     ) -> Result<(), CodecError> {
+///         let json: Vec<u8> = bytes.iter().rev().copied().collect();
+///         let mut json = serde_json::Deserializer::from_slice(&json);
+///         into(&mut <dyn erased_serde::Deserializer<'_>>::erase(&mut json)).map_err(CodecError::custom)
+///     }
+/// }
+///
+/// # cachekit::__doc_block_on(async {
+/// let cache = cachekit::CacheService::builder()
+///     .memory(1 << 20)
+///     .codec(Codec::Custom(Arc::new(Reversed)))
+///     .build()
+///     .await
+///     .unwrap();
+/// cache.set("users:1", &"Ada", None).await;
+/// assert_eq!(cache.get::<String>("users:1").await.as_deref(), Some("Ada"));
+/// # });
+/// ```
+pub trait CustomCodec: Send + Sync + fmt::Debug + 'static {
+    /// The codec's name, for logs and errors.
+    fn name(&self) -> &str;
+
+    /// The byte that names this codec in each value's header: from `0x80` to `0xff` (the
+    /// bytes below are cachekit's), and never changed once values are stored.
+    fn tag(&self) -> u8;
+
+    /// Encodes `value`. The error should not quote the value: it reaches logs.
+    fn encode(&self, value: &dyn erased_serde::Serialize) -> Result<Vec<u8>, CodecError>;
+
+    /// Decodes `bytes` (the body after the header, decompressed) by handing a deserializer of
+    /// them to `into`, which builds the caller's type, and returning its outcome.
+    fn decode(
+        &self,
+        bytes: &[u8],
+        into: &mut dyn for<'de> FnMut(
+            &mut dyn erased_serde::Deserializer<'de>,
+        ) -> Result<(), erased_serde::Error>,
+    ) -> Result<(), CodecError>;
 }
 
 impl Codec {
-    /// The codec's name, as `CACHE_CODEC` takes it: `json` or `msgpack`.
-    pub fn name(self) -> &'static str {
+    /// The codec's name: `json` or `msgpack` (as `CACHE_CODEC` takes them), or a custom
+    /// codec's own.
+    pub fn name(&self) -> &str {
         match self {
             Self::Json => "json",
             #[cfg(feature = "msgpack")]
             Self::MessagePack => "msgpack",
+            Self::Custom(codec) => codec.name(),
         }
     }
 
     /// The byte that names the codec in a value's header.
-    fn tag(self) -> u8 {
+    fn tag(&self) -> u8 {
         match self {
             Self::Json => b'j',
             #[cfg(feature = "msgpack")]
             Self::MessagePack => b'm',
+            Self::Custom(codec) => codec.tag(),
         }
     }
 
-    /// The name of the codec whose header byte is `tag`, known to this build or not.
-    fn named_by(tag: u8) -> &'static str {
+    /// The codec whose header byte is `tag`, known to this build or not, for messages.
+    fn named_by(tag: u8) -> Cow<'static, str> {
         match tag {
-            b'j' => "json",
-            b'm' => "msgpack",
-            _ => "an unknown codec",
+            b'j' => "json".into(),
+            b'm' => "msgpack".into(),
+            0x80.. => format!("a custom codec (tag {tag:#04x})").into(),
+            _ => "an unknown codec".into(),
+        }
+    }
+
+    /// Why this codec cannot be used, if it cannot: a custom codec's tag must not be one of
+    /// cachekit's.
+    pub(crate) fn problem(&self) -> Option<String> {
+        match self {
+            Self::Custom(codec) if codec.tag() < 0x80 => Some(format!(
+                "the custom codec `{}` has tag {:#04x}: custom codecs take 0x80 to 0xff",
+                codec.name(),
+                codec.tag()
+            )),
+            _ => None,
         }
     }
 }
 
-impl std::fmt::Display for Codec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for Codec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
 }
@@ -117,6 +224,11 @@ pub struct CodecError {
 }
 
 impl CodecError {
+    /// An error with this message, for a [`CustomCodec`]. The message must not quote the value.
+    pub fn custom(message: impl fmt::Display) -> Self {
+        Self::new(message.to_string())
+    }
+
     fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
@@ -149,7 +261,7 @@ const HEADER_LEN: usize = 3;
 
 /// How one service writes and reads values: its codec, when it compresses, and the largest
 /// value it handles.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Format {
     pub(crate) codec: Codec,
     /// Encoded values of at least this many bytes are stored compressed (when that is smaller).
@@ -181,7 +293,7 @@ impl Format {
             key: key.to_owned(),
             source,
         };
-        let encoded = match self.codec {
+        let encoded = match &self.codec {
             Codec::Json => serde_json::to_vec(value)
                 .map_err(|error| failed(CodecError::new(error.to_string())))?,
             #[cfg(feature = "msgpack")]
@@ -189,6 +301,13 @@ impl Format {
                 let mut out = vec![MARK, self.codec.tag(), RAW];
                 rmp_serde::encode::write_named(&mut out, value)
                     .map_err(|error| failed(CodecError::new(error.to_string())))?;
+                out
+            }
+            Codec::Custom(codec) => {
+                let body = codec.encode(&Erased(value)).map_err(failed)?;
+                let mut out = Vec::with_capacity(body.len() + 3);
+                out.extend_from_slice(&[MARK, codec.tag(), RAW]);
+                out.extend_from_slice(&body);
                 out
             }
         };
@@ -218,7 +337,7 @@ impl Format {
     /// How many header bytes an uncompressed value of this codec carries.
     #[cfg(feature = "compression")]
     fn header_len(&self) -> usize {
-        if self.codec == Codec::Json {
+        if matches!(self.codec, Codec::Json) {
             0
         } else {
             HEADER_LEN
@@ -282,8 +401,9 @@ impl Format {
             )));
         }
         let body = self.decompressed(compression, body)?;
-        match self.codec {
+        match &self.codec {
             Codec::Json => serde_json::from_slice(&body).map_err(|error| redacted::<T>(&error)),
+            Codec::Custom(codec) => decode_custom(codec.as_ref(), &body),
             #[cfg(feature = "msgpack")]
             Codec::MessagePack => {
                 let mut deserializer = rmp_serde::Deserializer::from_read_ref(&*body);
@@ -335,6 +455,51 @@ impl Format {
             )),
             _ => Err(CodecError::foreign("compressed in an unknown way".into())),
         }
+    }
+}
+
+/// A value as an `erased_serde::Serialize`, whatever its size.
+struct Erased<'a, T: ?Sized>(&'a T);
+
+impl<T: Serialize + ?Sized> Serialize for Erased<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+/// Decodes a `T` through a custom codec. The deserializer's own error may quote the data it
+/// rejects, so the codec is handed a redacted one, and that is what the caller sees.
+fn decode_custom<T: DeserializeOwned>(
+    codec: &dyn CustomCodec,
+    body: &[u8],
+) -> Result<T, CodecError> {
+    let mut decoded = None;
+    let mut shape_error = false;
+    let outcome = codec.decode(
+        body,
+        &mut |deserializer| match erased_serde::deserialize::<T>(deserializer) {
+            Ok(value) => {
+                decoded = Some(value);
+                Ok(())
+            }
+            Err(_) => {
+                shape_error = true;
+                Err(serde::de::Error::custom("value of another shape"))
+            }
+        },
+    );
+    let of_type = std::any::type_name::<T>();
+    match (outcome, decoded) {
+        (Ok(()), Some(value)) => Ok(value),
+        _ if shape_error => Err(CodecError::new(format!(
+            "{} value of another shape for `{of_type}`",
+            codec.name()
+        ))),
+        (Err(error), _) => Err(error),
+        (Ok(()), None) => Err(CodecError::new(format!(
+            "{} decoded nothing for `{of_type}`",
+            codec.name()
+        ))),
     }
 }
 
@@ -471,7 +636,7 @@ mod tests {
         // maximum, header included.
         let tight = Format {
             max_value_bytes: stored.len() as u64 - 1,
-            ..msgpack
+            ..msgpack.clone()
         };
         let err = tight.encode("k", &value).unwrap_err();
         assert!(matches!(err, CacheError::TooLarge { .. }), "{err}");
@@ -483,6 +648,76 @@ mod tests {
             .decode::<serde_json::Value>("k", &nested)
             .unwrap_err();
         assert!(err.to_string().contains("too deep"), "{err}");
+    }
+
+    /// JSON with its bytes reversed, tagged `tag`: a custom codec for the tests.
+    #[derive(Debug)]
+    struct Reversed(u8);
+
+    impl CustomCodec for Reversed {
+        fn name(&self) -> &str {
+            "reversed"
+        }
+        fn tag(&self) -> u8 {
+            self.0
+        }
+        fn encode(&self, value: &dyn erased_serde::Serialize) -> Result<Vec<u8>, CodecError> {
+            let mut bytes = serde_json::to_vec(value).map_err(CodecError::custom)?;
+            bytes.reverse();
+            Ok(bytes)
+        }
+        fn decode(
+            &self,
+            bytes: &[u8],
+            into: &mut dyn for<'de> FnMut(
+                &mut dyn erased_serde::Deserializer<'de>,
+            ) -> Result<(), erased_serde::Error>,
+        ) -> Result<(), CodecError> {
+            let json: Vec<u8> = bytes.iter().rev().copied().collect();
+            let mut json = serde_json::Deserializer::from_slice(&json);
+            into(&mut <dyn erased_serde::Deserializer<'_>>::erase(&mut json))
+                .map_err(CodecError::custom)
+        }
+    }
+
+    #[test]
+    fn custom_codecs_are_tagged_foreign_to_others_and_redacted() {
+        let custom = Format {
+            codec: Codec::Custom(Arc::new(Reversed(0x80))),
+            ..Format::json(MAX)
+        };
+        let bytes = custom.encode("k", "ada@example.com").unwrap();
+        assert_eq!(&bytes[..3], b"\x00\x80-");
+        assert_eq!(&bytes[3..], br#""moc.elpmaxe@ada""#);
+        assert_eq!(
+            custom.decode::<String>("k", &bytes).unwrap(),
+            "ada@example.com"
+        );
+        // Unsized values encode too.
+        assert!(custom.encode("k", &[1u8, 2][..]).is_ok());
+        // Foreign both ways, and to another custom codec.
+        let err = source(Format::json(MAX).decode::<String>("k", &bytes).unwrap_err());
+        assert!(
+            err.is_foreign() && err.to_string().contains("0x80"),
+            "{err}"
+        );
+        let json = Format::json(MAX).encode("k", "x").unwrap();
+        assert!(source(custom.decode::<String>("k", &json).unwrap_err()).is_foreign());
+        let other = Format {
+            codec: Codec::Custom(Arc::new(Reversed(0x81))),
+            ..Format::json(MAX)
+        };
+        assert!(source(other.decode::<String>("k", &bytes).unwrap_err()).is_foreign());
+        // A value of another shape names the type, never the data.
+        let err = custom.decode::<u64>("k", &bytes).unwrap_err();
+        let text = format!("{err} {err:?}");
+        assert!(
+            !text.contains("ada@") && !text.contains("moc.") && text.contains("u64"),
+            "{text}"
+        );
+        // Tags below 0x80 are cachekit's.
+        assert!(Codec::Custom(Arc::new(Reversed(b'j'))).problem().is_some());
+        assert!(Codec::Custom(Arc::new(Reversed(0xff))).problem().is_none());
     }
 
     #[cfg(feature = "compression")]

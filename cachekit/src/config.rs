@@ -1120,6 +1120,9 @@ impl CacheConfig {
                  string Redis stores)"
             )));
         }
+        if let Some(problem) = self.codec.problem() {
+            return Err(CacheError::Config(problem));
+        }
         if self.compress_above.is_some() && !cfg!(feature = "compression") {
             return Err(CacheError::Config(
                 "compress_above (CACHE_COMPRESS_ABOVE) needs cachekit's `compression` cargo \

@@ -83,8 +83,9 @@
 //!
 //! A logical key `users:1` is stored under `{prefix}:users:1`; its value is the JSON of the
 //! value, readable with `redis-cli GET` and by services in other languages. Other
-//! [codecs](codec) (MessagePack, LZ4 compression) are opt-in cargo features; their values carry
-//! a three-byte header naming the codec, and a value of another codec reads as a miss. The macros build
+//! [codecs](codec) (MessagePack, LZ4 compression) are opt-in cargo features, and an application
+//! can bring its own ([`codec::CustomCodec`]); their values carry a three-byte header naming the
+//! codec, and a value of another codec reads as a miss. The macros build
 //! logical keys in a stable format documented in [`key`]: the template with each placeholder
 //! replaced by its argument's `Display` form, in which `%` and `:` are written `%25` and `%3A`
 //! ([`key::escape_part`]), so that `key = "route:{from}:{to}"` gives `route:a%3Ab:c` for

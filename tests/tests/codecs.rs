@@ -8,10 +8,11 @@
 //! ```
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use cachekit::codec::Codec;
+use cachekit::codec::{Codec, CodecError, CustomCodec};
 use cachekit::{CacheConfig, CacheService, CacheServiceBuilder};
 use cachekit_tests::{RedisServer, init_tracing, raw};
 use serde::{Deserialize, Serialize};
@@ -180,6 +181,107 @@ async fn a_value_of_another_codec_is_a_miss_that_is_written_again() {
         0,
         "foreign values are no backend fault"
     );
+}
+
+/// A codec of the application's own: CBOR-like in spirit, here JSON with every byte XORed, a
+/// stand-in for encryption at rest.
+#[derive(Debug)]
+struct Masked;
+
+const MASK: u8 = 0x5a;
+
+impl CustomCodec for Masked {
+    fn name(&self) -> &str {
+        "masked-json"
+    }
+    fn tag(&self) -> u8 {
+        0xc5
+    }
+    fn encode(&self, value: &dyn erased_serde::Serialize) -> Result<Vec<u8>, CodecError> {
+        let json = serde_json::to_vec(value).map_err(CodecError::custom)?;
+        Ok(json.into_iter().map(|b| b ^ MASK).collect())
+    }
+    fn decode(
+        &self,
+        bytes: &[u8],
+        into: &mut dyn for<'de> FnMut(
+            &mut dyn erased_serde::Deserializer<'de>,
+        ) -> Result<(), erased_serde::Error>,
+    ) -> Result<(), CodecError> {
+        let json: Vec<u8> = bytes.iter().map(|b| b ^ MASK).collect();
+        let mut json = serde_json::Deserializer::from_slice(&json);
+        into(&mut <dyn erased_serde::Deserializer<'_>>::erase(&mut json))
+            .map_err(CodecError::custom)
+    }
+}
+
+#[tokio::test]
+async fn a_custom_codec_stores_its_own_bytes_and_reads_them_through_every_path() {
+    init_tracing();
+    let server = RedisServer::start();
+    let mut conn = server.connection().await;
+    let custom = || Codec::Custom(Arc::new(Masked));
+    let cache = build(
+        builder(&server, "masked")
+            .codec(custom())
+            .compress_above(1024)
+            .local_tier(Duration::from_secs(60)),
+    )
+    .await;
+    let doc = document(3, 200);
+    let calls = AtomicUsize::new(0);
+    assert_eq!(load(&cache, "docs:3", &calls, &doc).await, doc);
+    assert_eq!(load(&cache, "docs:3", &calls, &doc).await, doc);
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the second call is a hit");
+    let stored: Vec<u8> = raw::get(&mut conn, "masked:docs:3").await;
+    assert_eq!(&stored[..3], b"\x00\xc5-");
+    assert!(
+        !String::from_utf8_lossy(&stored).contains("document 3"),
+        "the codec's bytes, not JSON"
+    );
+    // Compression applies to what the codec returns.
+    let large = document(4, 8 * 1024);
+    assert!(cache.set("docs:4", &large, None).await);
+    let stored: Vec<u8> = raw::get(&mut conn, "masked:docs:4").await;
+    assert_eq!(&stored[..3], b"\x00\xc54");
+    // Another service of the same codec reads it from the store.
+    let other = build(builder(&server, "masked").codec(custom())).await;
+    assert_eq!(other.get::<Document>("docs:4").await, Some(large));
+    // A JSON reader sees a miss.
+    let json = build(builder(&server, "masked")).await;
+    assert_eq!(json.get::<Document>("docs:3").await, None);
+    assert_eq!(json.stats().decode_errors, 1);
+    assert_eq!(cache.stats().decode_errors + other.stats().decode_errors, 0);
+
+    // A custom codec may not take one of cachekit's tags.
+    #[derive(Debug)]
+    struct Squatter;
+    impl CustomCodec for Squatter {
+        fn name(&self) -> &str {
+            "squatter"
+        }
+        fn tag(&self) -> u8 {
+            b'j'
+        }
+        fn encode(&self, _: &dyn erased_serde::Serialize) -> Result<Vec<u8>, CodecError> {
+            Err(CodecError::custom("never used"))
+        }
+        fn decode(
+            &self,
+            _: &[u8],
+            _: &mut dyn for<'de> FnMut(
+                &mut dyn erased_serde::Deserializer<'de>,
+            ) -> Result<(), erased_serde::Error>,
+        ) -> Result<(), CodecError> {
+            Err(CodecError::custom("never used"))
+        }
+    }
+    let refused = builder(&server, "masked")
+        .codec(Codec::Custom(Arc::new(Squatter)))
+        .build()
+        .await
+        .expect_err("a custom codec with tag `j` is refused");
+    assert!(refused.to_string().contains("0x80"), "{refused}");
 }
 
 #[test]
