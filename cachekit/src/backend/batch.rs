@@ -1,9 +1,11 @@
 //! Reads that queue behind reads in flight and leave together, as one pipeline.
 //!
-//! A read of one server goes out at once while fewer than [`IN_FLIGHT`] reads are on the wire,
-//! so a lone or lightly concurrent caller pays one lock and nothing else. Beyond that, reads
-//! wait in a queue; when a read in flight returns, the whole queue leaves as one pipeline,
-//! sent by a task of its own. Many tasks reading distinct keys then cost the connection one
+//! A read of one server goes out at once while fewer than [`IN_FLIGHT`] reads are on the wire
+//! and no batch is, so a lone or lightly concurrent caller pays one lock and nothing else.
+//! Beyond that, reads wait in a queue; when a read in flight returns, the whole queue leaves as
+//! one pipeline, sent by a task of its own, which then sends what queued meanwhile, and so on
+//! while reads keep coming: under load, reads leave in batches only, each carrying what
+//! arrived during the last one's round trip. Many tasks reading distinct keys then cost the connection one
 //! message, one write and one reply parse per batch rather than per key, and the server one
 //! read of the socket, while no read ever waits on a timer.
 //!
@@ -29,7 +31,10 @@ pub(crate) struct Waiting {
 
 #[derive(Default)]
 struct State {
+    /// Reads and batches on the wire.
     in_flight: usize,
+    /// Batches on the wire (each also counted in `in_flight`).
+    batches: usize,
     queue: Vec<Waiting>,
 }
 
@@ -69,7 +74,8 @@ impl Batcher {
     /// own and gives the slot back through [`finish`](Self::finish).
     pub(crate) fn enter<'a>(&'a self, key: &str, launch: &'a Launch<'a>) -> Entry<'a> {
         let mut state = self.lock();
-        if state.in_flight < IN_FLIGHT {
+        // While a batch is out, the load that made it is still there: reads join the next one.
+        if state.in_flight < IN_FLIGHT && state.batches == 0 {
             state.in_flight += 1;
             return Entry::Direct(Permit {
                 batcher: self,
@@ -104,6 +110,7 @@ impl Batcher {
         let next = self.next_batch(&mut state);
         if next.is_none() {
             state.in_flight -= 1;
+            state.batches -= 1;
         }
         next
     }
@@ -154,8 +161,10 @@ impl Drop for Permit<'_> {
         let next = {
             let mut state = self.batcher.lock();
             let next = self.batcher.next_batch(&mut state);
-            if next.is_none() {
-                state.in_flight -= 1;
+            match next {
+                // The slot passes to the batch.
+                Some(_) => state.batches += 1,
+                None => state.in_flight -= 1,
             }
             next
         };
@@ -203,6 +212,29 @@ mod tests {
         assert!(batcher.finish().is_none());
         assert!(matches!(batcher.enter("g", &launch), Entry::Direct(_)));
         drop((third, fourth, f));
+    }
+
+    /// While a batch is out, reads queue even with a slot free; once it ends with nothing
+    /// queued, reads go out at once again.
+    #[test]
+    fn under_load_reads_leave_in_batches_only() {
+        let batcher = Batcher::default();
+        let launched = Mutex::new(0);
+        let launch = |batch: Vec<Waiting>| {
+            *launched.lock().unwrap() += 1;
+            mem::forget(batch);
+        };
+        let (a, b) = (batcher.enter("a", &launch), batcher.enter("b", &launch));
+        let c = batcher.enter("c", &launch);
+        drop(a); // [c] leaves as a batch, in a's slot
+        drop(b); // b's slot is free
+        assert_eq!(*launched.lock().unwrap(), 1);
+        let d = batcher.enter("d", &launch);
+        assert!(matches!(d, Entry::Queued(_)), "a batch is out");
+        assert_eq!(batcher.finish().map(|batch| batch.len()), Some(1));
+        assert!(batcher.finish().is_none());
+        assert!(matches!(batcher.enter("e", &launch), Entry::Direct(_)));
+        drop((c, d));
     }
 
     /// A batch whose task is dropped unfinished gives its slot back and drops the reads that
