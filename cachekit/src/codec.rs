@@ -66,6 +66,10 @@ impl PartialEq for Codec {
 
 impl Eq for Codec {}
 
+/// What [`CustomCodec::decode`] hands its deserializer to: it builds the caller's type from it.
+pub type DecodeInto<'a> = dyn for<'de> FnMut(&mut dyn erased_serde::Deserializer<'de>) -> Result<(), erased_serde::Error>
+    + 'a;
+
 /// A codec of the application's own, for a format cachekit does not build in (CBOR, bincode,
 /// JSON encrypted at rest...), chosen with `Codec::Custom`. Values pass through
 /// [`erased_serde`] trait objects, so each encode and decode costs a virtual call per field
@@ -76,7 +80,7 @@ impl Eq for Codec {}
 /// another's values. The service's compression, if on, applies to what `encode` returns.
 ///
 /// ```
-/// use cachekit::codec::{Codec, CodecError, CustomCodec};
+/// use cachekit::codec::{Codec, CodecError, CustomCodec, DecodeInto};
 /// use std::sync::Arc;
 ///
 /// /// JSON with its bytes reversed: a stand-in for a transform such as encryption.
@@ -98,9 +102,7 @@ impl Eq for Codec {}
 ///     fn decode(
 ///         &self,
 ///         bytes: &[u8],
-///         into: &mut dyn for<'de> FnMut(
-///             &mut dyn erased_serde::Deserializer<'de>,
-///         ) -> Result<(), erased_serde::Error>,
+///         into: &mut DecodeInto<'_>,
 ///     ) -> Result<(), CodecError> {
 ///         let json: Vec<u8> = bytes.iter().rev().copied().collect();
 ///         let mut json = serde_json::Deserializer::from_slice(&json);
@@ -132,13 +134,7 @@ pub trait CustomCodec: Send + Sync + fmt::Debug + 'static {
 
     /// Decodes `bytes` (the body after the header, decompressed) by handing a deserializer of
     /// them to `into`, which builds the caller's type, and returning its outcome.
-    fn decode(
-        &self,
-        bytes: &[u8],
-        into: &mut dyn for<'de> FnMut(
-            &mut dyn erased_serde::Deserializer<'de>,
-        ) -> Result<(), erased_serde::Error>,
-    ) -> Result<(), CodecError>;
+    fn decode(&self, bytes: &[u8], into: &mut DecodeInto<'_>) -> Result<(), CodecError>;
 }
 
 impl Codec {
@@ -666,13 +662,7 @@ mod tests {
             bytes.reverse();
             Ok(bytes)
         }
-        fn decode(
-            &self,
-            bytes: &[u8],
-            into: &mut dyn for<'de> FnMut(
-                &mut dyn erased_serde::Deserializer<'de>,
-            ) -> Result<(), erased_serde::Error>,
-        ) -> Result<(), CodecError> {
+        fn decode(&self, bytes: &[u8], into: &mut DecodeInto<'_>) -> Result<(), CodecError> {
             let json: Vec<u8> = bytes.iter().rev().copied().collect();
             let mut json = serde_json::Deserializer::from_slice(&json);
             into(&mut <dyn erased_serde::Deserializer<'_>>::erase(&mut json))

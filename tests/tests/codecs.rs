@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use cachekit::codec::{Codec, CodecError, CustomCodec};
+use cachekit::codec::{Codec, CodecError, CustomCodec, DecodeInto};
 use cachekit::{CacheConfig, CacheService, CacheServiceBuilder};
 use cachekit_tests::{RedisServer, init_tracing, raw};
 use serde::{Deserialize, Serialize};
@@ -201,13 +201,7 @@ impl CustomCodec for Masked {
         let json = serde_json::to_vec(value).map_err(CodecError::custom)?;
         Ok(json.into_iter().map(|b| b ^ MASK).collect())
     }
-    fn decode(
-        &self,
-        bytes: &[u8],
-        into: &mut dyn for<'de> FnMut(
-            &mut dyn erased_serde::Deserializer<'de>,
-        ) -> Result<(), erased_serde::Error>,
-    ) -> Result<(), CodecError> {
+    fn decode(&self, bytes: &[u8], into: &mut DecodeInto<'_>) -> Result<(), CodecError> {
         let json: Vec<u8> = bytes.iter().map(|b| b ^ MASK).collect();
         let mut json = serde_json::Deserializer::from_slice(&json);
         into(&mut <dyn erased_serde::Deserializer<'_>>::erase(&mut json))
@@ -266,13 +260,7 @@ async fn a_custom_codec_stores_its_own_bytes_and_reads_them_through_every_path()
         fn encode(&self, _: &dyn erased_serde::Serialize) -> Result<Vec<u8>, CodecError> {
             Err(CodecError::custom("never used"))
         }
-        fn decode(
-            &self,
-            _: &[u8],
-            _: &mut dyn for<'de> FnMut(
-                &mut dyn erased_serde::Deserializer<'de>,
-            ) -> Result<(), erased_serde::Error>,
-        ) -> Result<(), CodecError> {
+        fn decode(&self, _: &[u8], _: &mut DecodeInto<'_>) -> Result<(), CodecError> {
             Err(CodecError::custom("never used"))
         }
     }
