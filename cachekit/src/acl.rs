@@ -34,8 +34,6 @@ pub const ACL_COMMANDS: &[&str] = &[
     "+pexpiretime",
     "+rename",
     "+scan",
-    "+multi",
-    "+exec",
     "+evalsha",
     "+script|load",
     "+zadd",

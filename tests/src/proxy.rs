@@ -12,7 +12,8 @@
 //!   soon as they are accepted until the proxy is restored;
 //! - hold or cut one request: [`hold_next`](FaultProxy::hold_next) delays the next
 //!   client-to-server chunk containing a pattern (and, behind it, everything after it on its
-//!   connection); [`cut_on`](FaultProxy::cut_on) cuts the connection carrying it instead;
+//!   connection); [`cut_on`](FaultProxy::cut_on) cuts the connection carrying it instead, and
+//!   [`cut_after`](FaultProxy::cut_after) cuts it just after the pattern;
 //! - alternate stalls and free gaps of random lengths, from a seeded generator so that a run can
 //!   be repeated ([`chaos`](FaultProxy::chaos)).
 //!
@@ -89,6 +90,8 @@ struct Rule {
 enum Action {
     Hold(Duration, watch::Sender<HoldPhase>),
     Cut(watch::Sender<bool>),
+    /// Cut after the pattern, which the rule keeps here.
+    CutAfter(Vec<u8>, watch::Sender<bool>),
 }
 
 /// Where a chunk held by [`FaultProxy::hold_next`] is.
@@ -191,6 +194,17 @@ impl FaultProxy {
     pub fn cut_on(&self, pattern: &[u8]) -> Tripwire {
         let (fired, watcher) = watch::channel(false);
         self.faults.add_rule(pattern, Action::Cut(fired));
+        Tripwire { fired: watcher }
+    }
+
+    /// Forwards the next client-to-server chunk that contains `pattern` up to the end of the
+    /// pattern, then cuts its connection: the server runs what it received and never sees the
+    /// rest of the chunk, as when a connection dies in the middle of a pipeline. One-shot,
+    /// like [`hold_next`](Self::hold_next).
+    pub fn cut_after(&self, pattern: &[u8]) -> Tripwire {
+        let (fired, watcher) = watch::channel(false);
+        self.faults
+            .add_rule(pattern, Action::CutAfter(pattern.to_vec(), fired));
         Tripwire { fired: watcher }
     }
 
@@ -439,6 +453,12 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, faults: &Faults, 
                     fired.send_replace(true);
                     return;
                 }
+                Some(Action::CutAfter(pattern, fired)) => {
+                    let end = find(chunk, &pattern).map_or(0, |at| at + pattern.len());
+                    let _ = to.write_all(&chunk[..end]).await;
+                    fired.send_replace(true);
+                    return;
+                }
                 Some(Action::Hold(duration, phase)) => {
                     phase.send_replace(HoldPhase::Held);
                     tokio::time::sleep(duration).await;
@@ -483,10 +503,17 @@ async fn chaos_loop(
 
 /// Whether `haystack` contains `needle`; an empty needle is in everything.
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty()
-        || haystack
-            .windows(needle.len())
-            .any(|window| window == needle)
+    find(haystack, needle).is_some()
+}
+
+/// Where `needle` first occurs in `haystack`; an empty needle at 0.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return Some(0);
+    }
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -721,6 +748,28 @@ mod tests {
         // One-shot: the same pattern passes now.
         send(&mut held_conn, "ECHO held-1").await;
         expect_reply(&mut held_conn, b"$6\r\nheld-1\r\n").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cut_after_delivers_up_to_the_pattern_and_cuts() {
+        let server = RedisServer::start();
+        let proxy = FaultProxy::start(server.addr()).await;
+        let mut conn = connect(&proxy).await;
+        let tripwire = proxy.cut_after(b"SET first 1\r\n");
+
+        // Both commands in one write, so in one chunk.
+        send(&mut conn, "SET first 1\r\nSET second 2").await;
+        let mut rest = Vec::new();
+        let _ = within("the cut", conn.read_to_end(&mut rest)).await;
+        assert!(tripwire.has_fired());
+        assert!(
+            exists(&server, "first").await,
+            "the command before the cut was lost"
+        );
+        assert!(
+            !exists(&server, "second").await,
+            "the command after the cut reached the server"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

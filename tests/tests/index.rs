@@ -6,7 +6,7 @@
 
 use cachekit::CacheService;
 use cachekit::key::glob_match;
-use cachekit_tests::{RedisServer, raw, within};
+use cachekit_tests::{FaultProxy, RedisServer, raw, within};
 use redis::aio::MultiplexedConnection;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -628,5 +628,96 @@ async fn concurrent_writers_never_outlive_an_invalidation_that_began_after_them(
         violations,
         [],
         "entries outlived an invalidation that began after them"
+    );
+}
+
+/// `set` is a pipeline (`SET`, then its filing), not a transaction: a connection lost between
+/// the two leaves the entry stored and unfiled, where no invalidation the index answers finds
+/// it. The service remembers the key's removal, so no read serves the entry, even after such an
+/// invalidation, and the entry is removed once the server answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_cut_between_its_write_and_its_filing_never_outlives_an_invalidation() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr()).await;
+    let cache = CacheService::builder()
+        .redis_url(proxy.url())
+        .prefix("cut")
+        .build()
+        .await
+        .expect("service builds");
+    cache.rebuild_index().await.expect("rebuild the index");
+    let mut conn = server.connection().await;
+
+    // The write's `SET` as the service sends it; the proxy delivers it and cuts the rest.
+    let write = redis::cmd("SET")
+        .arg("cut:users:1")
+        .arg(&b"\"old\""[..])
+        .arg("PX")
+        .arg(60_000)
+        .get_packed_command();
+    let tripwire = proxy.cut_after(&write);
+    assert!(
+        !cache.set("users:1", "old", MINUTE).await,
+        "the cut write succeeded"
+    );
+    assert!(tripwire.has_fired(), "the write was not cut");
+    // The cut fell where meant: the entry is stored, and not filed.
+    assert!(raw::exists(&mut conn, "cut:users:1").await);
+    assert_eq!(
+        zcard(&mut conn, "cut#ix:users").await,
+        0,
+        "the entry was filed"
+    );
+
+    within(
+        Duration::from_secs(10),
+        "an invalidation through the index",
+        async {
+            while cache.try_invalidate_pattern("users:*").await.is_err() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        },
+    )
+    .await;
+    assert_eq!(cache.get::<String>("users:1").await, None);
+    within(Duration::from_secs(10), "the entry's removal", async {
+        while raw::exists(&mut conn, "cut:users:1").await {
+            assert_eq!(cache.get::<String>("users:1").await, None);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(cache.set("users:1", "new", MINUTE).await);
+    assert_eq!(cache.get::<String>("users:1").await.as_deref(), Some("new"));
+}
+
+/// A write whose `SET` is accepted and whose filing is refused, by the server and then by the
+/// script that repairs (a user without `ZADD` or `EVALSHA`, here), is removed: the caller gets
+/// the error, and nothing unfiled is left.
+#[tokio::test]
+async fn a_write_whose_filing_is_refused_is_not_left_unfiled() {
+    let server = RedisServer::start();
+    let mut admin = server.connection().await;
+    let () = redis::cmd("ACL")
+        .arg(&[
+            "SETUSER", "nofile", "on", ">pw", "~*", "+@all", "-zadd", "-evalsha",
+        ])
+        .query_async(&mut admin)
+        .await
+        .expect("ACL SETUSER");
+    let cache = CacheService::builder()
+        .redis_url(format!("redis://nofile:pw@{}", server.addr()))
+        .prefix("refused")
+        .build()
+        .await
+        .expect("service builds");
+    let error = cache
+        .try_set("users:1", &1, MINUTE)
+        .await
+        .expect_err("a write that cannot be filed succeeded");
+    assert!(!error.is_transport(), "{error}");
+    assert!(
+        !raw::exists(&mut admin, "refused:users:1").await,
+        "an unfiled entry was left behind"
     );
 }
