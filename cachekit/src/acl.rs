@@ -34,6 +34,8 @@ pub const ACL_COMMANDS: &[&str] = &[
     "+pexpiretime",
     "+rename",
     "+scan",
+    "+multi",
+    "+exec",
     "+evalsha",
     "+script|load",
     "+zadd",

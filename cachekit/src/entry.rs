@@ -358,18 +358,6 @@ impl CacheService {
         // Whatever the store answered (a timed-out write may still land): the tier's value of
         // the key is no longer the latest.
         self.evict_local(Removal::Key(&physical));
-        if let Err(e) = &stored
-            && e.is_transport()
-            && !e.is_connection_refusal()
-        {
-            // Sent, perhaps in part, and unanswered: the write may have landed without its
-            // index filing, where no invalidation finds it (Redis's `set` is a pipeline, not a
-            // transaction). Its removal is remembered like a failed invalidation's, and applied
-            // before the backend serves another read.
-            self.inner
-                .deferred
-                .remember(Removal::Key(&physical), &self.inner.counters);
-        }
         stored?;
         Counters::bump(&self.inner.counters.sets);
         Ok(())

@@ -9,10 +9,6 @@
 //! half-open) and goes to the loader, and only a replay that applied everything lets reads
 //! through again. So once the backend answers, no read can return a value an earlier, failed
 //! invalidation was meant to remove.
-//!
-//! A `set` sent and left unanswered (timed out, its connection lost) is remembered the same way,
-//! as the removal of its key: it may have landed without its index filing (see `RedisBackend`'s
-//! `set`), where no pattern invalidation would find it.
 
 use crate::backend::Backend;
 use crate::error::FaultKind;

@@ -45,9 +45,7 @@ pub struct CacheStats {
     /// The backend faults by kind.
     pub faults: FaultStats,
     /// Invalidations that could not reach the backend (unreachable, timed out, breaker open),
-    /// remembered to be applied when it answers again, before it serves another read. Counts
-    /// too the removals remembered for writes sent and left unanswered (timed out, connection
-    /// lost), which may have landed without their index filing.
+    /// remembered to be applied when it answers again, before it serves another read.
     pub invalidations_deferred: u64,
     /// Remembered invalidations applied after the backend came back.
     pub invalidations_replayed: u64,

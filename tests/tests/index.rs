@@ -631,12 +631,12 @@ async fn concurrent_writers_never_outlive_an_invalidation_that_began_after_them(
     );
 }
 
-/// `set` is a pipeline (`SET`, then its filing), not a transaction: a connection lost between
-/// the two leaves the entry stored and unfiled, where no invalidation the index answers finds
-/// it. The service remembers the key's removal, so no read serves the entry, even after such an
-/// invalidation, and the entry is removed once the server answers again.
+/// A connection lost in the middle of a write's request, just after its `SET`, leaves nothing
+/// an invalidation through the index would miss: the entry is not stored, or stored and filed.
+/// (A write sent as a plain pipeline, `SET` then `ZADD`, fails this: the entry stays, unfiled,
+/// after the invalidation.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_set_cut_between_its_write_and_its_filing_never_outlives_an_invalidation() {
+async fn a_write_cut_after_its_set_leaves_nothing_an_invalidation_misses() {
     let server = RedisServer::start();
     let proxy = FaultProxy::start(server.addr()).await;
     let cache = CacheService::builder()
@@ -661,12 +661,15 @@ async fn a_set_cut_between_its_write_and_its_filing_never_outlives_an_invalidati
         "the cut write succeeded"
     );
     assert!(tripwire.has_fired(), "the write was not cut");
-    // The cut fell where meant: the entry is stored, and not filed.
-    assert!(raw::exists(&mut conn, "cut:users:1").await);
-    assert_eq!(
-        zcard(&mut conn, "cut#ix:users").await,
-        0,
-        "the entry was filed"
+    let filed: Option<f64> = redis::cmd("ZSCORE")
+        .arg("cut#ix:users")
+        .arg("users:1")
+        .query_async(&mut conn)
+        .await
+        .expect("ZSCORE");
+    assert!(
+        !raw::exists(&mut conn, "cut:users:1").await || filed.is_some(),
+        "the entry was stored and not filed"
     );
 
     within(
@@ -679,29 +682,21 @@ async fn a_set_cut_between_its_write_and_its_filing_never_outlives_an_invalidati
         },
     )
     .await;
+    assert!(!raw::exists(&mut conn, "cut:users:1").await);
     assert_eq!(cache.get::<String>("users:1").await, None);
-    within(Duration::from_secs(10), "the entry's removal", async {
-        while raw::exists(&mut conn, "cut:users:1").await {
-            assert_eq!(cache.get::<String>("users:1").await, None);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
     assert!(cache.set("users:1", "new", MINUTE).await);
     assert_eq!(cache.get::<String>("users:1").await.as_deref(), Some("new"));
 }
 
-/// A write whose `SET` is accepted and whose filing is refused, by the server and then by the
-/// script that repairs (a user without `ZADD` or `EVALSHA`, here), is removed: the caller gets
-/// the error, and nothing unfiled is left.
+/// A write whose `SET` runs and whose filing is refused, by the server and then by the script
+/// that repairs (its index of a foreign type, and a user without `EVALSHA`), is removed: the
+/// caller gets the error, and no unfiled entry is left.
 #[tokio::test]
 async fn a_write_whose_filing_is_refused_is_not_left_unfiled() {
     let server = RedisServer::start();
     let mut admin = server.connection().await;
     let () = redis::cmd("ACL")
-        .arg(&[
-            "SETUSER", "nofile", "on", ">pw", "~*", "+@all", "-zadd", "-evalsha",
-        ])
+        .arg(&["SETUSER", "nofile", "on", ">pw", "~*", "+@all", "-evalsha"])
         .query_async(&mut admin)
         .await
         .expect("ACL SETUSER");
@@ -711,6 +706,10 @@ async fn a_write_whose_filing_is_refused_is_not_left_unfiled() {
         .build()
         .await
         .expect("service builds");
+    raw::set(&mut admin, "refused#ix:users", "not a sorted set").await;
+    // The first write of a service also trims its index by script, which this user may not
+    // run, so the server refuses that write whole; the second is the one under test.
+    assert!(cache.try_set("other:1", &1, MINUTE).await.is_err());
     let error = cache
         .try_set("users:1", &1, MINUTE)
         .await

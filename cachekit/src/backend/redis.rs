@@ -75,7 +75,7 @@ end
 ";
 
 /// Store a value and file it in the index, repairing an index or registry of a foreign type:
-/// what `set` falls back to when a command of its pipeline is refused.
+/// what `set` falls back to when its transaction meets one.
 ///
 /// `ARGV`: value, TTL in ms, index member, now in ms.
 static SET: LazyLock<Script> = LazyLock::new(|| {
@@ -478,7 +478,7 @@ struct Filing<'a> {
 
 /// On a cluster, the head the index keys of slot `slot` are named under: `{head}#{tag}`, where
 /// the tag puts them in that slot, beside the entries they list. So a write and its filing stay
-/// one pipeline in one slot, and entry keys keep their format.
+/// one transaction in one slot, and entry keys keep their format.
 fn names_in_slot(head: &str, slot: u16) -> String {
     format!("{head}#{{{}}}", conn::slot_tag(slot))
 }
@@ -1520,20 +1520,17 @@ impl Backend for RedisBackend {
                 .await?;
             return Ok(());
         };
-        // One pipeline, not a transaction: `SET`, then the filing (`ZADD`), then the
-        // registration (`SADD`), and on every `TRIM_EVERY`th write a trim of the index. The
-        // server runs them in this order, so an invalidation that runs between them (it may:
-        // nothing makes them atomic) either finds the member or began before it was filed, and
-        // then the write was concurrent with it and its entry is filed for the next one. Two
-        // replies can leave the entry unfiled, and both are handled: a command refused (an
-        // index or registry of a foreign type, no permission, out of memory) sends the write
-        // again through the script, which repairs, and removes the entry if that fails too; a
-        // connection lost between `SET` and `ZADD` fails the write with a transport error, for
-        // which the service remembers the key's removal. `MULTI`/`EXEC` would cost two more
-        // commands on every write (see `docs/design/0004-invalidation-index.md`).
+        // One transaction, cheaper than a script: the write, its filing, the registration, and
+        // on every `TRIM_EVERY`th write a trim of the index. A command the server refuses
+        // inside it (an index or registry of a foreign type, the trim script not loaded) does
+        // not undo the others, so it is redone by the script, which repairs. A transaction, not
+        // a plain pipeline: a pipeline's commands can be split (its connection lost after `SET`
+        // reached the server, a failover that replicated only part of it), which would leave
+        // an entry that no invalidation finds (docs/design/0004-invalidation-index.md).
         let (now, ttl_ms) = (now_ms(), millis(ttl));
-        let mut pipeline = redis::pipe();
-        pipeline
+        let mut transaction = redis::pipe();
+        transaction
+            .atomic()
             .ignore_errors()
             .cmd("SET")
             .arg(key)
@@ -1553,7 +1550,7 @@ impl Backend for RedisBackend {
             .is_multiple_of(TRIM_EVERY);
         if trims {
             let key_head = &key[..key.len() - filing.member.len()];
-            pipeline
+            transaction
                 .cmd("EVALSHA")
                 .arg(TRIM.get_hash())
                 .arg(2)
@@ -1564,19 +1561,34 @@ impl Backend for RedisBackend {
                 .arg(TRIM_LIMIT)
                 .arg(&*filing.names);
         }
-        // A transport error: the outcome is unknown (see above).
-        let replies: Vec<redis::Value> = pipeline.query_async(&mut conn).await?;
-        // Whether the `n`th command was refused (or got no reply).
-        let refused =
-            |n: usize| matches!(replies.get(n), None | Some(redis::Value::ServerError(_)));
-        if !(0..3).any(refused) {
-            if trims && refused(3) {
+        let replies: Vec<redis::Value> = match transaction.query_async(&mut conn).await {
+            Ok(replies) => replies,
+            // The transaction did not reach the server, or its outcome is unknown.
+            Err(e)
+                if e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal() =>
+            {
+                return Err(e.into());
+            }
+            // The server refused it whole (out of memory, say): the script says why, alike.
+            Err(_) => Vec::new(),
+        };
+        if replies.len() >= 3
+            && replies
+                .iter()
+                .take(3)
+                .all(|r| !matches!(r, redis::Value::ServerError(_)))
+        {
+            if trims && matches!(replies.get(3), Some(redis::Value::ServerError(_))) {
                 // Most likely not loaded yet: load it for the next time.
                 let _: Result<String, _> = TRIM.prepare_invoke().load_async(&mut conn).await;
             }
             return Ok(());
         }
-        let stored = !refused(0);
+        // Whether the transaction's `SET` ran (its other commands may have been refused).
+        let stored = matches!(replies.first(), Some(reply) if !matches!(reply, redis::Value::ServerError(_)));
         let repaired: Result<u8, RedisError> = SET
             .key(key)
             .key(&filing.index)
@@ -1590,8 +1602,8 @@ impl Backend for RedisBackend {
             .await;
         if let Err(error) = repaired {
             if stored {
-                // Stored but perhaps not filed: an entry no invalidation would find. Gone, or
-                // the removal fails with a transport error the service remembers.
+                // Written and not filed (its index of a foreign type, say, and the script that
+                // replaces it refused): no invalidation would find it, so it goes.
                 redis::cmd("UNLINK").arg(key).exec_async(&mut conn).await?;
             }
             return Err(error.into());
