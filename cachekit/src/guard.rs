@@ -8,12 +8,16 @@
 //! type) fails that operation and is counted by kind.
 
 use crate::backend::{Backend, MemoryBackend};
+use crate::breaker::Permit;
 use crate::breaker::{Breaker, BreakerState};
 use crate::error::CacheError;
 use crate::stats::Counters;
+use pin_project_lite::pin_project;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// What one public call of the service may still spend on the backend. Once one of its steps
@@ -153,33 +157,47 @@ impl Guard {
     /// Runs one backend call: skipped if the call's budget is spent or the breaker is open;
     /// otherwise bounded by the timeout, its outcome classified, counted and reported to the
     /// breaker.
-    pub(crate) async fn call<T>(
-        &self,
+    pub(crate) fn call<'a, T, F>(
+        &'a self,
         op: &'static str,
         bound: Bound,
-        budget: &Budget,
-        call: impl Future<Output = Result<T, CacheError>>,
-    ) -> Result<T, CacheError> {
-        if self.bypass {
-            return call.await;
-        }
-        if budget.is_spent() {
-            return Err(CacheError::Skipped);
-        }
-        let Some(permit) = self.breaker.allow() else {
-            budget.spend();
-            return Err(CacheError::CircuitOpen);
-        };
+        budget: &'a Budget,
+        call: F,
+    ) -> Guarded<'a, F>
+    where
+        F: Future<Output = Result<T, CacheError>>,
+    {
         let timeout = match bound {
             Bound::Op => self.timeout,
             Bound::Admin => self.admin_timeout,
         };
-        let started = self.counters.metrics.as_ref().map(|_| Instant::now());
-        let result = match tokio::time::timeout(timeout, call).await {
-            Ok(result) => result,
-            Err(_) => Err(CacheError::Timeout { op, timeout }),
-        };
-        match &result {
+        Guarded::new(self, op, Some(timeout), budget, call)
+    }
+
+    /// [`call`](Self::call) for a call that bounds itself by the operation timeout (failing
+    /// with [`CacheError::Timeout`]): no timer here.
+    pub(crate) fn call_bounded<'a, T, F>(
+        &'a self,
+        op: &'static str,
+        budget: &'a Budget,
+        call: F,
+    ) -> Guarded<'a, F>
+    where
+        F: Future<Output = Result<T, CacheError>>,
+    {
+        Guarded::new(self, op, None, budget, call)
+    }
+
+    /// Classifies a call's outcome, counts it and reports it to the breaker.
+    fn settle<T>(
+        &self,
+        op: &'static str,
+        budget: &Budget,
+        permit: Permit,
+        started: Option<Instant>,
+        result: &Result<T, CacheError>,
+    ) {
+        match result {
             Err(e) if e.is_transport() => {
                 self.record(e);
                 self.remember(e);
@@ -202,7 +220,6 @@ impl Guard {
         if let (Some(metrics), Some(started)) = (&self.counters.metrics, started) {
             metrics.operation(op, started.elapsed(), self.breaker.state());
         }
-        result
     }
 
     fn record(&self, error: &CacheError) {
@@ -238,6 +255,111 @@ impl Guard {
                 return;
             }
         }
+    }
+}
+
+pin_project! {
+    /// A backend call run by the [`Guard`] ([`Guard::call`], [`Guard::call_bounded`]). A future
+    /// of its own rather than an `async fn`, so that the call it wraps is held once, in place:
+    /// an `async fn` would hold it twice (as its argument and as the future it awaits), and every
+    /// future around the hit path would carry both copies, moved at every level.
+    #[must_use = "futures do nothing unless polled"]
+    pub(crate) struct Guarded<'a, F> {
+        guard: &'a Guard,
+        op: &'static str,
+        timeout: Option<Duration>,
+        budget: &'a Budget,
+        phase: Phase,
+        // Started with the call, when it has a timeout.
+        #[pin]
+        timer: Option<tokio::time::Sleep>,
+        #[pin]
+        call: F,
+    }
+}
+
+/// Where a [`Guarded`] call is.
+enum Phase {
+    /// Not polled yet: the checks come first.
+    Start,
+    /// Let straight through ([`Guard::bypassed`]).
+    Bypass,
+    /// Running, with the breaker's permit, since `started` (kept only for metrics).
+    Running {
+        permit: Permit,
+        started: Option<Instant>,
+    },
+    Done,
+}
+
+impl<'a, F> Guarded<'a, F> {
+    fn new(
+        guard: &'a Guard,
+        op: &'static str,
+        timeout: Option<Duration>,
+        budget: &'a Budget,
+        call: F,
+    ) -> Self {
+        Self {
+            guard,
+            op,
+            timeout,
+            budget,
+            phase: Phase::Start,
+            timer: None,
+            call,
+        }
+    }
+}
+
+impl<T, F> Future for Guarded<'_, F>
+where
+    F: Future<Output = Result<T, CacheError>>,
+{
+    type Output = Result<T, CacheError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let guard = *this.guard;
+        if matches!(this.phase, Phase::Start) {
+            if guard.bypass {
+                *this.phase = Phase::Bypass;
+            } else if this.budget.is_spent() {
+                *this.phase = Phase::Done;
+                return Poll::Ready(Err(CacheError::Skipped));
+            } else {
+                let Some(permit) = guard.breaker.allow() else {
+                    this.budget.spend();
+                    *this.phase = Phase::Done;
+                    return Poll::Ready(Err(CacheError::CircuitOpen));
+                };
+                if let Some(timeout) = *this.timeout {
+                    this.timer.set(Some(tokio::time::sleep(timeout)));
+                }
+                let started = guard.counters.metrics.as_ref().map(|_| Instant::now());
+                *this.phase = Phase::Running { permit, started };
+            }
+        }
+        match this.phase {
+            Phase::Bypass => return this.call.poll(cx),
+            Phase::Running { .. } => {}
+            Phase::Start | Phase::Done => panic!("a guarded call polled after it completed"),
+        }
+        let result = match this.call.poll(cx) {
+            Poll::Ready(result) => result,
+            Poll::Pending => match this.timer.as_mut().as_pin_mut().map(|t| t.poll(cx)) {
+                Some(Poll::Ready(())) => Err(CacheError::Timeout {
+                    op: this.op,
+                    timeout: this.timeout.unwrap_or_default(),
+                }),
+                _ => return Poll::Pending,
+            },
+        };
+        this.timer.set(None);
+        if let Phase::Running { permit, started } = std::mem::replace(this.phase, Phase::Done) {
+            guard.settle(this.op, this.budget, permit, started, &result);
+        }
+        Poll::Ready(result)
     }
 }
 

@@ -211,6 +211,49 @@ async fn a_stalled_server_fails_queued_reads_within_the_timeout() {
     assert!(stats.reads_batched > 0, "{stats:?}");
 }
 
+/// A queued read has no timer of its own: its batch answers within the operation timeout of
+/// when its first read queued. Against a paused server, two reads go out at once and reads
+/// queued behind them leave as a batch only when those give up, one timeout later; the queued
+/// reads must give up then too, not one timeout after their batch left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_read_fails_within_the_timeout_of_when_it_queued() {
+    init_tracing();
+    let server = RedisServer::start();
+    let timeout = STEP * 5;
+    let cache = CacheService::builder()
+        .redis_url(server.url())
+        .prefix("queued")
+        .timeout(timeout)
+        // Kept closed by this test's timeouts: every read reaches the batcher.
+        .circuit_breaker(1_000_000, Duration::from_secs(1))
+        .build()
+        .await
+        .expect("a valid configuration builds");
+    prime(&cache).await;
+    tokio::task::block_in_place(|| server.pause());
+    let mut tasks = JoinSet::new();
+    for id in 0..TASKS {
+        let cache = cache.clone();
+        tasks.spawn(async move {
+            assert_eq!(cache.get::<u64>(&format!("users:{id}")).await, None);
+        });
+    }
+    // Every read queued at about the same time, so all are done about one timeout later;
+    // half a timeout of slack, well short of the second timeout a batch timed from when it
+    // left would take.
+    join_all(
+        timeout + timeout / 2,
+        "reads queued behind a paused server",
+        tasks,
+    )
+    .await;
+    let stats = cache.stats();
+    assert_eq!(stats.faults.timeouts, TASKS, "{stats:?}");
+    assert_eq!(stats.reads_batched, TASKS - 2, "{stats:?}");
+    server.resume();
+    read_everything(&cache).await;
+}
+
 /// A service outlives the runtime it was used on (a service in a `static`, shared by tests
 /// that each run their own runtime): batches in flight when that runtime shuts down are
 /// dropped unfinished, and must give their slots back, or every later read would queue for
