@@ -30,8 +30,9 @@ use tokio::time::Instant;
 /// built; more would send reads one by one under load, which is what batching avoids.
 pub(crate) const IN_FLIGHT: usize = 2;
 
-/// One queued read: its key, where its reply goes, and when it queued (its batch must answer
-/// within the operation timeout from then: a queued read has no timer of its own).
+/// One queued read: its key, where its reply goes, and when the first read of its queue queued
+/// (its batch must answer within the operation timeout from then: a queued read has no timer
+/// of its own).
 pub(crate) struct Waiting {
     pub(crate) key: String,
     pub(crate) reply: oneshot::Sender<Result<Vec<u8>, CacheError>>,
@@ -92,11 +93,16 @@ impl Batcher {
             });
         }
         let (reply, receiver) = oneshot::channel();
-        state.queue.push(Waiting {
+        let waiting = Waiting {
             key: key.to_owned(),
             reply,
-            since: Instant::now(),
-        });
+            // One clock reading per queue, not per read.
+            since: state
+                .queue
+                .first()
+                .map_or_else(Instant::now, |first| first.since),
+        };
+        state.queue.push(waiting);
         Entry::Queued(receiver)
     }
 

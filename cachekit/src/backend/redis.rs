@@ -708,8 +708,8 @@ impl RedisBackend {
                     pipe.add_command(getrange(&waiting.key, max));
                 }
                 let sent = pipe.query_async::<Vec<redis::RedisResult<Vec<u8>>>>(&mut conn);
-                // The first read of a batch queued first: the batch answers within the
-                // operation timeout of it, so each of its reads within its own.
+                // Within the operation timeout of when the first read of the queue queued, so
+                // each of its reads within its own.
                 let since = batch
                     .first()
                     .map_or_else(tokio::time::Instant::now, |w| w.since);
