@@ -424,6 +424,27 @@ mod tests {
             .await
     }
 
+    /// A guarded call holds the call it runs once: an `async fn` taking it would hold it twice
+    /// (as its argument and as the future it awaits), and every future around the hit path
+    /// would carry both.
+    #[test]
+    fn a_guarded_call_holds_its_call_once() {
+        let (guard, _) = guard(Failing::Hang);
+        let budget = Budget::default();
+        let call = async {
+            let held = [0u8; 1024];
+            std::future::pending::<()>().await;
+            Ok::<usize, CacheError>(held.len())
+        };
+        let call_size = std::mem::size_of_val(&call);
+        let guarded = guard.call("get", Bound::Op, &budget, call);
+        let guarded_size = std::mem::size_of_val(&guarded);
+        assert!(
+            guarded_size < call_size + 512,
+            "a guarded call of {call_size} bytes takes {guarded_size}"
+        );
+    }
+
     #[tokio::test]
     async fn replies_fail_one_call_and_never_open_the_breaker() {
         let (guard, counters) = guard(Failing::Reply(ServerErrorKind::NoPerm));
