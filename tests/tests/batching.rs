@@ -37,6 +37,21 @@ async fn prime(cache: &CacheService) {
     }
 }
 
+/// A service with an operation timeout of five steps and a breaker these tests' timeouts
+/// never open (every read reaches the batcher), its keys primed.
+async fn paced(url: String, prefix: &str) -> CacheService {
+    let cache = CacheService::builder()
+        .redis_url(url)
+        .prefix(prefix)
+        .timeout(STEP * 5)
+        .circuit_breaker(1_000_000, Duration::from_secs(1))
+        .build()
+        .await
+        .expect("a valid configuration builds");
+    prime(&cache).await;
+    cache
+}
+
 /// Waits for every task, failing the test if one panicked or all take longer than `bound`.
 async fn join_all(bound: Duration, what: &str, mut tasks: JoinSet<()>) {
     within(bound, what, async {
@@ -220,16 +235,7 @@ async fn a_queued_read_fails_within_the_timeout_of_when_it_queued() {
     init_tracing();
     let server = RedisServer::start();
     let timeout = STEP * 5;
-    let cache = CacheService::builder()
-        .redis_url(server.url())
-        .prefix("queued")
-        .timeout(timeout)
-        // Kept closed by this test's timeouts: every read reaches the batcher.
-        .circuit_breaker(1_000_000, Duration::from_secs(1))
-        .build()
-        .await
-        .expect("a valid configuration builds");
-    prime(&cache).await;
+    let cache = paced(server.url(), "queued").await;
     tokio::task::block_in_place(|| server.pause());
     let mut tasks = JoinSet::new();
     for id in 0..TASKS {
@@ -271,16 +277,7 @@ fn batches_dropped_with_their_runtime_give_their_slots_back() {
     };
     let first = runtime();
     let cache = first.block_on(async {
-        let cache = CacheService::builder()
-            .redis_url(server.url())
-            .prefix("runtimes")
-            .timeout(STEP * 5)
-            // Kept closed by this test's faults: every read reaches the batcher.
-            .circuit_breaker(1_000_000, Duration::from_secs(1))
-            .build()
-            .await
-            .expect("a valid configuration builds");
-        prime(&cache).await;
+        let cache = paced(server.url(), "runtimes").await;
         // Against a paused server: two reads go out at once, one step apart; reads queue
         // behind them; when the first gives up (its timeout), the queue leaves as a batch;
         // more reads queue; when the second gives up, they leave as a second batch. Both

@@ -16,8 +16,12 @@ use std::time::Duration;
 const MINUTE: Option<Duration> = Some(Duration::from_secs(60));
 
 async fn service(server: &RedisServer, prefix: &str) -> CacheService {
+    service_at(server.url(), prefix).await
+}
+
+async fn service_at(url: String, prefix: &str) -> CacheService {
     CacheService::builder()
-        .redis_url(server.url())
+        .redis_url(url)
         .prefix(prefix)
         .build()
         .await
@@ -26,7 +30,11 @@ async fn service(server: &RedisServer, prefix: &str) -> CacheService {
 
 /// A service whose index is complete, so that patterns use it.
 async fn indexed(server: &RedisServer, prefix: &str) -> CacheService {
-    let cache = service(server, prefix).await;
+    indexed_at(server.url(), prefix).await
+}
+
+async fn indexed_at(url: String, prefix: &str) -> CacheService {
+    let cache = service_at(url, prefix).await;
     cache.rebuild_index().await.expect("rebuild the index");
     cache
 }
@@ -639,13 +647,7 @@ async fn concurrent_writers_never_outlive_an_invalidation_that_began_after_them(
 async fn a_write_cut_after_its_set_leaves_nothing_an_invalidation_misses() {
     let server = RedisServer::start();
     let proxy = FaultProxy::start(server.addr()).await;
-    let cache = CacheService::builder()
-        .redis_url(proxy.url())
-        .prefix("cut")
-        .build()
-        .await
-        .expect("service builds");
-    cache.rebuild_index().await.expect("rebuild the index");
+    let cache = indexed_at(proxy.url(), "cut").await;
     let mut conn = server.connection().await;
 
     // The write's `SET` as the service sends it; the proxy delivers it and cuts the rest.
@@ -700,12 +702,7 @@ async fn a_write_whose_filing_is_refused_is_not_left_unfiled() {
         .query_async(&mut admin)
         .await
         .expect("ACL SETUSER");
-    let cache = CacheService::builder()
-        .redis_url(format!("redis://nofile:pw@{}", server.addr()))
-        .prefix("refused")
-        .build()
-        .await
-        .expect("service builds");
+    let cache = service_at(format!("redis://nofile:pw@{}", server.addr()), "refused").await;
     raw::set(&mut admin, "refused#ix:users", "not a sorted set").await;
     // The first write of a service also trims its index by script, which this user may not
     // run, so the server refuses that write whole; the second is the one under test.
