@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tokio::task::Unconstrained;
+use tokio::time::Sleep;
 
 /// What one public call of the service may still spend on the backend. Once one of its steps
 /// met a transport fault (a timeout above all) or the open breaker, the remaining steps skip
@@ -171,21 +173,7 @@ impl Guard {
             Bound::Op => self.timeout,
             Bound::Admin => self.admin_timeout,
         };
-        Guarded::new(self, op, Some(timeout), budget, call)
-    }
-
-    /// [`call`](Self::call) for a call that bounds itself by the operation timeout (failing
-    /// with [`CacheError::Timeout`]): no timer here.
-    pub(crate) fn call_bounded<'a, T, F>(
-        &'a self,
-        op: &'static str,
-        budget: &'a Budget,
-        call: F,
-    ) -> Guarded<'a, F>
-    where
-        F: Future<Output = Result<T, CacheError>>,
-    {
-        Guarded::new(self, op, None, budget, call)
+        Guarded::new(self, op, timeout, budget, call)
     }
 
     /// Classifies a call's outcome, counts it and reports it to the breaker.
@@ -259,20 +247,22 @@ impl Guard {
 }
 
 pin_project! {
-    /// A backend call run by the [`Guard`] ([`Guard::call`], [`Guard::call_bounded`]). A future
-    /// of its own rather than an `async fn`, so that the call it wraps is held once, in place:
-    /// an `async fn` would hold it twice (as its argument and as the future it awaits), and every
-    /// future around the hit path would carry both copies, moved at every level.
+    /// A backend call run by the [`Guard`] ([`Guard::call`]). A future of its own rather than
+    /// an `async fn`, so that the call it wraps is held once, in place: an `async fn` would hold
+    /// it twice (as its argument and as the future it awaits), and every future around the hit
+    /// path would carry both copies, moved at every level.
     #[must_use = "futures do nothing unless polled"]
     pub(crate) struct Guarded<'a, F> {
         guard: &'a Guard,
         op: &'static str,
-        timeout: Option<Duration>,
+        timeout: Duration,
         budget: &'a Budget,
         phase: Phase,
-        // Started with the call, when it has a timeout.
+        // Started with the call. Polled outside tokio's cooperative budget, as
+        // `tokio::time::timeout` polls its timer once the call has spent the budget: a call
+        // that spends it on every poll still times out.
         #[pin]
-        timer: Option<tokio::time::Sleep>,
+        timer: Option<Unconstrained<Sleep>>,
         #[pin]
         call: F,
     }
@@ -296,7 +286,7 @@ impl<'a, F> Guarded<'a, F> {
     fn new(
         guard: &'a Guard,
         op: &'static str,
-        timeout: Option<Duration>,
+        timeout: Duration,
         budget: &'a Budget,
         call: F,
     ) -> Self {
@@ -333,9 +323,8 @@ where
                     *this.phase = Phase::Done;
                     return Poll::Ready(Err(CacheError::CircuitOpen));
                 };
-                if let Some(timeout) = *this.timeout {
-                    this.timer.set(Some(tokio::time::sleep(timeout)));
-                }
+                let timer = tokio::task::unconstrained(tokio::time::sleep(*this.timeout));
+                this.timer.set(Some(timer));
                 let started = guard.counters.metrics.as_ref().map(|_| Instant::now());
                 *this.phase = Phase::Running { permit, started };
             }
@@ -350,7 +339,7 @@ where
             Poll::Pending => match this.timer.as_mut().as_pin_mut().map(|t| t.poll(cx)) {
                 Some(Poll::Ready(())) => Err(CacheError::Timeout {
                     op: this.op,
-                    timeout: this.timeout.unwrap_or_default(),
+                    timeout: *this.timeout,
                 }),
                 _ => return Poll::Pending,
             },
@@ -375,6 +364,8 @@ mod tests {
         Reply(ServerErrorKind),
         Transport,
         Hang,
+        /// Spends the task's cooperative budget on every poll, and never answers.
+        Spin,
     }
 
     #[async_trait::async_trait]
@@ -389,6 +380,9 @@ mod tests {
                 }
                 Self::Transport => Err(CacheError::Backend("connection reset".into())),
                 Self::Hang => std::future::pending().await,
+                Self::Spin => loop {
+                    tokio::task::consume_budget().await;
+                },
             }
         }
         async fn set(&self, _: &str, _: &[u8], _: Duration) -> Result<(), CacheError> {
@@ -443,6 +437,18 @@ mod tests {
             guarded_size < call_size + 512,
             "a guarded call of {call_size} bytes takes {guarded_size}"
         );
+    }
+
+    /// A call that spends tokio's cooperative budget on every poll still times out: the timer
+    /// is polled outside the budget.
+    #[tokio::test]
+    async fn a_call_that_spends_the_cooperative_budget_still_times_out() {
+        let (guard, _) = guard(Failing::Spin);
+        let outcome =
+            tokio::time::timeout(Duration::from_secs(10), get(&guard, &Budget::default()))
+                .await
+                .expect("the guard's timeout fired");
+        assert!(outcome.unwrap_err().is_timeout());
     }
 
     #[tokio::test]

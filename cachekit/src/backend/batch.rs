@@ -11,32 +11,22 @@
 //!
 //! Consistency: a queued read is sent after it was queued, so it sees every write that
 //! returned before it began, as a read sent at once would. A queued read whose caller gave up
-//! is dropped from the batch before it leaves.
-//!
-//! Time: a read sent at once is bounded by a timer of its own; a queued read has none (one
-//! timer per read would cost the many readers of a loaded connection more than the batching
-//! saves). A batch is bounded instead by the operation timeout counted from when its first
-//! (earliest) read queued, which bounds each of its reads from when it queued, waiting
-//! included; a read that queued later can time out sooner than its own timer would have.
+//! (its timeout) is dropped from the batch before it leaves.
 
 use crate::error::CacheError;
 use std::mem;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
-use tokio::time::Instant;
 
 /// Reads on the wire before the next ones queue. Two keep the connection busy while a batch is
 /// built; more would send reads one by one under load, which is what batching avoids.
 pub(crate) const IN_FLIGHT: usize = 2;
 
-/// One queued read: its key, where its reply goes, and when the first read of its queue queued
-/// (its batch must answer within the operation timeout from then: a queued read has no timer
-/// of its own).
+/// One queued read: its key and where its reply goes.
 pub(crate) struct Waiting {
     pub(crate) key: String,
     pub(crate) reply: oneshot::Sender<Result<Vec<u8>, CacheError>>,
-    pub(crate) since: Instant,
 }
 
 #[derive(Default)]
@@ -93,16 +83,10 @@ impl Batcher {
             });
         }
         let (reply, receiver) = oneshot::channel();
-        let waiting = Waiting {
+        state.queue.push(Waiting {
             key: key.to_owned(),
             reply,
-            // One clock reading per queue, not per read.
-            since: state
-                .queue
-                .first()
-                .map_or_else(Instant::now, |first| first.since),
-        };
-        state.queue.push(waiting);
+        });
         Entry::Queued(receiver)
     }
 

@@ -637,21 +637,14 @@ impl RedisBackend {
     }
 
     /// The value under `key`: [`Backend::get`], as a future of its own type, so the service's
-    /// read path calls it without boxing. Bounded by the operation timeout when reads are
-    /// batched ([`bounds_reads`](Self::bounds_reads)), else left for the caller to bound.
+    /// read path calls it without boxing. The caller bounds it (the service's guard).
     pub(crate) async fn read(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
         let Some(batcher) = &self.batch else {
             return self.read_now(key).await;
         };
         let launch = |batch| self.launch(batcher, batch);
         match batcher.enter(key, &launch) {
-            Entry::Direct(_slot) => {
-                let timeout = self.batch_timeout;
-                match tokio::time::timeout(timeout, self.read_now(key)).await {
-                    Ok(read) => read,
-                    Err(_) => Err(CacheError::Timeout { op: "get", timeout }),
-                }
-            }
+            Entry::Direct(_slot) => self.read_now(key).await,
             Entry::Queued(reply) => match reply.await {
                 Ok(value) => self.checked(value?),
                 // The batch was dropped unsent: its runtime is shutting down.
@@ -662,12 +655,6 @@ impl RedisBackend {
                 .into()),
             },
         }
-    }
-
-    /// Whether [`read`](Self::read) bounds itself by the operation timeout (reads are
-    /// batched: a queued read is bounded by its batch, not a timer of its own).
-    pub(crate) fn bounds_reads(&self) -> bool {
-        self.batch.is_some()
     }
 
     /// Reads sent in batches so far ([`CacheStats::reads_batched`](crate::CacheStats::reads_batched)).
@@ -708,12 +695,7 @@ impl RedisBackend {
                     pipe.add_command(getrange(&waiting.key, max));
                 }
                 let sent = pipe.query_async::<Vec<redis::RedisResult<Vec<u8>>>>(&mut conn);
-                // Within the operation timeout of when the first read of the queue queued, so
-                // each of its reads within its own.
-                let since = batch
-                    .first()
-                    .map_or_else(tokio::time::Instant::now, |w| w.since);
-                let failed = match tokio::time::timeout_at(since + timeout, sent).await {
+                let failed = match tokio::time::timeout(timeout, sent).await {
                     Ok(Ok(replies)) if replies.len() == batch.len() => {
                         for (waiting, reply) in batch.drain(..).zip(replies) {
                             let _ = waiting.reply.send(reply.map_err(CacheError::from));
