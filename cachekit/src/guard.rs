@@ -8,8 +8,7 @@
 //! type) fails that operation and is counted by kind.
 
 use crate::backend::{Backend, MemoryBackend};
-use crate::breaker::Permit;
-use crate::breaker::{Breaker, BreakerState};
+use crate::breaker::{Breaker, BreakerState, Permit};
 use crate::error::CacheError;
 use crate::stats::Counters;
 use pin_project_lite::pin_project;

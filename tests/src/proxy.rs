@@ -90,8 +90,7 @@ struct Rule {
 enum Action {
     Hold(Duration, watch::Sender<HoldPhase>),
     Cut(watch::Sender<bool>),
-    /// Cut after the pattern, which the rule keeps here.
-    CutAfter(Vec<u8>, watch::Sender<bool>),
+    CutAfter(watch::Sender<bool>),
 }
 
 /// Where a chunk held by [`FaultProxy::hold_next`] is.
@@ -203,8 +202,7 @@ impl FaultProxy {
     /// like [`hold_next`](Self::hold_next).
     pub fn cut_after(&self, pattern: &[u8]) -> Tripwire {
         let (fired, watcher) = watch::channel(false);
-        self.faults
-            .add_rule(pattern, Action::CutAfter(pattern.to_vec(), fired));
+        self.faults.add_rule(pattern, Action::CutAfter(fired));
         Tripwire { fired: watcher }
     }
 
@@ -366,13 +364,14 @@ impl Faults {
         });
     }
 
-    /// Removes and returns the first rule whose pattern `chunk` contains.
-    fn take_rule(&self, chunk: &[u8]) -> Option<Action> {
+    /// Removes the first rule whose pattern `chunk` contains; returns its action and where in
+    /// `chunk` the pattern ends.
+    fn take_rule(&self, chunk: &[u8]) -> Option<(Action, usize)> {
         let mut rules = lock(&self.rules);
-        let index = rules
-            .iter()
-            .position(|rule| contains(chunk, &rule.pattern))?;
-        Some(rules.remove(index).action)
+        let (index, end) = rules.iter().enumerate().find_map(|(index, rule)| {
+            find(chunk, &rule.pattern).map(|at| (index, at + rule.pattern.len()))
+        })?;
+        Some((rules.remove(index).action, end))
     }
 }
 
@@ -449,17 +448,16 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, faults: &Faults, 
         let mut released = None;
         if dir == Direction::ToServer {
             match faults.take_rule(chunk) {
-                Some(Action::Cut(fired)) => {
+                Some((Action::Cut(fired), _)) => {
                     fired.send_replace(true);
                     return;
                 }
-                Some(Action::CutAfter(pattern, fired)) => {
-                    let end = find(chunk, &pattern).map_or(0, |at| at + pattern.len());
+                Some((Action::CutAfter(fired), end)) => {
                     let _ = to.write_all(&chunk[..end]).await;
                     fired.send_replace(true);
                     return;
                 }
-                Some(Action::Hold(duration, phase)) => {
+                Some((Action::Hold(duration, phase), _)) => {
                     phase.send_replace(HoldPhase::Held);
                     tokio::time::sleep(duration).await;
                     released = Some(phase);
@@ -499,11 +497,6 @@ async fn chaos_loop(
         tokio::time::sleep(rng.duration(&stall)).await;
         shared.faults.resume();
     }
-}
-
-/// Whether `haystack` contains `needle`; an empty needle is in everything.
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    find(haystack, needle).is_some()
 }
 
 /// Where `needle` first occurs in `haystack`; an empty needle at 0.
@@ -842,8 +835,8 @@ mod tests {
 
     #[test]
     fn patterns_are_found_anywhere_in_a_chunk() {
-        assert!(contains(b"*2\r\n$7\r\nEVALSHA\r\n", b"EVALSHA"));
-        assert!(contains(b"abc", b""));
-        assert!(!contains(b"EVALSH", b"EVALSHA"));
+        assert_eq!(find(b"*2\r\n$7\r\nEVALSHA\r\n", b"EVALSHA"), Some(8));
+        assert_eq!(find(b"abc", b""), Some(0));
+        assert_eq!(find(b"EVALSH", b"EVALSHA"), None);
     }
 }
