@@ -91,7 +91,8 @@ pub mod names {
     /// `CacheService::get` on Redis.
     pub const SERVICE_GET: &str = "cachekit CacheService::get";
     /// Diagnostic (`--diagnostics`): `CacheService::get` on cachekit's own Redis backend with
-    /// the guard switched off (no per-call timeout, no breaker, no fault counting).
+    /// the guard switched off (no breaker, no fault counting, no per-call timer from the guard;
+    /// batched reads keep the deadlines the batcher gives them).
     pub const SERVICE_GET_UNGUARDED: &str = "cachekit CacheService::get, guard off";
     /// Diagnostic (`--diagnostics`): `CacheService::get` on Redis with every read sent on its
     /// own, never queued into a batch behind the reads in flight.

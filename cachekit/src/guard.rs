@@ -2,7 +2,9 @@
 //! and counting, and the per-call budget that keeps a whole cache-aside call within about one
 //! operation timeout.
 //!
-//! Every backend call of the service goes through [`Guard::call`]; the guard knows nothing of
+//! Every backend call of the service goes through [`Guard::call`], or [`Guard::call_bounded`]
+//! for a call that bounds itself (the Redis backend's batched reads, whose batches carry their
+//! deadlines so that a queued read needs no timer of its own); the guard knows nothing of
 //! keys, values, leases or invalidation. Only transport faults (timeouts, unreachable server)
 //! feed the breaker; a server's reply to one operation (out of memory, no permission, wrong
 //! type) fails that operation and is counted by kind.
@@ -172,7 +174,21 @@ impl Guard {
             Bound::Op => self.timeout,
             Bound::Admin => self.admin_timeout,
         };
-        Guarded::new(self, op, timeout, budget, call)
+        Guarded::new(self, op, Some(timeout), budget, call)
+    }
+
+    /// [`call`](Self::call) for a call that bounds itself by the operation timeout (failing
+    /// with [`CacheError::Timeout`]): no timer here.
+    pub(crate) fn call_bounded<'a, T, F>(
+        &'a self,
+        op: &'static str,
+        budget: &'a Budget,
+        call: F,
+    ) -> Guarded<'a, F>
+    where
+        F: Future<Output = Result<T, CacheError>>,
+    {
+        Guarded::new(self, op, None, budget, call)
     }
 
     /// Classifies a call's outcome, counts it and reports it to the breaker.
@@ -246,7 +262,7 @@ impl Guard {
 }
 
 pin_project! {
-    /// A backend call run by the [`Guard`] ([`Guard::call`]). A future of its own rather than
+    /// A backend call run by the [`Guard`] ([`Guard::call`], [`Guard::call_bounded`]). A future of its own rather than
     /// an `async fn`, so that the call it wraps is held once, in place: an `async fn` would hold
     /// it twice (as its argument and as the future it awaits), and every future around the hit
     /// path would carry both copies, moved at every level.
@@ -254,10 +270,10 @@ pin_project! {
     pub(crate) struct Guarded<'a, F> {
         guard: &'a Guard,
         op: &'static str,
-        timeout: Duration,
+        timeout: Option<Duration>,
         budget: &'a Budget,
         phase: Phase,
-        // Started with the call. Polled outside tokio's cooperative budget, as
+        // Started with the call, when it has a timeout. Polled outside tokio's cooperative budget, as
         // `tokio::time::timeout` polls its timer once the call has spent the budget: a call
         // that spends it on every poll still times out.
         #[pin]
@@ -285,7 +301,7 @@ impl<'a, F> Guarded<'a, F> {
     fn new(
         guard: &'a Guard,
         op: &'static str,
-        timeout: Duration,
+        timeout: Option<Duration>,
         budget: &'a Budget,
         call: F,
     ) -> Self {
@@ -322,8 +338,10 @@ where
                     *this.phase = Phase::Done;
                     return Poll::Ready(Err(CacheError::CircuitOpen));
                 };
-                let timer = tokio::task::unconstrained(tokio::time::sleep(*this.timeout));
-                this.timer.set(Some(timer));
+                if let Some(timeout) = *this.timeout {
+                    let timer = tokio::task::unconstrained(tokio::time::sleep(timeout));
+                    this.timer.set(Some(timer));
+                }
                 let started = guard.counters.metrics.as_ref().map(|_| Instant::now());
                 *this.phase = Phase::Running { permit, started };
             }
@@ -338,7 +356,9 @@ where
             Poll::Pending => match this.timer.as_mut().as_pin_mut().map(|t| t.poll(cx)) {
                 Some(Poll::Ready(())) => Err(CacheError::Timeout {
                     op: this.op,
-                    timeout: *this.timeout,
+                    timeout: this
+                        .timeout
+                        .expect("only a call with a timeout has a timer"),
                 }),
                 _ => return Poll::Pending,
             },

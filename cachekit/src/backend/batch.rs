@@ -7,26 +7,48 @@
 //! while reads keep coming: under load, reads leave in batches only, each carrying what
 //! arrived during the last one's round trip. Many tasks reading distinct keys then cost the connection one
 //! message, one write and one reply parse per batch rather than per key, and the server one
-//! read of the socket, while no read ever waits on a timer.
+//! read of the socket, while no timer decides when a batch leaves.
 //!
 //! Consistency: a queued read is sent after it was queued, so it sees every write that
 //! returned before it began, as a read sent at once would. A queued read whose caller gave up
-//! (its timeout) is dropped from the batch before it leaves.
+//! is dropped from the batch before it leaves.
+//!
+//! Time: a read sent at once is bounded by a timer of its own; a queued read has none (one
+//! timer per read would cost the many readers of a loaded connection more than the batching
+//! saves). A batch is bounded instead by the operation timeout counted from when its first
+//! (earliest) read queued, which bounds each of its reads from when it queued, waiting
+//! included; a read that queued later can time out sooner than its own timer would have.
+//! A queue that forms behind reads sent at once leaves when one of them returns, which takes
+//! its caller polling it to the end or dropping it; a caller may do neither for a while (a
+//! `select!` branch kept for later), so such a queue is watched: if it has not left within the
+//! operation timeout of its first read, its reads fail with a timeout ([`Watch`]). A queue that
+//! forms while a batch is out needs no watch: the batch's task takes it when it ends, and the
+//! batch ends within its own deadline whoever polls what.
+//!
+//! Batches and watches run as tasks on the runtime of the read that started them. A service
+//! shared by runtimes, one of which is kept but not driven (a current-thread runtime between
+//! two `block_on` calls), holds the reads queued behind that runtime's tasks until it is driven
+//! again or dropped; a runtime that shuts down drops its tasks, and their reads fail at once.
 
 use crate::error::CacheError;
 use std::mem;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 /// Reads on the wire before the next ones queue. Two keep the connection busy while a batch is
 /// built; more would send reads one by one under load, which is what batching avoids.
 pub(crate) const IN_FLIGHT: usize = 2;
 
-/// One queued read: its key and where its reply goes.
+/// One queued read: its key, where its reply goes, and when the first read of its queue queued
+/// (its batch must answer within the operation timeout from then: a queued read has no timer
+/// of its own).
 pub(crate) struct Waiting {
     pub(crate) key: String,
     pub(crate) reply: oneshot::Sender<Result<Vec<u8>, CacheError>>,
+    pub(crate) since: Instant,
 }
 
 #[derive(Default)]
@@ -36,22 +58,42 @@ struct State {
     /// Batches on the wire (each also counted in `in_flight`).
     batches: usize,
     queue: Vec<Waiting>,
+    /// Queues formed so far: the number of the latest (the one waiting, if any), which a
+    /// [`Watch`] names.
+    queues: u64,
 }
 
 /// The queue of one connection's reads.
-#[derive(Default)]
 pub(crate) struct Batcher {
     state: Mutex<State>,
     /// Reads sent in batches so far.
     batched: AtomicU64,
+    /// The operation timeout, within which each read is answered or fails.
+    timeout: Duration,
 }
 
 /// How a read goes out.
 pub(crate) enum Entry<'a> {
     /// Now, by the caller; the slot it holds is given back when the permit drops.
     Direct(Permit<'a>),
-    /// In the next batch; the reply comes here.
-    Queued(oneshot::Receiver<Result<Vec<u8>, CacheError>>),
+    /// In the next batch; the reply comes here. The first read of a queue that forms behind
+    /// reads sent at once is handed its [`Watch`], to start.
+    Queued(
+        oneshot::Receiver<Result<Vec<u8>, CacheError>>,
+        Option<Watch>,
+    ),
+}
+
+/// The watch over a queue that formed behind reads sent at once, [`expire`](Watch::expire)d
+/// at its [`deadline`](Watch::deadline), the operation timeout after its first read queued: if
+/// that queue still waits then, its reads fail with a timeout. Dropped unexpired (its task
+/// never ran, or its runtime shut down), it fails them at once as reads whose batch was
+/// dropped, rather than leave them unwatched.
+pub(crate) struct Watch {
+    batcher: Arc<Batcher>,
+    queue: u64,
+    since: Instant,
+    expired: bool,
 }
 
 /// A read's slot on the wire. Dropped when the read returned or its caller gave up; if reads
@@ -66,13 +108,27 @@ pub(crate) struct Permit<'a> {
 pub(crate) type Launch<'a> = dyn Fn(Vec<Waiting>) + Sync + 'a;
 
 impl Batcher {
+    /// The queue of a connection whose reads are answered within `timeout` or fail.
+    pub(crate) fn new(timeout: Duration) -> Self {
+        Self {
+            state: Mutex::default(),
+            batched: AtomicU64::new(0),
+            timeout,
+        }
+    }
+
+    /// The operation timeout its reads are bounded by.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Takes a slot for a read of `key`, or queues it. `launch` sends a batch in a task of its
     /// own and gives the slot back through [`finish`](Self::finish).
-    pub(crate) fn enter<'a>(&'a self, key: &str, launch: &'a Launch<'a>) -> Entry<'a> {
+    pub(crate) fn enter<'a>(self: &'a Arc<Self>, key: &str, launch: &'a Launch<'a>) -> Entry<'a> {
         let mut state = self.lock();
         // While a batch is out, the load that made it is still there: reads join the next one.
         if state.in_flight < IN_FLIGHT && state.batches == 0 {
@@ -83,11 +139,31 @@ impl Batcher {
             });
         }
         let (reply, receiver) = oneshot::channel();
+        let mut watch = None;
+        // One clock reading per queue, not per read.
+        let since = match state.queue.first() {
+            Some(first) => first.since,
+            None => {
+                state.queues += 1;
+                let since = Instant::now();
+                // Only a returning read sends this queue: it needs a watch.
+                if state.batches == 0 {
+                    watch = Some(Watch {
+                        batcher: self.clone(),
+                        queue: state.queues,
+                        since,
+                        expired: false,
+                    });
+                }
+                since
+            }
+        };
         state.queue.push(Waiting {
             key: key.to_owned(),
             reply,
+            since,
         });
-        Entry::Queued(receiver)
+        Entry::Queued(receiver, watch)
     }
 
     /// Reads sent in batches so far.
@@ -119,6 +195,49 @@ impl Batcher {
     fn take(state: &mut State) -> Option<Vec<Waiting>> {
         state.queue.retain(|waiting| !waiting.reply.is_closed());
         (!state.queue.is_empty()).then(|| mem::take(&mut state.queue))
+    }
+}
+
+impl Watch {
+    /// When the watched queue's first read has waited the operation timeout.
+    pub(crate) fn deadline(&self) -> Instant {
+        self.since + self.batcher.timeout
+    }
+
+    /// Fails the watched queue's reads with a timeout, if it still waits.
+    pub(crate) fn expire(mut self) {
+        self.expired = true;
+        let timeout = self.batcher.timeout;
+        self.fail(|| CacheError::Timeout { op: "get", timeout });
+    }
+
+    fn fail(&self, error: impl Fn() -> CacheError) {
+        let waiting = {
+            let mut state = self.batcher.lock();
+            // The watched queue is still the latest, and not empty: it has not left.
+            if state.queues == self.queue {
+                mem::take(&mut state.queue)
+            } else {
+                Vec::new()
+            }
+        };
+        for waiting in waiting {
+            let _ = waiting.reply.send(Err(error()));
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if !self.expired {
+            self.fail(|| {
+                redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "the watch over this read's queue was dropped (its runtime shut down)",
+                ))
+                .into()
+            });
+        }
     }
 }
 
@@ -178,9 +297,79 @@ impl Drop for Permit<'_> {
 mod tests {
     use super::*;
 
+    fn batcher() -> Arc<Batcher> {
+        Arc::new(Batcher::new(Duration::from_secs(1)))
+    }
+
+    fn queued(
+        entry: Entry<'_>,
+    ) -> (
+        oneshot::Receiver<Result<Vec<u8>, CacheError>>,
+        Option<Watch>,
+    ) {
+        match entry {
+            Entry::Queued(reply, watch) => (reply, watch),
+            Entry::Direct(_) => panic!("expected to queue"),
+        }
+    }
+
+    /// A queue that forms behind reads sent at once is watched: if it has not left when its
+    /// watch drops, its reads fail with a timeout. A queue that left is not touched, and a
+    /// queue that forms while a batch is out has no watch.
+    #[test]
+    fn a_queue_behind_reads_sent_at_once_fails_when_its_watch_ends() {
+        let batcher = batcher();
+        let launched = Mutex::new(Vec::new());
+        let launch = |batch: Vec<Waiting>| launched.lock().unwrap().push(batch);
+        let (a, b) = (batcher.enter("a", &launch), batcher.enter("b", &launch));
+        let (mut c, watch) = queued(batcher.enter("c", &launch));
+        let watch = watch.expect("the first read of a queue behind reads sent at once");
+        let (mut d, none) = queued(batcher.enter("d", &launch));
+        assert!(none.is_none(), "one watch per queue");
+        // Neither a nor b returns (their callers stopped polling them): the watch ends.
+        watch.expire();
+        for reply in [&mut c, &mut d] {
+            let error = reply.try_recv().unwrap().unwrap_err();
+            assert!(error.is_timeout(), "{error:?}");
+        }
+        // The next queue has a watch of its own; once it left, its watch leaves it alone.
+        let (mut e, watch) = queued(batcher.enter("e", &launch));
+        let watch = watch.expect("a new queue, a new watch");
+        drop(a); // sends [e]
+        assert_eq!(launched.lock().unwrap().len(), 1);
+        // While that batch is out, a queue needs no watch: the batch's task takes it. Nor is
+        // it the queue the earlier watch watched, which leaves it alone when it ends.
+        let (mut f, none) = queued(batcher.enter("f", &launch));
+        assert!(none.is_none());
+        watch.expire();
+        assert!(matches!(
+            e.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        ));
+        assert!(matches!(
+            f.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        ));
+        drop(b);
+    }
+
+    /// A watch dropped before its deadline (its runtime shut down) fails its queue's reads at
+    /// once, as reads whose batch was dropped rather than as timeouts.
+    #[test]
+    fn a_watch_dropped_unexpired_fails_its_queue_as_dropped() {
+        let batcher = batcher();
+        let launch = |batch: Vec<Waiting>| drop(batch);
+        let (_a, _b) = (batcher.enter("a", &launch), batcher.enter("b", &launch));
+        let (mut c, watch) = queued(batcher.enter("c", &launch));
+        drop(watch);
+        let error = c.try_recv().unwrap().unwrap_err();
+        assert!(!error.is_timeout(), "{error:?}");
+        assert!(error.to_string().contains("runtime shut down"), "{error}");
+    }
+
     #[test]
     fn reads_go_out_at_once_until_the_wire_is_full_then_leave_together() {
-        let batcher = Batcher::default();
+        let batcher = batcher();
         let launched = Mutex::new(Vec::new());
         let launch = |batch: Vec<Waiting>| {
             launched
@@ -197,13 +386,13 @@ mod tests {
         let third = batcher.enter("c", &launch);
         let fourth = batcher.enter("d", &launch);
         let gave_up = batcher.enter("e", &launch);
-        assert!(matches!(third, Entry::Queued(_)));
+        assert!(matches!(third, Entry::Queued(..)));
         drop(gave_up);
         drop(first);
         assert_eq!(*launched.lock().unwrap(), vec![vec!["c", "d"]]);
         // The batch kept the slot: the wire is still full.
         let f = batcher.enter("f", &launch);
-        assert!(matches!(f, Entry::Queued(_)));
+        assert!(matches!(f, Entry::Queued(..)));
         drop(second);
         assert_eq!(launched.lock().unwrap().len(), 2);
         assert_eq!(launched.lock().unwrap()[1], vec!["f"]);
@@ -218,7 +407,7 @@ mod tests {
     /// queued, reads go out at once again.
     #[test]
     fn under_load_reads_leave_in_batches_only() {
-        let batcher = Batcher::default();
+        let batcher = batcher();
         let launched = Mutex::new(0);
         let launch = |batch: Vec<Waiting>| {
             *launched.lock().unwrap() += 1;
@@ -230,7 +419,7 @@ mod tests {
         drop(b); // b's slot is free
         assert_eq!(*launched.lock().unwrap(), 1);
         let d = batcher.enter("d", &launch);
-        assert!(matches!(d, Entry::Queued(_)), "a batch is out");
+        assert!(matches!(d, Entry::Queued(..)), "a batch is out");
         assert_eq!(batcher.finish().map(|batch| batch.len()), Some(1));
         assert!(batcher.finish().is_none());
         assert!(matches!(batcher.enter("e", &launch), Entry::Direct(_)));
@@ -241,7 +430,7 @@ mod tests {
     /// queued behind it.
     #[test]
     fn a_batch_dropped_unfinished_gives_its_slot_back() {
-        let batcher = Arc::new(Batcher::default());
+        let batcher = batcher();
         let held = Mutex::new(Vec::new());
         let launch = |batch: Vec<Waiting>| {
             held.lock().unwrap().push(Held::new(batcher.clone()));
@@ -250,7 +439,7 @@ mod tests {
         let (a, b) = (batcher.enter("a", &launch), batcher.enter("b", &launch));
         let c = batcher.enter("c", &launch);
         drop(a); // launches [c]: the batch now holds a's slot
-        let Entry::Queued(mut d) = batcher.enter("d", &launch) else {
+        let Entry::Queued(mut d, _) = batcher.enter("d", &launch) else {
             panic!("the wire is full")
         };
         // The batch's task is dropped before it sent anything: the slot comes back, and the

@@ -1,6 +1,6 @@
 //! The standalone Redis store, on redis-rs's auto-reconnecting multiplexed connection.
 
-use super::batch::{Batcher, Entry, Held, Waiting};
+use super::batch::{Batcher, Entry, Held, Waiting, Watch};
 use super::conn::{self, ClusterLink, Conn, Primary};
 use super::{
     Backend, BackendKind, LEASE_MARKER_PREFIX, Lease, ServerInfo, Versioned, is_lease_marker,
@@ -528,8 +528,18 @@ pub struct RedisBackend {
     /// On one server, reads beyond those in flight queue and leave together (`None` on a
     /// cluster, whose reads go to different nodes, and in diagnostics).
     batch: Option<Arc<Batcher>>,
-    /// The bound on one batch of reads: the operation timeout.
-    batch_timeout: Duration,
+}
+
+/// Keeps `watch` over its queue until its deadline, in a task of its own: one timer per queue
+/// that forms behind reads sent at once, rather than one per queued read.
+fn keep_watch(watch: Watch) {
+    // Off a runtime the watch drops here, failing its queue at once.
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            tokio::time::sleep_until(watch.deadline()).await;
+            watch.expire();
+        });
+    }
 }
 
 /// `GETRANGE key 0 max`: the value, or its first `max + 1` bytes. The command's buffer is sized
@@ -560,8 +570,9 @@ impl RedisBackend {
         options: &RedisOptions,
     ) -> Result<Self, CacheError> {
         let config = ConnectionManagerConfig::new()
-            // No response timeout here: the service's guard bounds every call, once. (A
-            // timed-out command never makes redis-rs reconnect either way.)
+            // No response timeout here: the service's guard bounds every call once, or for
+            // batched reads `read` does. (A timed-out command never makes redis-rs reconnect
+            // either way.)
             .set_response_timeout(None)
             .set_connection_timeout(Some(options.connect_timeout))
             // One quick retry: the service's circuit breaker, not the connection, decides how
@@ -580,8 +591,9 @@ impl RedisBackend {
             step_timeout: options.step_timeout,
             index: Arc::default(),
             writes: Arc::default(),
-            batch: options.batch_timeout.map(|_| Arc::default()),
-            batch_timeout: options.batch_timeout.unwrap_or(options.step_timeout),
+            batch: options
+                .batch_timeout
+                .map(|timeout| Arc::new(Batcher::new(timeout))),
         })
     }
 
@@ -601,7 +613,6 @@ impl RedisBackend {
             index: Arc::default(),
             writes: Arc::default(),
             batch: None,
-            batch_timeout: options.step_timeout,
         }
     }
 
@@ -637,24 +648,42 @@ impl RedisBackend {
     }
 
     /// The value under `key`: [`Backend::get`], as a future of its own type, so the service's
-    /// read path calls it without boxing. The caller bounds it (the service's guard).
+    /// read path calls it without boxing. Bounded by the operation timeout when reads are
+    /// batched ([`bounds_reads`](Self::bounds_reads)), else left for the caller to bound.
     pub(crate) async fn read(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
         let Some(batcher) = &self.batch else {
             return self.read_now(key).await;
         };
         let launch = |batch| self.launch(batcher, batch);
         match batcher.enter(key, &launch) {
-            Entry::Direct(_slot) => self.read_now(key).await,
-            Entry::Queued(reply) => match reply.await {
-                Ok(value) => self.checked(value?),
-                // The batch was dropped unsent: its runtime is shutting down.
-                Err(_) => Err(RedisError::from((
-                    redis::ErrorKind::Io,
-                    "the batch of this read was dropped unsent",
-                ))
-                .into()),
-            },
+            Entry::Direct(_slot) => {
+                let timeout = batcher.timeout();
+                match tokio::time::timeout(timeout, self.read_now(key)).await {
+                    Ok(read) => read,
+                    Err(_) => Err(CacheError::Timeout { op: "get", timeout }),
+                }
+            }
+            Entry::Queued(reply, watch) => {
+                if let Some(watch) = watch {
+                    keep_watch(watch);
+                }
+                match reply.await {
+                    Ok(value) => self.checked(value?),
+                    // The batch was dropped unsent: its runtime is shutting down.
+                    Err(_) => Err(RedisError::from((
+                        redis::ErrorKind::Io,
+                        "the batch of this read was dropped unsent",
+                    ))
+                    .into()),
+                }
+            }
         }
+    }
+
+    /// Whether [`read`](Self::read) bounds itself by the operation timeout (reads are
+    /// batched: a queued read is bounded by its batch, not a timer of its own).
+    pub(crate) fn bounds_reads(&self) -> bool {
+        self.batch.is_some()
     }
 
     /// Reads sent in batches so far ([`CacheStats::reads_batched`](crate::CacheStats::reads_batched)).
@@ -674,8 +703,8 @@ impl RedisBackend {
 
     /// Sends queued reads, and those that queue while they are out, as pipelines from a task
     /// of its own, until none are left. Each reader gets its own reply or error (a `WRONGTYPE`
-    /// for one key fails that read only); a batch that fails as a whole, or takes longer than
-    /// the operation timeout, fails each of its reads.
+    /// for one key fails that read only); a batch that fails as a whole, or is not answered
+    /// within the operation timeout of when its first read queued, fails each of its reads.
     fn launch(&self, batcher: &Arc<Batcher>, batch: Vec<Waiting>) {
         // Gives the slot back however the task ends, even dropped unfinished.
         let mut held = Held::new(batcher.clone());
@@ -685,7 +714,7 @@ impl RedisBackend {
             return;
         };
         let mut conn = self.conn.clone();
-        let (max, timeout) = (self.max_value_bytes, self.batch_timeout);
+        let (max, timeout) = (self.max_value_bytes, batcher.timeout());
         runtime.spawn(async move {
             let mut batch = batch;
             loop {
@@ -695,7 +724,12 @@ impl RedisBackend {
                     pipe.add_command(getrange(&waiting.key, max));
                 }
                 let sent = pipe.query_async::<Vec<redis::RedisResult<Vec<u8>>>>(&mut conn);
-                let failed = match tokio::time::timeout(timeout, sent).await {
+                // Within the operation timeout of when the first read of the queue queued, so
+                // each of its reads within its own.
+                let since = batch
+                    .first()
+                    .map_or_else(tokio::time::Instant::now, |w| w.since);
+                let failed = match tokio::time::timeout_at(since + timeout, sent).await {
                     Ok(Ok(replies)) if replies.len() == batch.len() => {
                         for (waiting, reply) in batch.drain(..).zip(replies) {
                             let _ = waiting.reply.send(reply.map_err(CacheError::from));
