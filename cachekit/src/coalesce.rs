@@ -47,7 +47,7 @@ pub(crate) enum Handed {
     Failed(Failed),
     /// Lead the next flight. Dropped unused (its reader was cancelled after it was handed
     /// over), it ends that flight as a cancelled leader does, so no one waits on it forever.
-    Lead(Leader),
+    Lead(Leader<'static>),
 }
 
 /// The leader's read failed (the store did not answer, refused, or the leader was cancelled).
@@ -91,19 +91,36 @@ impl Reply {
 }
 
 /// A reader's part in a read of its key.
-pub(crate) enum Role {
+pub(crate) enum Role<'a> {
     /// Ask the store, then [`land`](Leader::land) and hand the reply to the followers.
-    Leader(Leader),
+    Leader(Leader<'a>),
     /// Wait: for the reply of the next flight, or to lead it.
     Follower(oneshot::Receiver<Handed>),
 }
 
 /// The leader of a flight; dropped before it landed, it hands its followers a failure and
 /// passes the lead on.
-pub(crate) struct Leader {
-    shards: Arc<Shards>,
+pub(crate) struct Leader<'a> {
+    shards: Held<'a>,
     key: Arc<str>,
     landed: bool,
+}
+
+/// The map a leader's flight is in: borrowed by the reader that joined first, shared with a
+/// reader handed the lead. Borrowing spares every lone reader an update of the map's reference
+/// count, a counter all threads reading through the service would otherwise write.
+enum Held<'a> {
+    Borrowed(&'a Arc<Shards>),
+    Shared(Arc<Shards>),
+}
+
+impl Held<'_> {
+    fn shards(&self) -> &Arc<Shards> {
+        match self {
+            Held::Borrowed(shards) => shards,
+            Held::Shared(shards) => shards,
+        }
+    }
 }
 
 /// The followers of a landed flight, waiting for what it hands them.
@@ -111,7 +128,7 @@ pub(crate) struct Followers(Vec<oneshot::Sender<Handed>>);
 
 impl Reads {
     /// This reader's part in a read of the physical `key`.
-    pub(crate) fn join(&self, key: &Arc<str>) -> Role {
+    pub(crate) fn join(&self, key: &Arc<str>) -> Role<'_> {
         let mut flights = shard(&self.shards, key);
         // One lookup either way (the key's hash is computed once).
         match flights.entry(key.clone()) {
@@ -126,7 +143,7 @@ impl Reads {
         }
         drop(flights);
         Role::Leader(Leader {
-            shards: self.shards.clone(),
+            shards: Held::Borrowed(&self.shards),
             key: key.clone(),
             landed: false,
         })
@@ -138,7 +155,7 @@ fn shard<'a>(shards: &'a Shards, key: &str) -> MutexGuard<'a, HashMap<Arc<str>, 
     shards[shard].lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl Leader {
+impl Leader<'_> {
     /// Ends the flight; returns its followers. Readers waiting for the next flight are now
     /// its followers, one of them handed the lead of it.
     pub(crate) fn land(mut self) -> Followers {
@@ -151,7 +168,7 @@ impl Leader {
     /// not answer them either and none of them may wait another operation timeout.
     pub(crate) fn land_unanswered(mut self) {
         self.landed = true;
-        let flight = shard(&self.shards, &self.key).remove(&*self.key);
+        let flight = shard(self.shards.shards(), &self.key).remove(&*self.key);
         if let Some(flight) = flight {
             let everyone = flight.followers.into_iter().chain(flight.waiting).collect();
             Followers(everyone).fail(Failed::Transport);
@@ -159,7 +176,7 @@ impl Leader {
     }
 
     fn take_followers(&self) -> Vec<oneshot::Sender<Handed>> {
-        let mut flights = shard(&self.shards, &self.key);
+        let mut flights = shard(self.shards.shards(), &self.key);
         let Entry::Occupied(mut flight) = flights.entry(self.key.clone()) else {
             return Vec::new();
         };
@@ -172,7 +189,7 @@ impl Leader {
                 break;
             };
             let lead = Leader {
-                shards: self.shards.clone(),
+                shards: Held::Shared(self.shards.shards().clone()),
                 key: self.key.clone(),
                 landed: false,
             };
@@ -191,7 +208,7 @@ impl Leader {
     }
 }
 
-impl Drop for Leader {
+impl Drop for Leader<'_> {
     fn drop(&mut self) {
         if !self.landed {
             self.landed = true;
@@ -231,14 +248,14 @@ impl Followers {
 mod tests {
     use super::*;
 
-    fn lead(role: Role) -> Leader {
+    fn lead(role: Role<'_>) -> Leader<'_> {
         match role {
             Role::Leader(leader) => leader,
             Role::Follower(_) => panic!("expected to lead"),
         }
     }
 
-    fn follow(role: Role) -> oneshot::Receiver<Handed> {
+    fn follow(role: Role<'_>) -> oneshot::Receiver<Handed> {
         match role {
             Role::Follower(receiver) => receiver,
             Role::Leader(_) => panic!("expected to follow"),
@@ -249,7 +266,7 @@ mod tests {
         Arc::new(Reply::new(Some(bytes.to_vec()), None))
     }
 
-    fn handed_lead(receiver: &mut oneshot::Receiver<Handed>) -> Leader {
+    fn handed_lead(receiver: &mut oneshot::Receiver<Handed>) -> Leader<'static> {
         match receiver.try_recv() {
             Ok(Handed::Lead(leader)) => leader,
             _ => panic!("expected the lead"),
