@@ -121,7 +121,7 @@ impl CacheService {
     async fn fetch(
         &self,
         key: &str,
-        physical: &str,
+        physical: &Arc<str>,
         budget: &Budget,
     ) -> Result<Option<(Vec<u8>, Option<Duration>)>, CacheError> {
         let guard = self.guard();

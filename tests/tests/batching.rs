@@ -303,7 +303,11 @@ async fn reads_queued_behind_reads_nobody_polls_still_end_within_the_timeout() {
     .await;
     assert_eq!(queued, None);
     // It ended at its deadline, not before: it waited its timeout for a chance to be sent.
-    assert!(began.elapsed() >= timeout, "ended after {:?}", began.elapsed());
+    assert!(
+        began.elapsed() >= timeout,
+        "ended after {:?}",
+        began.elapsed()
+    );
     assert_eq!(cache.stats().faults.timeouts, 1);
     // Polled again, the held reads finish with the replies that came meanwhile, and give
     // their slots back.

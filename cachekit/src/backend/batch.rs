@@ -46,7 +46,8 @@ pub(crate) const IN_FLIGHT: usize = 2;
 /// (its batch must answer within the operation timeout from then: a queued read has no timer
 /// of its own).
 pub(crate) struct Waiting {
-    pub(crate) key: String,
+    /// Shared with the read's caller, which built it: queuing copies no key.
+    pub(crate) key: Arc<str>,
     pub(crate) reply: oneshot::Sender<Result<Vec<u8>, CacheError>>,
     pub(crate) since: Instant,
 }
@@ -128,7 +129,11 @@ impl Batcher {
 
     /// Takes a slot for a read of `key`, or queues it. `launch` sends a batch in a task of its
     /// own and gives the slot back through [`finish`](Self::finish).
-    pub(crate) fn enter<'a>(self: &'a Arc<Self>, key: &str, launch: &'a Launch<'a>) -> Entry<'a> {
+    pub(crate) fn enter<'a>(
+        self: &'a Arc<Self>,
+        key: &Arc<str>,
+        launch: &'a Launch<'a>,
+    ) -> Entry<'a> {
         let mut state = self.lock();
         // While a batch is out, the load that made it is still there: reads join the next one.
         if state.in_flight < IN_FLIGHT && state.batches == 0 {
@@ -159,7 +164,7 @@ impl Batcher {
             }
         };
         state.queue.push(Waiting {
-            key: key.to_owned(),
+            key: key.clone(),
             reply,
             since,
         });
@@ -321,10 +326,13 @@ mod tests {
         let batcher = batcher();
         let launched = Mutex::new(Vec::new());
         let launch = |batch: Vec<Waiting>| launched.lock().unwrap().push(batch);
-        let (a, b) = (batcher.enter("a", &launch), batcher.enter("b", &launch));
-        let (mut c, watch) = queued(batcher.enter("c", &launch));
+        let (a, b) = (
+            batcher.enter(&"a".into(), &launch),
+            batcher.enter(&"b".into(), &launch),
+        );
+        let (mut c, watch) = queued(batcher.enter(&"c".into(), &launch));
         let watch = watch.expect("the first read of a queue behind reads sent at once");
-        let (mut d, none) = queued(batcher.enter("d", &launch));
+        let (mut d, none) = queued(batcher.enter(&"d".into(), &launch));
         assert!(none.is_none(), "one watch per queue");
         // Neither a nor b returns (their callers stopped polling them): the watch ends.
         watch.expire();
@@ -333,13 +341,13 @@ mod tests {
             assert!(error.is_timeout(), "{error:?}");
         }
         // The next queue has a watch of its own; once it left, its watch leaves it alone.
-        let (mut e, watch) = queued(batcher.enter("e", &launch));
+        let (mut e, watch) = queued(batcher.enter(&"e".into(), &launch));
         let watch = watch.expect("a new queue, a new watch");
         drop(a); // sends [e]
         assert_eq!(launched.lock().unwrap().len(), 1);
         // While that batch is out, a queue needs no watch: the batch's task takes it. Nor is
         // it the queue the earlier watch watched, which leaves it alone when it ends.
-        let (mut f, none) = queued(batcher.enter("f", &launch));
+        let (mut f, none) = queued(batcher.enter(&"f".into(), &launch));
         assert!(none.is_none());
         watch.expire();
         assert!(matches!(
@@ -359,8 +367,11 @@ mod tests {
     fn a_watch_dropped_unexpired_fails_its_queue_as_dropped() {
         let batcher = batcher();
         let launch = |batch: Vec<Waiting>| drop(batch);
-        let (_a, _b) = (batcher.enter("a", &launch), batcher.enter("b", &launch));
-        let (mut c, watch) = queued(batcher.enter("c", &launch));
+        let (_a, _b) = (
+            batcher.enter(&"a".into(), &launch),
+            batcher.enter(&"b".into(), &launch),
+        );
+        let (mut c, watch) = queued(batcher.enter(&"c".into(), &launch));
         drop(watch);
         let error = c.try_recv().unwrap().unwrap_err();
         assert!(!error.is_timeout(), "{error:?}");
@@ -375,23 +386,23 @@ mod tests {
             launched
                 .lock()
                 .unwrap()
-                .push(batch.iter().map(|w| w.key.clone()).collect::<Vec<_>>());
+                .push(batch.iter().map(|w| w.key.to_string()).collect::<Vec<_>>());
             // The batch holds on to its senders as a real one would until it replies.
             mem::forget(batch);
         };
-        let first = batcher.enter("a", &launch);
-        let second = batcher.enter("b", &launch);
+        let first = batcher.enter(&"a".into(), &launch);
+        let second = batcher.enter(&"b".into(), &launch);
         assert!(matches!(first, Entry::Direct(_)));
         assert!(matches!(second, Entry::Direct(_)));
-        let third = batcher.enter("c", &launch);
-        let fourth = batcher.enter("d", &launch);
-        let gave_up = batcher.enter("e", &launch);
+        let third = batcher.enter(&"c".into(), &launch);
+        let fourth = batcher.enter(&"d".into(), &launch);
+        let gave_up = batcher.enter(&"e".into(), &launch);
         assert!(matches!(third, Entry::Queued(..)));
         drop(gave_up);
         drop(first);
         assert_eq!(*launched.lock().unwrap(), vec![vec!["c", "d"]]);
         // The batch kept the slot: the wire is still full.
-        let f = batcher.enter("f", &launch);
+        let f = batcher.enter(&"f".into(), &launch);
         assert!(matches!(f, Entry::Queued(..)));
         drop(second);
         assert_eq!(launched.lock().unwrap().len(), 2);
@@ -399,7 +410,10 @@ mod tests {
         // Both batches finish with nothing queued: both slots are free again.
         assert!(batcher.finish().is_none());
         assert!(batcher.finish().is_none());
-        assert!(matches!(batcher.enter("g", &launch), Entry::Direct(_)));
+        assert!(matches!(
+            batcher.enter(&"g".into(), &launch),
+            Entry::Direct(_)
+        ));
         drop((third, fourth, f));
     }
 
@@ -413,16 +427,22 @@ mod tests {
             *launched.lock().unwrap() += 1;
             mem::forget(batch);
         };
-        let (a, b) = (batcher.enter("a", &launch), batcher.enter("b", &launch));
-        let c = batcher.enter("c", &launch);
+        let (a, b) = (
+            batcher.enter(&"a".into(), &launch),
+            batcher.enter(&"b".into(), &launch),
+        );
+        let c = batcher.enter(&"c".into(), &launch);
         drop(a); // [c] leaves as a batch, in a's slot
         drop(b); // b's slot is free
         assert_eq!(*launched.lock().unwrap(), 1);
-        let d = batcher.enter("d", &launch);
+        let d = batcher.enter(&"d".into(), &launch);
         assert!(matches!(d, Entry::Queued(..)), "a batch is out");
         assert_eq!(batcher.finish().map(|batch| batch.len()), Some(1));
         assert!(batcher.finish().is_none());
-        assert!(matches!(batcher.enter("e", &launch), Entry::Direct(_)));
+        assert!(matches!(
+            batcher.enter(&"e".into(), &launch),
+            Entry::Direct(_)
+        ));
         drop((c, d));
     }
 
@@ -436,10 +456,13 @@ mod tests {
             held.lock().unwrap().push(Held::new(batcher.clone()));
             drop(batch);
         };
-        let (a, b) = (batcher.enter("a", &launch), batcher.enter("b", &launch));
-        let c = batcher.enter("c", &launch);
+        let (a, b) = (
+            batcher.enter(&"a".into(), &launch),
+            batcher.enter(&"b".into(), &launch),
+        );
+        let c = batcher.enter(&"c".into(), &launch);
         drop(a); // launches [c]: the batch now holds a's slot
-        let Entry::Queued(mut d, _) = batcher.enter("d", &launch) else {
+        let Entry::Queued(mut d, _) = batcher.enter(&"d".into(), &launch) else {
             panic!("the wire is full")
         };
         // The batch's task is dropped before it sent anything: the slot comes back, and the
@@ -450,7 +473,13 @@ mod tests {
             Err(oneshot::error::TryRecvError::Closed)
         ));
         drop((b, c));
-        assert!(matches!(batcher.enter("e", &launch), Entry::Direct(_)));
-        assert!(matches!(batcher.enter("f", &launch), Entry::Direct(_)));
+        assert!(matches!(
+            batcher.enter(&"e".into(), &launch),
+            Entry::Direct(_)
+        ));
+        assert!(matches!(
+            batcher.enter(&"f".into(), &launch),
+            Entry::Direct(_)
+        ));
     }
 }

@@ -650,7 +650,7 @@ impl RedisBackend {
     /// The value under `key`: [`Backend::get`], as a future of its own type, so the service's
     /// read path calls it without boxing. Bounded by the operation timeout when reads are
     /// batched ([`bounds_reads`](Self::bounds_reads)), else left for the caller to bound.
-    pub(crate) async fn read(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
+    pub(crate) async fn read(&self, key: &Arc<str>) -> Result<Option<Vec<u8>>, CacheError> {
         let Some(batcher) = &self.batch else {
             return self.read_now(key).await;
         };
@@ -1470,7 +1470,8 @@ impl Backend for RedisBackend {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
-        self.read(key).await
+        // The service's read path calls `read` with the key it built; this one is copied.
+        self.read(&Arc::from(key)).await
     }
 
     async fn get_with_ttl(
