@@ -13,9 +13,11 @@
 //! (join again), except after a transport fault, which spends their budget as it spent the
 //! leader's.
 
+use hashbrown::DefaultHashBuilder;
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
 use std::any::Any;
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -23,7 +25,20 @@ use tokio::sync::oneshot;
 /// Shards of the in-flight map: readers of different keys rarely contend for one lock.
 const SHARDS: usize = 16;
 
-type Shards = [Mutex<HashMap<Arc<str>, Flight>>; SHARDS];
+/// The in-flight map: the flights of keys in the air, in shards chosen by the key's hash. A read
+/// hashes its key once, to find both its shard and its place in it, and its leader keeps the
+/// hash to find the flight again when it lands.
+#[derive(Default)]
+struct Shards {
+    maps: [Mutex<HashTable<InFlight>>; SHARDS],
+    hasher: DefaultHashBuilder,
+}
+
+/// A key in the air and its flight.
+struct InFlight {
+    key: Arc<str>,
+    flight: Flight,
+}
 
 /// The flights of one service.
 #[derive(Default)]
@@ -103,6 +118,8 @@ pub(crate) enum Role<'a> {
 pub(crate) struct Leader<'a> {
     shards: Held<'a>,
     key: Arc<str>,
+    /// The key's hash in the map.
+    hash: u64,
     landed: bool,
 }
 
@@ -129,30 +146,41 @@ pub(crate) struct Followers(Vec<oneshot::Sender<Handed>>);
 impl Reads {
     /// This reader's part in a read of the physical `key`.
     pub(crate) fn join(&self, key: &Arc<str>) -> Role<'_> {
-        let mut flights = shard(&self.shards, key);
-        // One lookup either way (the key's hash is computed once).
-        match flights.entry(key.clone()) {
+        let shards = &*self.shards;
+        let hash = shards.hasher.hash_one(&**key);
+        let mut flights = shards.lock(hash);
+        // One lookup either way, with the hash computed above.
+        let rehash = |in_flight: &InFlight| shards.hasher.hash_one(&*in_flight.key);
+        match flights.entry(hash, |in_flight| in_flight.key == *key, rehash) {
             Entry::Occupied(mut flight) => {
                 let (sender, receiver) = oneshot::channel();
-                flight.get_mut().waiting.push(sender);
+                flight.get_mut().flight.waiting.push(sender);
                 return Role::Follower(receiver);
             }
             Entry::Vacant(vacant) => {
-                vacant.insert(Flight::default());
+                vacant.insert(InFlight {
+                    key: key.clone(),
+                    flight: Flight::default(),
+                });
             }
         }
         drop(flights);
         Role::Leader(Leader {
             shards: Held::Borrowed(&self.shards),
             key: key.clone(),
+            hash,
             landed: false,
         })
     }
 }
 
-fn shard<'a>(shards: &'a Shards, key: &str) -> MutexGuard<'a, HashMap<Arc<str>, Flight>> {
-    let shard = (crate::tier::fnv1a(key) % SHARDS as u64) as usize;
-    shards[shard].lock().unwrap_or_else(|e| e.into_inner())
+impl Shards {
+    /// The shard of the keys with this hash, locked. Its bits above the 32 the map's buckets
+    /// use choose it.
+    fn lock(&self, hash: u64) -> MutexGuard<'_, HashTable<InFlight>> {
+        let shard = (hash >> 32) as usize % SHARDS;
+        self.maps[shard].lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Leader<'_> {
@@ -168,7 +196,13 @@ impl Leader<'_> {
     /// not answer them either and none of them may wait another operation timeout.
     pub(crate) fn land_unanswered(mut self) {
         self.landed = true;
-        let flight = shard(self.shards.shards(), &self.key).remove(&*self.key);
+        let flight = self
+            .shards
+            .shards()
+            .lock(self.hash)
+            .find_entry(self.hash, |in_flight| in_flight.key == self.key)
+            .ok()
+            .map(|entry| entry.remove().0.flight);
         if let Some(flight) = flight {
             let everyone = flight.followers.into_iter().chain(flight.waiting).collect();
             Followers(everyone).fail(Failed::Transport);
@@ -176,12 +210,13 @@ impl Leader<'_> {
     }
 
     fn take_followers(&self) -> Vec<oneshot::Sender<Handed>> {
-        let mut flights = shard(self.shards.shards(), &self.key);
-        let Entry::Occupied(mut flight) = flights.entry(self.key.clone()) else {
+        let mut flights = self.shards.shards().lock(self.hash);
+        let Ok(mut flight) = flights.find_entry(self.hash, |in_flight| in_flight.key == self.key)
+        else {
             return Vec::new();
         };
-        let followers = std::mem::take(&mut flight.get_mut().followers);
-        let mut waiting = std::mem::take(&mut flight.get_mut().waiting).into_iter();
+        let followers = std::mem::take(&mut flight.get_mut().flight.followers);
+        let mut waiting = std::mem::take(&mut flight.get_mut().flight.waiting).into_iter();
         // The first waiter still listening leads the next flight; the others follow it.
         loop {
             let Some(next) = waiting.next() else {
@@ -191,11 +226,12 @@ impl Leader<'_> {
             let lead = Leader {
                 shards: Held::Shared(self.shards.shards().clone()),
                 key: self.key.clone(),
+                hash: self.hash,
                 landed: false,
             };
             match next.send(Handed::Lead(lead)) {
                 Ok(()) => {
-                    flight.get_mut().followers = waiting.collect();
+                    flight.get_mut().flight.followers = waiting.collect();
                     break;
                 }
                 // Its reader is gone: the lead comes back, and must not end the flight while

@@ -315,8 +315,8 @@ fn namespace_index(index_key: &str) -> usize {
     (fnv1a(index_key) % NAMESPACE_GENERATIONS as u64) as usize
 }
 
-/// FNV-1a over the bytes of `text`: the stripes here and the shards of `coalesce`.
-pub(crate) fn fnv1a(text: &str) -> u64 {
+/// FNV-1a over the bytes of `text`: the stripes here.
+fn fnv1a(text: &str) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in text.bytes() {
         hash ^= u64::from(byte);
