@@ -146,8 +146,13 @@ pub(crate) struct Followers(Vec<oneshot::Sender<Handed>>);
 impl Reads {
     /// This reader's part in a read of the physical `key`.
     pub(crate) fn join(&self, key: &Arc<str>) -> Role<'_> {
+        self.join_hashed(key, self.shards.hasher.hash_one(&**key))
+    }
+
+    /// [`join`](Self::join) with the key's hash computed (by a test, any hash: keys that share
+    /// one still read apart).
+    fn join_hashed(&self, key: &Arc<str>, hash: u64) -> Role<'_> {
         let shards = &*self.shards;
-        let hash = shards.hasher.hash_one(&**key);
         let mut flights = shards.lock(hash);
         // One lookup either way, with the hash computed above.
         let rehash = |in_flight: &InFlight| shards.hasher.hash_one(&*in_flight.key);
@@ -175,8 +180,9 @@ impl Reads {
 }
 
 impl Shards {
-    /// The shard of the keys with this hash, locked. Its bits above the 32 the map's buckets
-    /// use choose it.
+    /// The shard of the keys with this hash, locked. Bits 32-35 choose it: hashbrown takes a
+    /// bucket from the low bits and a tag from the top seven, so a shard's keys still spread
+    /// over its table.
     fn lock(&self, hash: u64) -> MutexGuard<'_, HashTable<InFlight>> {
         let shard = (hash >> 32) as usize % SHARDS;
         self.maps[shard].lock().unwrap_or_else(|e| e.into_inner())
@@ -296,6 +302,24 @@ mod tests {
             Role::Follower(receiver) => receiver,
             Role::Leader(_) => panic!("expected to follow"),
         }
+    }
+
+    /// Keys whose hashes collide still read apart: each leads its own flight, and landing
+    /// one leaves the other's in the air.
+    #[test]
+    fn keys_that_share_a_hash_read_apart() {
+        let reads = Reads::default();
+        let (a, b): (Arc<str>, Arc<str>) = ("p:a".into(), "p:b".into());
+        let lead_a = lead(reads.join_hashed(&a, 7));
+        let lead_b = lead(reads.join_hashed(&b, 7));
+        let mut behind_a = follow(reads.join_hashed(&a, 7));
+        let mut behind_b = follow(reads.join_hashed(&b, 7));
+        assert!(lead_a.land().is_empty());
+        // a's waiter leads a's next flight; b's flight is untouched.
+        assert!(matches!(behind_a.try_recv(), Ok(Handed::Lead(_))));
+        assert!(behind_b.try_recv().is_err());
+        assert!(lead_b.land().is_empty());
+        assert!(matches!(behind_b.try_recv(), Ok(Handed::Lead(_))));
     }
 
     fn reply(bytes: &[u8]) -> Arc<Reply> {
