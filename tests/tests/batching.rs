@@ -367,3 +367,74 @@ fn batches_dropped_with_their_runtime_give_their_slots_back() {
         read_everything(&cache).await;
     });
 }
+
+/// A batch launched on a current-thread runtime that is then kept and not driven (between two
+/// `block_on` calls) does not run until that runtime is driven again. A read queued into it
+/// from another runtime still ends within the operation timeout, as a miss, instead of waiting
+/// for that runtime.
+#[test]
+fn reads_queued_into_a_batch_on_a_runtime_nobody_drives_still_end_within_the_timeout() {
+    init_tracing();
+    let server = RedisServer::start();
+    let timeout = STEP * 5;
+    let driven = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let idle = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let cache = driven.block_on(paced(server.url(), "idle"));
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    // Two reads sent from the current-thread runtime and left unanswered: they hold both slots.
+    // A pair answered within its first poll is dropped and sent again.
+    let mut held = Vec::new();
+    {
+        let _on_idle = idle.enter();
+        for _attempt in 0..10 {
+            held = ["users:0", "users:1"]
+                .iter()
+                .map(|key| Box::pin(cache.get::<u64>(key)))
+                .collect();
+            let pending: Vec<bool> = held
+                .iter_mut()
+                .map(|read| read.as_mut().poll(&mut context).is_pending())
+                .collect();
+            if pending.iter().all(|&pending| pending) {
+                break;
+            }
+            held.clear();
+        }
+    }
+    assert_eq!(
+        held.len(),
+        2,
+        "two reads left unanswered after their first poll"
+    );
+    // A read from the other runtime queues behind them.
+    let mut queued = Box::pin(cache.get::<u64>("users:2"));
+    {
+        let _on_driven = driven.enter();
+        assert!(queued.as_mut().poll(&mut context).is_pending(), "queued");
+    }
+    // The first held read ends on the current-thread runtime: the queue leaves as a batch
+    // spawned there, and `block_on` returns before that runtime runs it.
+    let first = held.remove(0);
+    idle.block_on(async move { drop(first) });
+    let read = driven.block_on(within(
+        timeout * 2,
+        "a read queued into a batch on a runtime nobody drives",
+        queued,
+    ));
+    assert_eq!(read, None);
+    assert!(cache.stats().faults.timeouts >= 1, "{:?}", cache.stats());
+    // Dropped, the idle runtime drops the batch, which gives its slot back.
+    {
+        let _on_idle = idle.enter();
+        held.clear();
+    }
+    drop(idle);
+    driven.block_on(read_everything(&cache));
+}

@@ -25,10 +25,13 @@
 //! forms while a batch is out needs no watch: the batch's task takes it when it ends, and the
 //! batch ends within its own deadline whoever polls what.
 //!
-//! Batches and watches run as tasks on the runtime of the read that started them. A service
-//! shared by runtimes, one of which is kept but not driven (a current-thread runtime between
-//! two `block_on` calls), holds the reads queued behind that runtime's tasks until it is driven
-//! again or dropped; a runtime that shuts down drops its tasks, and their reads fail at once.
+//! Batches and watches run as tasks on the runtime of the read that started them. A runtime
+//! that shuts down drops its tasks, and their reads fail at once. A current-thread runtime can
+//! also be kept and not driven (between two `block_on` calls), and its tasks then wait with it:
+//! so once a read on a current-thread runtime has taken a slot or started a watch (the only
+//! reads whose runtime a batch or watch can run on), every read that queues keeps a timer of
+//! its own, as it would without batching, and a batch stuck on such a runtime costs its reads
+//! one timeout rather than their wait for that runtime.
 
 use crate::error::CacheError;
 use std::mem;
@@ -62,6 +65,9 @@ struct State {
     /// Queues formed so far: the number of the latest (the one waiting, if any), which a
     /// [`Watch`] names.
     queues: u64,
+    /// Whether a read on a current-thread runtime has taken a slot or started a watch: then
+    /// queued reads keep timers of their own (see the module's docs). Never cleared.
+    timed: bool,
 }
 
 /// The queue of one connection's reads.
@@ -78,10 +84,12 @@ pub(crate) enum Entry<'a> {
     /// Now, by the caller; the slot it holds is given back when the permit drops.
     Direct(Permit<'a>),
     /// In the next batch; the reply comes here. The first read of a queue that forms behind
-    /// reads sent at once is handed its [`Watch`], to start.
+    /// reads sent at once is handed its [`Watch`], to start. With `true`, the read must bound
+    /// its own wait by a timer (a batch may wait for a runtime nobody drives).
     Queued(
         oneshot::Receiver<Result<Vec<u8>, CacheError>>,
         Option<Watch>,
+        bool,
     ),
 }
 
@@ -138,6 +146,8 @@ impl Batcher {
         // While a batch is out, the load that made it is still there: reads join the next one.
         if state.in_flight < IN_FLIGHT && state.batches == 0 {
             state.in_flight += 1;
+            // This read may launch the next batch on its runtime.
+            state.timed = state.timed || on_current_thread();
             return Entry::Direct(Permit {
                 batcher: self,
                 launch,
@@ -153,6 +163,7 @@ impl Batcher {
                 let since = Instant::now();
                 // Only a returning read sends this queue: it needs a watch.
                 if state.batches == 0 {
+                    state.timed = state.timed || on_current_thread();
                     watch = Some(Watch {
                         batcher: self.clone(),
                         queue: state.queues,
@@ -168,7 +179,7 @@ impl Batcher {
             reply,
             since,
         });
-        Entry::Queued(receiver, watch)
+        Entry::Queued(receiver, watch, state.timed)
     }
 
     /// Reads sent in batches so far.
@@ -246,6 +257,14 @@ impl Drop for Watch {
     }
 }
 
+/// Whether the caller runs on a current-thread runtime, whose tasks run only while something
+/// drives it.
+fn on_current_thread() -> bool {
+    tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
+        runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread
+    })
+}
+
 /// A batch's slot on the wire, owned by the task that sends it. [`next`](Self::next) hands it
 /// the reads that queued meanwhile, or gives the slot back. Dropped while it still holds the
 /// slot (the task was dropped unfinished: its runtime shut down, or it was never run), it
@@ -286,8 +305,13 @@ impl Drop for Permit<'_> {
             let mut state = self.batcher.lock();
             let next = self.batcher.next_batch(&mut state);
             match next {
-                // The slot passes to the batch.
-                Some(_) => state.batches += 1,
+                // The slot passes to the batch, sent from the runtime this drop runs on: the
+                // one its read entered on, unless its future moved (then the reads queued
+                // before this note rely on that runtime being driven, as noted in the docs).
+                Some(_) => {
+                    state.batches += 1;
+                    state.timed = state.timed || on_current_thread();
+                }
                 None => state.in_flight -= 1,
             }
             next
@@ -313,7 +337,7 @@ mod tests {
         Option<Watch>,
     ) {
         match entry {
-            Entry::Queued(reply, watch) => (reply, watch),
+            Entry::Queued(reply, watch, _) => (reply, watch),
             Entry::Direct(_) => panic!("expected to queue"),
         }
     }
@@ -359,6 +383,43 @@ mod tests {
             Err(oneshot::error::TryRecvError::Empty)
         ));
         drop(b);
+    }
+
+    /// Reads queue without timers of their own while every slot was taken on a multi-threaded
+    /// runtime, and with them once a read on a current-thread runtime took one.
+    #[test]
+    fn queued_reads_keep_timers_once_a_current_thread_runtime_took_a_slot() {
+        let timed = |entry: &Entry<'_>| match entry {
+            Entry::Queued(_, _, timed) => *timed,
+            Entry::Direct(_) => panic!("expected to queue"),
+        };
+        let batcher = batcher();
+        let launch = |batch: Vec<Waiting>| mem::forget(batch);
+        let threaded = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let on_threaded = threaded.enter();
+        let (a, b) = (
+            batcher.enter(&"a".into(), &launch),
+            batcher.enter(&"b".into(), &launch),
+        );
+        // Kept: a queue's first read holds its watch, which ends the queue when dropped.
+        let c = batcher.enter(&"c".into(), &launch);
+        assert!(!timed(&c));
+        drop(on_threaded);
+        let single = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let on_single = single.enter();
+        drop(a); // launches [c]
+        assert!(batcher.finish().is_none());
+        let d = batcher.enter(&"d".into(), &launch);
+        assert!(matches!(d, Entry::Direct(_)), "a slot was free");
+        drop(on_single);
+        let e = batcher.enter(&"e".into(), &launch);
+        assert!(timed(&e));
+        drop((b, d, c, e));
     }
 
     /// A watch dropped before its deadline (its runtime shut down) fails its queue's reads at
@@ -462,7 +523,7 @@ mod tests {
         );
         let c = batcher.enter(&"c".into(), &launch);
         drop(a); // launches [c]: the batch now holds a's slot
-        let Entry::Queued(mut d, _) = batcher.enter(&"d".into(), &launch) else {
+        let Entry::Queued(mut d, ..) = batcher.enter(&"d".into(), &launch) else {
             panic!("the wire is full")
         };
         // The batch's task is dropped before it sent anything: the slot comes back, and the

@@ -663,11 +663,20 @@ impl RedisBackend {
                     Err(_) => Err(CacheError::Timeout { op: "get", timeout }),
                 }
             }
-            Entry::Queued(reply, watch) => {
+            Entry::Queued(reply, watch, timed) => {
                 if let Some(watch) = watch {
                     keep_watch(watch);
                 }
-                match reply.await {
+                let reply = if timed {
+                    let timeout = batcher.timeout();
+                    match tokio::time::timeout(timeout, reply).await {
+                        Ok(reply) => reply,
+                        Err(_) => return Err(CacheError::Timeout { op: "get", timeout }),
+                    }
+                } else {
+                    reply.await
+                };
+                match reply {
                     Ok(value) => self.checked(value?),
                     // The batch was dropped unsent: its runtime is shutting down.
                     Err(_) => Err(RedisError::from((
