@@ -419,10 +419,15 @@ fn reads_queued_into_a_batch_on_a_runtime_nobody_drives_still_end_within_the_tim
         let _on_driven = driven.enter();
         assert!(queued.as_mut().poll(&mut context).is_pending(), "queued");
     }
-    // The first held read ends on the current-thread runtime: the queue leaves as a batch
-    // spawned there, and `block_on` returns before that runtime runs it.
-    let first = held.remove(0);
-    idle.block_on(async move { drop(first) });
+    // The first held read ends: the queue leaves as a batch spawned on the current-thread
+    // runtime its slot was taken on, which nothing drives until it is dropped.
+    let batched = cache.stats().reads_batched;
+    drop(held.remove(0));
+    assert_eq!(
+        cache.stats().reads_batched,
+        batched + 1,
+        "the queue left as a batch"
+    );
     let read = driven.block_on(within(
         timeout * 2,
         "a read queued into a batch on a runtime nobody drives",

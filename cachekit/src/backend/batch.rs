@@ -25,19 +25,24 @@
 //! forms while a batch is out needs no watch: the batch's task takes it when it ends, and the
 //! batch ends within its own deadline whoever polls what.
 //!
-//! Batches and watches run as tasks on the runtime of the read that started them. A runtime
-//! that shuts down drops its tasks, and their reads fail at once. A current-thread runtime can
-//! also be kept and not driven (between two `block_on` calls), and its tasks then wait with it:
-//! so once a read on a current-thread runtime has taken a slot or started a watch (the only
-//! reads whose runtime a batch or watch can run on), every read that queues keeps a timer of
-//! its own, as it would without batching, and a batch stuck on such a runtime costs its reads
-//! one timeout rather than their wait for that runtime.
+//! Batches and watches run as tasks: a batch on the runtime its slot was taken on (kept in the
+//! slot's [`Permit`], so a future that ends elsewhere still sends it there), a watch on the
+//! runtime of its queue's first read. A runtime that shuts down drops its tasks, and their
+//! reads fail at once. A current-thread runtime can also be kept and not driven (between two
+//! `block_on` calls), and its tasks then wait with it: so once a read on a current-thread
+//! runtime has taken a slot or started a watch, every read that queues keeps a timer of its
+//! own, as it would without batching, and a batch stuck on such a runtime costs its reads one
+//! timeout rather than their wait for that runtime. A queued read always sees that note in
+//! time: what sends its queue (the slots taken before it queued, the batches already out, its
+//! queue's watch) started before it queued. The note is never cleared: a service shared with a
+//! current-thread runtime once keeps timers for its queued reads from then on.
 
 use crate::error::CacheError;
 use std::mem;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -110,11 +115,14 @@ pub(crate) struct Watch {
 pub(crate) struct Permit<'a> {
     batcher: &'a Batcher,
     launch: &'a Launch<'a>,
+    /// The runtime the read took its slot on, looked at then, where its batch is sent (even if
+    /// its future ends on another). `None` once queued reads keep timers: then any will do.
+    runtime: Option<Handle>,
 }
 
-/// What sends a batch: in a task of its own, giving its slot back through
-/// [`Batcher::finish`].
-pub(crate) type Launch<'a> = dyn Fn(Vec<Waiting>) + Sync + 'a;
+/// What sends a batch: in a task of its own (on the runtime given, else the current one),
+/// giving its slot back through [`Batcher::finish`].
+pub(crate) type Launch<'a> = dyn Fn(Vec<Waiting>, Option<Handle>) + Sync + 'a;
 
 impl Batcher {
     /// The queue of a connection whose reads are answered within `timeout` or fail.
@@ -146,11 +154,19 @@ impl Batcher {
         // While a batch is out, the load that made it is still there: reads join the next one.
         if state.in_flight < IN_FLIGHT && state.batches == 0 {
             state.in_flight += 1;
-            // This read may launch the next batch on its runtime.
-            state.timed = state.timed || on_current_thread();
+            // This read may launch the next batch, on its runtime: noted if that is one whose
+            // tasks wait while nobody drives it.
+            let runtime = if state.timed {
+                None
+            } else {
+                let runtime = Handle::try_current().ok();
+                state.timed = runtime.as_ref().is_some_and(is_current_thread);
+                runtime
+            };
             return Entry::Direct(Permit {
                 batcher: self,
                 launch,
+                runtime,
             });
         }
         let (reply, receiver) = oneshot::channel();
@@ -163,7 +179,8 @@ impl Batcher {
                 let since = Instant::now();
                 // Only a returning read sends this queue: it needs a watch.
                 if state.batches == 0 {
-                    state.timed = state.timed || on_current_thread();
+                    state.timed = state.timed
+                        || Handle::try_current().is_ok_and(|runtime| is_current_thread(&runtime));
                     watch = Some(Watch {
                         batcher: self.clone(),
                         queue: state.queues,
@@ -257,12 +274,10 @@ impl Drop for Watch {
     }
 }
 
-/// Whether the caller runs on a current-thread runtime, whose tasks run only while something
-/// drives it.
-fn on_current_thread() -> bool {
-    tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
-        runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread
-    })
+/// Whether `runtime` is a current-thread runtime, whose tasks run only while something drives
+/// it.
+fn is_current_thread(runtime: &Handle) -> bool {
+    runtime.runtime_flavor() == RuntimeFlavor::CurrentThread
 }
 
 /// A batch's slot on the wire, owned by the task that sends it. [`next`](Self::next) hands it
@@ -305,19 +320,14 @@ impl Drop for Permit<'_> {
             let mut state = self.batcher.lock();
             let next = self.batcher.next_batch(&mut state);
             match next {
-                // The slot passes to the batch, sent from the runtime this drop runs on: the
-                // one its read entered on, unless its future moved (then the reads queued
-                // before this note rely on that runtime being driven, as noted in the docs).
-                Some(_) => {
-                    state.batches += 1;
-                    state.timed = state.timed || on_current_thread();
-                }
+                // The slot passes to the batch.
+                Some(_) => state.batches += 1,
                 None => state.in_flight -= 1,
             }
             next
         };
         if let Some(batch) = next {
-            (self.launch)(batch);
+            (self.launch)(batch, self.runtime.take());
         }
     }
 }
@@ -349,7 +359,8 @@ mod tests {
     fn a_queue_behind_reads_sent_at_once_fails_when_its_watch_ends() {
         let batcher = batcher();
         let launched = Mutex::new(Vec::new());
-        let launch = |batch: Vec<Waiting>| launched.lock().unwrap().push(batch);
+        let launch =
+            |batch: Vec<Waiting>, _runtime: Option<Handle>| launched.lock().unwrap().push(batch);
         let (a, b) = (
             batcher.enter(&"a".into(), &launch),
             batcher.enter(&"b".into(), &launch),
@@ -385,35 +396,41 @@ mod tests {
         drop(b);
     }
 
-    /// Reads queue without timers of their own while every slot was taken on a multi-threaded
-    /// runtime, and with them once a read on a current-thread runtime took one.
-    #[test]
-    fn queued_reads_keep_timers_once_a_current_thread_runtime_took_a_slot() {
-        let timed = |entry: &Entry<'_>| match entry {
+    fn timed(entry: &Entry<'_>) -> bool {
+        match entry {
             Entry::Queued(_, _, timed) => *timed,
             Entry::Direct(_) => panic!("expected to queue"),
-        };
-        let batcher = batcher();
-        let launch = |batch: Vec<Waiting>| mem::forget(batch);
+        }
+    }
+
+    fn runtimes() -> (tokio::runtime::Runtime, tokio::runtime::Runtime) {
         let threaded = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .build()
             .unwrap();
-        let on_threaded = threaded.enter();
-        let (a, b) = (
-            batcher.enter(&"a".into(), &launch),
-            batcher.enter(&"b".into(), &launch),
-        );
-        // Kept: a queue's first read holds its watch, which ends the queue when dropped.
-        let c = batcher.enter(&"c".into(), &launch);
-        assert!(!timed(&c));
-        drop(on_threaded);
         let single = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let on_single = single.enter();
-        drop(a); // launches [c]
+        (threaded, single)
+    }
+
+    /// Reads queue without timers of their own while every slot was taken on a multi-threaded
+    /// runtime, and with them once a read on a current-thread runtime took one.
+    #[test]
+    fn queued_reads_keep_timers_once_a_current_thread_runtime_took_a_slot() {
+        let (threaded, single) = runtimes();
+        let batcher = batcher();
+        let launch = |batch: Vec<Waiting>, _runtime: Option<Handle>| mem::forget(batch);
+        let on_threaded = threaded.enter();
+        let a = batcher.enter(&"a".into(), &launch);
+        let b = batcher.enter(&"b".into(), &launch);
+        // Kept: a queue's first read holds its watch, which ends the queue when dropped.
+        let c = batcher.enter(&"c".into(), &launch);
+        assert!(!timed(&c));
+        drop(a); // sends [c]
         assert!(batcher.finish().is_none());
+        drop(on_threaded);
+        let on_single = single.enter();
         let d = batcher.enter(&"d".into(), &launch);
         assert!(matches!(d, Entry::Direct(_)), "a slot was free");
         drop(on_single);
@@ -422,12 +439,70 @@ mod tests {
         drop((b, d, c, e));
     }
 
+    /// A queue whose watch starts on a current-thread runtime makes its reads, and later ones,
+    /// keep timers of their own.
+    #[test]
+    fn a_watch_started_on_a_current_thread_runtime_makes_queued_reads_keep_timers() {
+        let (threaded, single) = runtimes();
+        let batcher = batcher();
+        let launch = |batch: Vec<Waiting>, _runtime: Option<Handle>| mem::forget(batch);
+        let on_threaded = threaded.enter();
+        let (a, b) = (
+            batcher.enter(&"a".into(), &launch),
+            batcher.enter(&"b".into(), &launch),
+        );
+        drop(on_threaded);
+        let on_single = single.enter();
+        let c = batcher.enter(&"c".into(), &launch);
+        assert!(
+            matches!(&c, Entry::Queued(_, Some(_), true)),
+            "the watch's own read"
+        );
+        drop(on_single);
+        let d = batcher.enter(&"d".into(), &launch);
+        assert!(timed(&d));
+        drop((a, b, c, d));
+    }
+
+    /// A batch is sent on the runtime its slot was taken on, wherever the read that held the
+    /// slot ended: reads queued behind it never wait for a runtime their reader did not use.
+    #[test]
+    fn a_batch_is_sent_on_the_runtime_its_slot_was_taken_on() {
+        let (threaded, single) = runtimes();
+        let batcher = batcher();
+        let sent_on = Mutex::new(Vec::new());
+        let launch = |batch: Vec<Waiting>, runtime: Option<Handle>| {
+            sent_on
+                .lock()
+                .unwrap()
+                .push(runtime.map(|runtime| runtime.runtime_flavor()));
+            mem::forget(batch);
+        };
+        let on_threaded = threaded.enter();
+        let (a, b) = (
+            batcher.enter(&"a".into(), &launch),
+            batcher.enter(&"b".into(), &launch),
+        );
+        let c = batcher.enter(&"c".into(), &launch);
+        drop(on_threaded);
+        let on_single = single.enter();
+        drop(a); // ends on the current-thread runtime; sends [c]
+        drop(on_single);
+        assert_eq!(
+            *sent_on.lock().unwrap(),
+            vec![Some(RuntimeFlavor::MultiThread)]
+        );
+        let d = batcher.enter(&"d".into(), &launch);
+        assert!(!timed(&d), "no task waits on the current-thread runtime");
+        drop((b, c, d));
+    }
+
     /// A watch dropped before its deadline (its runtime shut down) fails its queue's reads at
     /// once, as reads whose batch was dropped rather than as timeouts.
     #[test]
     fn a_watch_dropped_unexpired_fails_its_queue_as_dropped() {
         let batcher = batcher();
-        let launch = |batch: Vec<Waiting>| drop(batch);
+        let launch = |batch: Vec<Waiting>, _runtime: Option<Handle>| drop(batch);
         let (_a, _b) = (
             batcher.enter(&"a".into(), &launch),
             batcher.enter(&"b".into(), &launch),
@@ -443,7 +518,7 @@ mod tests {
     fn reads_go_out_at_once_until_the_wire_is_full_then_leave_together() {
         let batcher = batcher();
         let launched = Mutex::new(Vec::new());
-        let launch = |batch: Vec<Waiting>| {
+        let launch = |batch: Vec<Waiting>, _runtime: Option<Handle>| {
             launched
                 .lock()
                 .unwrap()
@@ -484,7 +559,7 @@ mod tests {
     fn under_load_reads_leave_in_batches_only() {
         let batcher = batcher();
         let launched = Mutex::new(0);
-        let launch = |batch: Vec<Waiting>| {
+        let launch = |batch: Vec<Waiting>, _runtime: Option<Handle>| {
             *launched.lock().unwrap() += 1;
             mem::forget(batch);
         };
@@ -513,7 +588,7 @@ mod tests {
     fn a_batch_dropped_unfinished_gives_its_slot_back() {
         let batcher = batcher();
         let held = Mutex::new(Vec::new());
-        let launch = |batch: Vec<Waiting>| {
+        let launch = |batch: Vec<Waiting>, _runtime: Option<Handle>| {
             held.lock().unwrap().push(Held::new(batcher.clone()));
             drop(batch);
         };

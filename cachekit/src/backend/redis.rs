@@ -654,7 +654,7 @@ impl RedisBackend {
         let Some(batcher) = &self.batch else {
             return self.read_now(key).await;
         };
-        let launch = |batch| self.launch(batcher, batch);
+        let launch = |batch, runtime| self.launch(batcher, batch, runtime);
         match batcher.enter(key, &launch) {
             Entry::Direct(_slot) => {
                 let timeout = batcher.timeout();
@@ -714,10 +714,15 @@ impl RedisBackend {
     /// of its own, until none are left. Each reader gets its own reply or error (a `WRONGTYPE`
     /// for one key fails that read only); a batch that fails as a whole, or is not answered
     /// within the operation timeout of when its first read queued, fails each of its reads.
-    fn launch(&self, batcher: &Arc<Batcher>, batch: Vec<Waiting>) {
+    fn launch(
+        &self,
+        batcher: &Arc<Batcher>,
+        batch: Vec<Waiting>,
+        runtime: Option<tokio::runtime::Handle>,
+    ) {
         // Gives the slot back however the task ends, even dropped unfinished.
         let mut held = Held::new(batcher.clone());
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        let Some(runtime) = runtime.or_else(|| tokio::runtime::Handle::try_current().ok()) else {
             // Off a runtime (a read dropped during shutdown): the readers see their batch
             // gone, and `held` gives the slot back.
             return;
