@@ -259,6 +259,32 @@ async fn a_queued_read_fails_within_the_timeout_of_when_it_queued() {
     read_everything(&cache).await;
 }
 
+/// A read of `users:0` or `users:1` that was sent and not answered yet.
+type Held<'a> = std::pin::Pin<Box<dyn Future<Output = Option<u64>> + 'a>>;
+
+/// Two reads sent (each polled once, on the runtime the caller is in) and not answered yet:
+/// they hold both slots on the wire until polled to the end or dropped. A thread descheduled
+/// during a first poll can find its reply already there; such a pair is dropped (freeing its
+/// slots) and sent again.
+fn hold_both_slots(cache: &CacheService) -> Vec<Held<'_>> {
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    for _attempt in 0..10 {
+        let mut held: Vec<Held<'_>> = ["users:0", "users:1"]
+            .iter()
+            .map(|key| Box::pin(cache.get::<u64>(key)) as Held<'_>)
+            .collect();
+        // Both polled (each takes its slot), then checked.
+        let pending: Vec<bool> = held
+            .iter_mut()
+            .map(|read| read.as_mut().poll(&mut context).is_pending())
+            .collect();
+        if pending.iter().all(|&pending| pending) {
+            return held;
+        }
+    }
+    panic!("every pair of reads was answered within its first poll")
+}
+
 /// The two reads on the wire hold their slots until their futures are polled to the end or
 /// dropped. Futures polled once and then left (a `select!` branch kept for later, a slow
 /// consumer of a buffered stream) keep the queue from leaving; reads queued behind them must
@@ -269,31 +295,7 @@ async fn reads_queued_behind_reads_nobody_polls_still_end_within_the_timeout() {
     let server = RedisServer::start();
     let timeout = STEP * 5;
     let cache = paced(server.url(), "held").await;
-    let keys = ["users:0", "users:1"];
-    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
-    // Two reads sent and not answered yet. A thread descheduled during a first poll can find
-    // its reply already there; such a pair is dropped (freeing its slots) and sent again.
-    let mut held = Vec::new();
-    for _attempt in 0..10 {
-        held = keys
-            .iter()
-            .map(|key| Box::pin(cache.get::<u64>(key)))
-            .collect();
-        // Both polled (each takes its slot), then checked.
-        let pending: Vec<bool> = held
-            .iter_mut()
-            .map(|read| read.as_mut().poll(&mut context).is_pending())
-            .collect();
-        if pending.iter().all(|&pending| pending) {
-            break;
-        }
-        held.clear();
-    }
-    assert_eq!(
-        held.len(),
-        2,
-        "two reads left unanswered after their first poll"
-    );
+    let held = hold_both_slots(&cache);
     let began = std::time::Instant::now();
     let queued = within(
         timeout * 2,
@@ -389,30 +391,10 @@ fn reads_queued_into_a_batch_on_a_runtime_nobody_drives_still_end_within_the_tim
     let cache = driven.block_on(paced(server.url(), "idle"));
     let mut context = std::task::Context::from_waker(std::task::Waker::noop());
     // Two reads sent from the current-thread runtime and left unanswered: they hold both slots.
-    // A pair answered within its first poll is dropped and sent again.
-    let mut held = Vec::new();
-    {
+    let mut held = {
         let _on_idle = idle.enter();
-        for _attempt in 0..10 {
-            held = ["users:0", "users:1"]
-                .iter()
-                .map(|key| Box::pin(cache.get::<u64>(key)))
-                .collect();
-            let pending: Vec<bool> = held
-                .iter_mut()
-                .map(|read| read.as_mut().poll(&mut context).is_pending())
-                .collect();
-            if pending.iter().all(|&pending| pending) {
-                break;
-            }
-            held.clear();
-        }
-    }
-    assert_eq!(
-        held.len(),
-        2,
-        "two reads left unanswered after their first poll"
-    );
+        hold_both_slots(&cache)
+    };
     // A read from the other runtime queues behind them.
     let mut queued = Box::pin(cache.get::<u64>("users:2"));
     {
