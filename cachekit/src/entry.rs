@@ -129,30 +129,28 @@ impl CacheService {
         // With the service's grace period, a read needs the TTL left to tell a stale value.
         let grace = self.inner.fresh.grace();
         let with_ttl = self.inner.tier.is_some() || !grace.is_zero();
-        let read = match &self.inner.redis {
-            // The built-in Redis backend, called directly; batched reads bound themselves.
-            Some(redis) if !with_ttl && redis.bounds_reads() => {
-                let read = async { Ok(redis.read(physical).await?.map(|bytes| (bytes, None))) };
-                guard.call_bounded("get", budget, read).await
-            }
-            _ => {
-                let read = async {
-                    if let Some(redis) = &self.inner.redis {
-                        if with_ttl {
-                            redis.read_with_ttl(physical).await
-                        } else {
-                            Ok(redis.read(physical).await?.map(|bytes| (bytes, None)))
-                        }
-                    } else if with_ttl {
-                        backend.get_with_ttl(physical).await
-                    } else {
-                        Ok(backend.get(physical).await?.map(|bytes| (bytes, None)))
-                    }
-                };
-                guard.call("get", Bound::Op, budget, read).await
+        let read = async {
+            if let Some(redis) = &self.inner.redis {
+                // The built-in Redis backend, called directly.
+                if with_ttl {
+                    redis.read_with_ttl(physical).await
+                } else {
+                    Ok(redis.read(physical).await?.map(|bytes| (bytes, None)))
+                }
+            } else if with_ttl {
+                backend.get_with_ttl(physical).await
+            } else {
+                Ok(backend.get(physical).await?.map(|bytes| (bytes, None)))
             }
         };
-        let read = match read {
+        // Batched reads bound themselves (a queued read by its batch's deadline).
+        let bounded = !with_ttl && self.inner.redis.as_ref().is_some_and(|r| r.bounds_reads());
+        let read = if bounded {
+            guard.call_bounded("get", budget, read)
+        } else {
+            guard.call("get", Bound::Op, budget, read)
+        };
+        let read = match read.await {
             // Past its TTL, within the grace period: a miss here (a cache-aside call with a
             // loader may still serve it if the loader fails).
             Ok(Some((bytes, left))) if !grace.is_zero() => Ok(match left {
