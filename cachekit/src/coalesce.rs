@@ -116,7 +116,7 @@ pub(crate) enum Role<'a> {
 /// The leader of a flight; dropped before it landed, it hands its followers a failure and
 /// passes the lead on.
 pub(crate) struct Leader<'a> {
-    shards: Held<'a>,
+    shards: MapRef<'a>,
     key: Arc<str>,
     /// The key's hash in the map.
     hash: u64,
@@ -126,16 +126,16 @@ pub(crate) struct Leader<'a> {
 /// The map a leader's flight is in: borrowed by the reader that joined first, shared with a
 /// reader handed the lead. Borrowing spares every lone reader an update of the map's reference
 /// count, a counter all threads reading through the service would otherwise write.
-enum Held<'a> {
+enum MapRef<'a> {
     Borrowed(&'a Arc<Shards>),
     Shared(Arc<Shards>),
 }
 
-impl Held<'_> {
+impl MapRef<'_> {
     fn shards(&self) -> &Arc<Shards> {
         match self {
-            Held::Borrowed(shards) => shards,
-            Held::Shared(shards) => shards,
+            MapRef::Borrowed(shards) => shards,
+            MapRef::Shared(shards) => shards,
         }
     }
 }
@@ -171,7 +171,7 @@ impl Reads {
         }
         drop(flights);
         Role::Leader(Leader {
-            shards: Held::Borrowed(&self.shards),
+            shards: MapRef::Borrowed(&self.shards),
             key: key.clone(),
             hash,
             landed: false,
@@ -230,7 +230,7 @@ impl Leader<'_> {
                 break;
             };
             let lead = Leader {
-                shards: Held::Shared(self.shards.shards().clone()),
+                shards: MapRef::Shared(self.shards.shards().clone()),
                 key: self.key.clone(),
                 hash: self.hash,
                 landed: false,
