@@ -115,8 +115,8 @@ pub(crate) struct Watch {
 pub(crate) struct Permit<'a> {
     batcher: &'a Batcher,
     launch: &'a Launch<'a>,
-    /// The runtime the read took its slot on, looked at then, where its batch is sent (even if
-    /// its future ends on another). `None` once queued reads keep timers: then any will do.
+    /// The runtime the read took its slot on, where its batch is sent (even if its future ends
+    /// on another); `None` off a runtime.
     runtime: Option<Handle>,
 }
 
@@ -156,13 +156,8 @@ impl Batcher {
             state.in_flight += 1;
             // This read may launch the next batch, on its runtime: noted if that is one whose
             // tasks wait while nobody drives it.
-            let runtime = if state.timed {
-                None
-            } else {
-                let runtime = Handle::try_current().ok();
-                state.timed = runtime.as_ref().is_some_and(is_current_thread);
-                runtime
-            };
+            let runtime = Handle::try_current().ok();
+            state.timed = state.timed || runtime.as_ref().is_some_and(is_current_thread);
             return Entry::Direct(Permit {
                 batcher: self,
                 launch,
