@@ -492,6 +492,33 @@ mod tests {
         drop((b, c, d));
     }
 
+    /// Every slot keeps its runtime, also once queued reads keep timers: a read that ends off
+    /// any runtime still has its batch sent.
+    #[test]
+    fn a_slot_taken_after_the_note_still_keeps_its_runtime() {
+        let (_threaded, single) = runtimes();
+        let batcher = batcher();
+        let sent_on = Mutex::new(Vec::new());
+        let launch = |batch: Vec<Waiting>, runtime: Option<Handle>| {
+            sent_on
+                .lock()
+                .unwrap()
+                .push(runtime.map(|runtime| runtime.runtime_flavor()));
+            mem::forget(batch);
+        };
+        let on_single = single.enter();
+        let a = batcher.enter(&"a".into(), &launch); // takes the note
+        let b = batcher.enter(&"b".into(), &launch);
+        let c = batcher.enter(&"c".into(), &launch);
+        drop(on_single);
+        drop(b); // off any runtime; sends [c]
+        assert_eq!(
+            *sent_on.lock().unwrap(),
+            vec![Some(RuntimeFlavor::CurrentThread)]
+        );
+        drop((a, c));
+    }
+
     /// A watch dropped before its deadline (its runtime shut down) fails its queue's reads at
     /// once, as reads whose batch was dropped rather than as timeouts.
     #[test]
