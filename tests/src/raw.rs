@@ -132,6 +132,25 @@ pub async fn dbsize(conn: &mut MultiplexedConnection) -> u64 {
         .unwrap_or_else(|error| panic!("raw DBSIZE failed: {error}"))
 }
 
+/// How many times the server has run `command` (lower case: `scan`, `evalsha`), from `INFO
+/// commandstats`; 0 for a command it has not run.
+///
+/// # Panics
+///
+/// On a Redis error, or a call count that is not a number.
+pub async fn command_calls(conn: &mut MultiplexedConnection, command: &str) -> u64 {
+    let text: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap_or_else(|error| panic!("raw INFO commandstats failed: {error}"));
+    let prefix = format!("cmdstat_{command}:calls=");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().expect("a call count"))
+}
+
 /// The keys in the connection's database that hold data rather than cachekit's invalidation
 /// index (`{prefix}#ix:...`, `{prefix}#ns`, ...: a `#` before the first `:`), by `SCAN`.
 ///

@@ -781,16 +781,7 @@ async fn the_tier_follows_a_slot_moved_to_another_primary() {
 async fn scans(cluster: &RedisCluster) -> u64 {
     let mut calls = 0;
     for node in cluster.primaries() {
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query_async(&mut node.connection().await)
-            .await
-            .expect("INFO commandstats");
-        calls += info
-            .lines()
-            .find_map(|line| line.strip_prefix("cmdstat_scan:calls="))
-            .and_then(|rest| rest.split(',').next())
-            .map_or(0, |n| n.parse::<u64>().expect("a call count"));
+        calls += raw::command_calls(&mut node.connection().await, "scan").await;
     }
     calls
 }

@@ -189,20 +189,6 @@ async fn replies_do_not_open_the_breaker_and_an_invalidation_still_lands() {
     assert_eq!(cache.stats().breaker, BreakerState::Closed);
 }
 
-/// How many times the server ran `command` (lower case), from `INFO commandstats`.
-async fn command_calls(conn: &mut MultiplexedConnection, command: &str) -> u64 {
-    let text: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .unwrap_or_else(|error| panic!("raw INFO commandstats failed: {error}"));
-    let prefix = format!("cmdstat_{command}:calls=");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|rest| rest.split(',').next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Waits until the server has no client but the caller's own connection: after a proxy cut,
 /// proof that nothing the service sends can reach the server.
 async fn until_alone(conn: &mut MultiplexedConnection) {
@@ -427,7 +413,7 @@ async fn a_call_against_a_stalled_redis_times_out_once() {
     );
     assert_eq!(cache.stats().errors, 0);
     // Lease, fill, renewal and release are scripts.
-    let scripts_before = command_calls(&mut conn, "evalsha").await;
+    let scripts_before = raw::command_calls(&mut conn, "evalsha").await;
 
     proxy.stall();
     let loads = AtomicUsize::new(0);
@@ -467,7 +453,7 @@ async fn a_call_against_a_stalled_redis_times_out_once() {
         "a value no lease vouched for was cached"
     );
     assert_eq!(raw_get(&mut conn, "stall:k").await, None);
-    let scripts = command_calls(&mut conn, "evalsha").await - scripts_before;
+    let scripts = raw::command_calls(&mut conn, "evalsha").await - scripts_before;
     eprintln!("scripts the server ran for the call: {scripts}");
     assert_eq!(
         scripts, 0,
