@@ -39,19 +39,6 @@ async fn indexed_at(url: String, prefix: &str) -> CacheService {
     cache
 }
 
-/// How many `SCAN` commands the server has run.
-async fn scans(conn: &mut MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .expect("INFO commandstats");
-    info.lines()
-        .find_map(|line| line.strip_prefix("cmdstat_scan:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |calls| calls.parse().expect("a call count"))
-}
-
 async fn zcard(conn: &mut MultiplexedConnection, key: &str) -> u64 {
     redis::cmd("ZCARD")
         .arg(key)
@@ -100,12 +87,12 @@ async fn every_pattern_removes_what_a_walk_would_and_the_index_answers_without_s
             assert!(cache.set(key, &key, MINUTE).await);
             assert!(other.set(key, &key, MINUTE).await);
         }
-        let scans_before = scans(&mut conn).await;
+        let scans_before = raw::command_calls(&mut conn, "scan").await;
         let removed = cache
             .try_invalidate_pattern(pattern)
             .await
             .expect("invalidate");
-        let walked = scans(&mut conn).await > scans_before;
+        let walked = raw::command_calls(&mut conn, "scan").await > scans_before;
         let expected: Vec<&str> = KEYS
             .iter()
             .copied()
@@ -148,10 +135,10 @@ async fn clear_all_through_the_index_removes_every_namespace_and_only_this_prefi
     }
     assert!(cache.set("plain", &1, MINUTE).await);
     assert!(other.set("ns1:1", &1, MINUTE).await);
-    let scans_before = scans(&mut conn).await;
+    let scans_before = raw::command_calls(&mut conn, "scan").await;
     assert_eq!(cache.try_clear_all().await.expect("clear_all"), 2501);
     assert_eq!(
-        scans(&mut conn).await,
+        raw::command_calls(&mut conn, "scan").await,
         scans_before,
         "clear_all walked the keyspace"
     );
@@ -187,7 +174,7 @@ async fn a_lease_taken_before_an_invalidation_is_found_by_it_and_its_fill_refuse
         raw::exists(&mut conn, "app:users:7").await,
         "the lease marker is in Redis"
     );
-    let scans_before = scans(&mut conn).await;
+    let scans_before = raw::command_calls(&mut conn, "scan").await;
     assert_eq!(
         cache
             .try_invalidate_pattern("users:*")
@@ -195,7 +182,11 @@ async fn a_lease_taken_before_an_invalidation_is_found_by_it_and_its_fill_refuse
             .expect("invalidate"),
         1
     );
-    assert_eq!(scans(&mut conn).await, scans_before, "the index answered");
+    assert_eq!(
+        raw::command_calls(&mut conn, "scan").await,
+        scans_before,
+        "the index answered"
+    );
     assert!(
         !raw::exists(&mut conn, "app:users:7").await,
         "the marker is gone"
@@ -225,7 +216,7 @@ async fn entries_written_before_the_index_are_removed_by_a_walk_then_by_the_rebu
     }
     let cache = service(&server, "app").await;
     // The index is not complete: the first invalidation walks, and starts a rebuild.
-    let scans_before = scans(&mut conn).await;
+    let scans_before = raw::command_calls(&mut conn, "scan").await;
     assert_eq!(
         cache
             .try_invalidate_pattern("users:1*")
@@ -234,7 +225,7 @@ async fn entries_written_before_the_index_are_removed_by_a_walk_then_by_the_rebu
         111
     );
     assert!(
-        scans(&mut conn).await > scans_before,
+        raw::command_calls(&mut conn, "scan").await > scans_before,
         "an incomplete index is not used"
     );
     within(Duration::from_secs(30), "the background rebuild", async {
@@ -250,7 +241,7 @@ async fn entries_written_before_the_index_are_removed_by_a_walk_then_by_the_rebu
     );
     // The in-process trust check is renewed within a second.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let scans_before = scans(&mut conn).await;
+    let scans_before = raw::command_calls(&mut conn, "scan").await;
     assert_eq!(
         cache
             .try_invalidate_pattern("users:*")
@@ -259,7 +250,7 @@ async fn entries_written_before_the_index_are_removed_by_a_walk_then_by_the_rebu
         189
     );
     assert_eq!(
-        scans(&mut conn).await,
+        raw::command_calls(&mut conn, "scan").await,
         scans_before,
         "the rebuilt index answered"
     );
@@ -288,7 +279,7 @@ async fn a_prefix_with_a_colon_is_rebuilt_under_its_first_part() {
     let cache = service(&server, "app:v2").await;
     assert_eq!(cache.rebuild_index().await.expect("rebuild"), 1);
     assert!(raw::exists(&mut conn, "app#ix-ready").await);
-    let scans_before = scans(&mut conn).await;
+    let scans_before = raw::command_calls(&mut conn, "scan").await;
     assert_eq!(
         cache
             .try_invalidate_pattern("users:*")
@@ -296,7 +287,11 @@ async fn a_prefix_with_a_colon_is_rebuilt_under_its_first_part() {
             .expect("invalidate"),
         1
     );
-    assert_eq!(scans(&mut conn).await, scans_before, "the index answered");
+    assert_eq!(
+        raw::command_calls(&mut conn, "scan").await,
+        scans_before,
+        "the index answered"
+    );
     assert!(!raw::exists(&mut conn, "app:v2:users:1").await);
 }
 
@@ -311,7 +306,7 @@ async fn expired_and_removed_entries_leave_the_index() {
         assert!(cache.set(&format!("churn:{i}"), &i, ttl).await);
     }
     let after_churn = zcard(&mut conn, "app#ix:churn").await;
-    // Each write of a new key drops up to 16 members whose entry expired: a few more writes,
+    // While trims find expired members, every 8th write trims up to 128: a few more writes,
     // after the last entries expired, empty the index of the churned ones.
     let mut size = after_churn;
     for i in 0..40 {
@@ -384,6 +379,38 @@ async fn expired_and_removed_entries_leave_the_index() {
 }
 
 #[tokio::test]
+async fn trims_grow_rare_while_they_find_nothing_and_frequent_again_once_entries_expire() {
+    let server = RedisServer::start();
+    let mut conn = server.connection().await;
+    let cache = indexed(&server, "app").await;
+    // Entries that outlive the run: no trim finds anything, so trims back off to every 128th
+    // write (every 8th would be 128 trims here).
+    let before = raw::command_calls(&mut conn, "evalsha").await;
+    for i in 0..1024 {
+        assert!(cache.set(&format!("long:{}", i % 100), &i, MINUTE).await);
+    }
+    let trims = raw::command_calls(&mut conn, "evalsha").await - before;
+    eprintln!("trim scripts for 1,024 writes of entries that live on: {trims}");
+    assert!(
+        (1..=16).contains(&trims),
+        "{trims} trim scripts for 1,024 writes"
+    );
+    assert_eq!(zcard(&mut conn, "app#ix:long").await, 100);
+
+    // Entries that expire as fast as they are written: the first trims that find them bring
+    // trims back to every 8th write, and the index stays small.
+    let ttl = Some(Duration::from_millis(20));
+    const WRITES: u64 = 10_000;
+    for i in 0..WRITES {
+        assert!(cache.set(&format!("churn:{i}"), &i, ttl).await);
+    }
+    let left = zcard(&mut conn, "app#ix:churn").await;
+    eprintln!("index size after {WRITES} writes with a 20 ms TTL, after a back-off: {left}");
+    assert!(left < WRITES / 10, "{left} of {WRITES} members left");
+    assert_eq!(zcard(&mut conn, "app#ix:long").await, 100);
+}
+
+#[tokio::test]
 async fn a_server_that_may_evict_the_index_makes_patterns_walk() {
     let server = RedisServer::start_with_args(&[
         "--maxmemory",
@@ -394,7 +421,7 @@ async fn a_server_that_may_evict_the_index_makes_patterns_walk() {
     let mut conn = server.connection().await;
     let cache = indexed(&server, "app").await;
     assert!(cache.set("users:1", &1, MINUTE).await);
-    let scans_before = scans(&mut conn).await;
+    let scans_before = raw::command_calls(&mut conn, "scan").await;
     assert_eq!(
         cache
             .try_invalidate_pattern("users:*")
@@ -403,7 +430,7 @@ async fn a_server_that_may_evict_the_index_makes_patterns_walk() {
         1
     );
     assert!(
-        scans(&mut conn).await > scans_before,
+        raw::command_calls(&mut conn, "scan").await > scans_before,
         "the index was trusted on allkeys-lru"
     );
     let health = cache.health().await;
@@ -419,7 +446,7 @@ async fn a_server_that_may_evict_the_index_makes_patterns_walk() {
         .await
         .expect("CONFIG SET");
     assert!(cache.set("users:1", &1, MINUTE).await);
-    let scans_before = scans(&mut conn).await;
+    let scans_before = raw::command_calls(&mut conn, "scan").await;
     assert_eq!(
         cache
             .try_invalidate_pattern("users:*")
@@ -428,7 +455,7 @@ async fn a_server_that_may_evict_the_index_makes_patterns_walk() {
         1
     );
     assert_eq!(
-        scans(&mut conn).await,
+        raw::command_calls(&mut conn, "scan").await,
         scans_before,
         "the index was not used on volatile-lru"
     );

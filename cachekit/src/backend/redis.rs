@@ -90,6 +90,7 @@ return 1"
 /// Trim the index `KEYS[1]`, then one index drawn at random from the registry `KEYS[2]`, so
 /// that a namespace no longer written is emptied too, and leaves the registry once it and its
 /// drain set are gone. `ARGV`: `{head}:`, now in ms, how many members at most, `{head}`.
+/// Returns how many members and registrations it removed: whether there was work.
 static TRIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{TRIM_FN}local n = trim(KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]))
@@ -106,7 +107,7 @@ elseif t ~= 'none' then
   return n
 end
 if redis.call('EXISTS', other) == 0 and redis.call('EXISTS', ARGV[4] .. '#drain' .. rest) == 0 then
-  redis.call('SREM', KEYS[2], other)
+  n = n + redis.call('SREM', KEYS[2], other)
 end
 return n"
     ))
@@ -385,10 +386,62 @@ const SCAN_COUNT: u64 = 1000;
 /// How many keys one `UNLINK` removes at most.
 const UNLINK_BATCH: usize = 1000;
 
-/// Every how many `set`s one trims the index it files in, by up to [`TRIM_LIMIT`] members.
-const TRIM_EVERY: u32 = 8;
+/// Every how many `set`s one trims the index it files in, at most: while trims find work.
+const TRIM_EVERY_MIN: u32 = 8;
+/// Every how many `set`s one trims, at least: while trims find nothing. At most one member is
+/// filed per write, so trims of up to [`TRIM_LIMIT`] keep up even this far apart.
+const TRIM_EVERY_MAX: u32 = 128;
 /// How many members a trim run by `set` drops at most.
 const TRIM_LIMIT: u32 = 128;
+
+/// When `set` trims the index: on every `every`th write, `every` halving (down to
+/// [`TRIM_EVERY_MIN`]) after a trim that removed something and doubling (up to
+/// [`TRIM_EVERY_MAX`]) after one that removed nothing. So short TTLs are trimmed as often as
+/// they expire, and writes whose entries live long pay for a trim script rarely.
+#[derive(Debug)]
+struct TrimPace {
+    /// `set`s so far.
+    writes: AtomicU32,
+    every: AtomicU32,
+}
+
+impl Default for TrimPace {
+    fn default() -> Self {
+        Self {
+            writes: AtomicU32::new(0),
+            every: AtomicU32::new(TRIM_EVERY_MIN),
+        }
+    }
+}
+
+impl TrimPace {
+    /// Counts a write; whether it trims.
+    fn due(&self) -> bool {
+        let every = self.every.load(Ordering::Relaxed);
+        self.writes
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(every)
+    }
+
+    /// Notes what a trim removed.
+    fn trimmed(&self, removed: i64) {
+        let _ = self
+            .every
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |every| {
+                Some(if removed > 0 {
+                    (every / 2).max(TRIM_EVERY_MIN)
+                } else {
+                    (every * 2).min(TRIM_EVERY_MAX)
+                })
+            });
+    }
+
+    /// Every how many writes it trims now.
+    #[cfg(test)]
+    fn every(&self) -> u32 {
+        self.every.load(Ordering::Relaxed)
+    }
+}
 
 /// How many entries one step of a namespace invalidation removes.
 const DRAIN_CHUNK: usize = 1000;
@@ -469,11 +522,17 @@ type ZscanReply = (u64, Vec<(Vec<u8>, String)>);
 struct Filing<'a> {
     index: String,
     registry: String,
-    ready: String,
     member: &'a str,
     /// The head the index keys are named under: the prefix's head on one server; on a
     /// cluster, that head and the tag of the key's slot (see [`names_in_slot`]).
     names: Cow<'a, str>,
+}
+
+impl Filing<'_> {
+    /// The index's ready marker, named only by scripts: `set`'s transaction does without it.
+    fn ready(&self) -> String {
+        ready_key(&self.names)
+    }
 }
 
 /// On a cluster, the head the index keys of slot `slot` are named under: `{head}#{tag}`, where
@@ -523,8 +582,8 @@ pub struct RedisBackend {
     /// The bound on each step of a background rebuild of the index.
     step_timeout: Duration,
     index: Arc<IndexState>,
-    /// `set`s so far, to trim the index on every [`TRIM_EVERY`]th.
-    writes: Arc<AtomicU32>,
+    /// When `set`s trim the index.
+    trims: Arc<TrimPace>,
     /// On one server, reads beyond those in flight queue and leave together (`None` on a
     /// cluster, whose reads go to different nodes, and in diagnostics).
     batch: Option<Arc<Batcher>>,
@@ -590,7 +649,7 @@ impl RedisBackend {
             indexed: options.indexed,
             step_timeout: options.step_timeout,
             index: Arc::default(),
-            writes: Arc::default(),
+            trims: Arc::default(),
             batch: options
                 .batch_timeout
                 .map(|timeout| Arc::new(Batcher::new(timeout))),
@@ -611,7 +670,7 @@ impl RedisBackend {
             indexed: options.indexed,
             step_timeout: options.step_timeout,
             index: Arc::default(),
-            writes: Arc::default(),
+            trims: Arc::default(),
             batch: None,
         }
     }
@@ -641,7 +700,6 @@ impl RedisBackend {
         Some(Filing {
             index: index::index_key(&names, place.ns),
             registry: registry_key(&names),
-            ready: ready_key(&names),
             member: place.member,
             names,
         })
@@ -818,7 +876,7 @@ impl RedisBackend {
         invocation
             .key(&filing.index)
             .key(&filing.registry)
-            .key(&filing.ready);
+            .key(filing.ready());
         (invocation, filing.member)
     }
 
@@ -1570,7 +1628,7 @@ impl Backend for RedisBackend {
             return Ok(());
         };
         // One transaction, cheaper than a script: the write, its filing, the registration, and
-        // on every `TRIM_EVERY`th write a trim of the index. A command the server refuses
+        // on some writes a trim of the index (see `TrimPace`). A command the server refuses
         // inside it (an index or registry of a foreign type, the trim script not loaded) does
         // not undo the others, so it is redone by the script, which repairs. A transaction, not
         // a plain pipeline: a pipeline's commands can be split (its connection lost after `SET`
@@ -1586,17 +1644,17 @@ impl Backend for RedisBackend {
             .arg(value)
             .arg("PX")
             .arg(ttl_ms)
+            // A member already there keeps its score: a rewrite leaves the set's order alone,
+            // and a trim that finds the key alive scores it again.
             .cmd("ZADD")
             .arg(&filing.index)
+            .arg("NX")
             .arg(now.saturating_add(ttl_ms))
             .arg(filing.member)
             .cmd("SADD")
             .arg(&filing.registry)
             .arg(&filing.index);
-        let trims = self
-            .writes
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(TRIM_EVERY);
+        let trims = self.trims.due();
         if trims {
             let key_head = &key[..key.len() - filing.member.len()];
             transaction
@@ -1630,9 +1688,13 @@ impl Backend for RedisBackend {
                 .take(3)
                 .all(|r| !matches!(r, redis::Value::ServerError(_)))
         {
-            if trims && matches!(replies.get(3), Some(redis::Value::ServerError(_))) {
-                // Most likely not loaded yet: load it for the next time.
-                let _: Result<String, _> = TRIM.prepare_invoke().load_async(&mut conn).await;
+            match replies.get(3) {
+                Some(redis::Value::Int(removed)) => self.trims.trimmed(*removed),
+                Some(redis::Value::ServerError(_)) => {
+                    // Most likely not loaded yet: load it for the next time.
+                    let _: Result<String, _> = TRIM.prepare_invoke().load_async(&mut conn).await;
+                }
+                _ => {}
             }
             return Ok(());
         }
@@ -1642,7 +1704,7 @@ impl Backend for RedisBackend {
             .key(key)
             .key(&filing.index)
             .key(&filing.registry)
-            .key(&filing.ready)
+            .key(filing.ready())
             .arg(value)
             .arg(ttl_ms)
             .arg(filing.member)
@@ -1891,6 +1953,24 @@ mod tests {
         assert!(!evicts_persistent_keys(&info(1 << 30, "volatile-lru")));
         assert!(!evicts_persistent_keys(&info(1 << 30, "noeviction")));
         assert!(!evicts_persistent_keys(&info(0, "allkeys-lru")));
+    }
+
+    #[test]
+    fn trims_back_off_to_every_128th_write_and_come_back_to_every_8th() {
+        let pace = TrimPace::default();
+        let due = |n: u32| (0..n).filter(|_| pace.due()).count();
+        assert_eq!(due(16), 2);
+        for every in [16, 32, 64, 128, 128] {
+            pace.trimmed(0);
+            assert_eq!(pace.every(), every);
+        }
+        // Counting goes on from write 16: writes 128 and 256 trim.
+        assert_eq!(due(241), 2);
+        for every in [64, 32, 16, 8, 8] {
+            pace.trimmed(3);
+            assert_eq!(pace.every(), every);
+        }
+        assert_eq!(due(64), 8);
     }
 
     #[test]
