@@ -1,47 +1,53 @@
 //! What each shape of an indexed write costs in one round trip, against a plain `SET`: the
-//! transaction `set` sends, a plain pipeline of the same commands, fewer commands, and a script.
-//! A diagnostic for the write path's design (`docs/design/0004-invalidation-index.md`), not a
-//! contender of the comparison runner.
+//! transaction `set` sends, a plain pipeline of the same commands, fewer commands, a script,
+//! and `CacheService::set` itself with the index off and on. A diagnostic for the write
+//! path's design (`docs/design/0004-invalidation-index.md`), not a contender of the comparison
+//! runner.
 //!
 //! ```text
-//! cargo run --release -p cachekit-benches --example write_shapes [CALLS_PER_ROUND]
+//! cargo run --release -p cachekit-benches --example write_shapes [CALLS]
 //! ```
 //!
-//! Sequential writes of a 1,084-byte value over 1,000 keys of one namespace, the shapes taking
-//! turns round by round (ten rounds, the first discarded); prints each shape's mean latency,
-//! its ratio to `SET` over the same rounds, and the server's time per command
-//! (`INFO commandstats`). Uses `REDIS_URL` if set, else a private `redis-server`.
+//! Sequential writes of a 1,084-byte value over 1,000 keys of one namespace. The shapes take
+//! turns call by call, in a new random order each turn, so that a noisy machine's drift
+//! reaches them alike (the first tenth of the calls warm up and are not counted). Prints each
+//! shape's mean and median latency with their ratios to `SET`, and the server's time per
+//! command (`INFO commandstats`). Uses `REDIS_URL` if set, else a private `redis-server`.
 
+use cachekit::CacheService;
+use cachekit_benches::XorShift;
 use cachekit_tests::RedisServer;
 use redis::aio::MultiplexedConnection;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-const SHAPES: [&str; 7] = [
+const SHAPES: [&str; 9] = [
     "SET",
     "MULTI SET ZADD SADD EXEC (what set sends)",
     "MULTI SET ZADD EXEC",
     "MULTI SET EXEC",
-    "pipeline SET ZADD SADD",
+    "pipeline ZADD SADD SET",
     "pipeline ZADD SET",
     "EVALSHA of SET, ZADD, SADD",
+    "CacheService::set, index off",
+    "CacheService::set",
 ];
 
 const SCRIPT: &str = "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) \
-     redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4]) \
+     redis.call('ZADD', KEYS[2], 'NX', ARGV[3], ARGV[4]) \
      redis.call('SADD', KEYS[3], KEYS[2]) return 1";
 
 const INDEX: &str = "shapes#ix:users";
 const REGISTRY: &str = "shapes#ns";
-const TTL_MS: u64 = 60_000;
+const TTL: Duration = Duration::from_secs(60);
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
     let calls: u32 = match std::env::args().nth(1).map(|n| n.parse()) {
-        None => 2_000,
-        Some(Ok(calls)) if calls > 0 => calls,
+        None => 20_000,
+        Some(Ok(calls)) if calls >= 10 => calls,
         Some(_) => {
-            eprintln!("usage: write_shapes [CALLS_PER_ROUND]");
+            eprintln!("usage: write_shapes [CALLS, at least 10]");
             return ExitCode::from(2);
         }
     };
@@ -59,30 +65,62 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(url: &str, calls: u32) -> redis::RedisResult<()> {
+/// The services of the last two shapes, on their own connections.
+struct Services {
+    unindexed: CacheService,
+    indexed: CacheService,
+}
+
+async fn run(url: &str, calls: u32) -> Result<(), Box<dyn std::error::Error>> {
     let client = redis::Client::open(url)?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let script = redis::Script::new(SCRIPT);
     let _: String = script.prepare_invoke().load_async(&mut conn).await?;
-    let value = vec![b'x'; 1_084];
-    let mut totals = [Duration::ZERO; SHAPES.len()];
-    for round in 0..10 {
-        for (shape, total) in totals.iter_mut().enumerate() {
+    let services = Services {
+        unindexed: CacheService::builder()
+            .redis_url(url)
+            .prefix("shapes-off")
+            .__diagnostic_unindexed()
+            .build()
+            .await?,
+        indexed: CacheService::builder()
+            .redis_url(url)
+            .prefix("shapes-on")
+            .build()
+            .await?,
+    };
+    // A JSON string of 1,084 bytes, as the raw shapes write.
+    let json = "x".repeat(1_082);
+    let value = serde_json::to_vec(&json)?;
+    let warmup = calls / 10;
+    let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(calls as usize); SHAPES.len()];
+    let mut order: Vec<usize> = (0..SHAPES.len()).collect();
+    let mut rng = XorShift::new(0x5EED_5A4E_0001);
+    for i in 0..calls {
+        rng.shuffle(&mut order);
+        for &shape in &order {
             let started = Instant::now();
-            for i in 0..calls {
-                write(&mut conn, &script, shape, i, &value).await?;
-            }
-            if round > 0 {
-                *total += started.elapsed();
+            write(&mut conn, &services, &script, shape, i, &value, &json).await?;
+            if i >= warmup {
+                samples[shape].push(started.elapsed().as_secs_f64() * 1e6);
             }
         }
     }
-    let per_call = |total: Duration| total.as_secs_f64() * 1e6 / f64::from(calls * 9);
-    for (name, total) in SHAPES.iter().zip(totals) {
+    let summary = |values: &mut Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        let mean = values.iter().sum::<f64>() / values.len() as f64;
+        (mean, values[values.len() / 2])
+    };
+    let figures: Vec<(f64, f64)> = samples.iter_mut().map(summary).collect();
+    println!(
+        "{:45} {:>9} {:>8} {:>9} {:>8}",
+        "", "mean", "x SET", "p50", "x SET"
+    );
+    for (name, (mean, p50)) in SHAPES.iter().zip(&figures) {
         println!(
-            "{name:45} {:7.1} µs  {:.3}x SET",
-            per_call(total),
-            total.as_secs_f64() / totals[0].as_secs_f64()
+            "{name:45} {mean:6.1} µs {:7.3}x {p50:6.1} µs {:7.3}x",
+            mean / figures[0].0,
+            p50 / figures[0].1
         );
     }
     let stats: String = redis::cmd("INFO")
@@ -101,20 +139,36 @@ async fn run(url: &str, calls: u32) -> redis::RedisResult<()> {
 
 async fn write(
     conn: &mut MultiplexedConnection,
+    services: &Services,
     script: &redis::Script,
     shape: usize,
     i: u32,
     value: &[u8],
-) -> redis::RedisResult<()> {
+    json: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
     let member = format!("users:{}", i % 1_000);
+    if shape >= 7 {
+        let cache = if shape == 7 {
+            &services.unindexed
+        } else {
+            &services.indexed
+        };
+        cache.try_set(&member, json, Some(TTL)).await?;
+        return Ok(());
+    }
     let key = format!("shapes:{member}");
-    let expires = u64::from(i) + TTL_MS;
+    let ttl_ms = TTL.as_millis() as u64;
+    let expires = u64::from(i) + ttl_ms;
     let mut pipe = redis::pipe();
     let set = |pipe: &mut redis::Pipeline| {
-        pipe.cmd("SET").arg(&key).arg(value).arg("PX").arg(TTL_MS);
+        pipe.cmd("SET").arg(&key).arg(value).arg("PX").arg(ttl_ms);
     };
     let file = |pipe: &mut redis::Pipeline| {
-        pipe.cmd("ZADD").arg(INDEX).arg(expires).arg(&member);
+        pipe.cmd("ZADD")
+            .arg(INDEX)
+            .arg("NX")
+            .arg(expires)
+            .arg(&member);
     };
     let register = |pipe: &mut redis::Pipeline| {
         pipe.cmd("SADD").arg(REGISTRY).arg(INDEX);
@@ -137,9 +191,9 @@ async fn write(
             set(&mut pipe);
         }
         4 => {
-            set(&mut pipe);
             file(&mut pipe);
             register(&mut pipe);
+            set(&mut pipe);
         }
         5 => {
             file(&mut pipe);
@@ -153,10 +207,11 @@ async fn write(
                 .arg(INDEX)
                 .arg(REGISTRY)
                 .arg(value)
-                .arg(TTL_MS)
+                .arg(ttl_ms)
                 .arg(expires)
                 .arg(&member);
         }
     }
-    pipe.exec_async(conn).await
+    pipe.exec_async(conn).await?;
+    Ok(())
 }

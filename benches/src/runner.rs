@@ -4,7 +4,7 @@ use crate::names::*;
 use crate::repo::{self, DbError, SLOW_LOAD, UserRepo};
 use crate::report::{Machine, Report, Row, Settings};
 use crate::stats::{mean, median, percentile};
-use crate::{Error, Options, PREFIX, User};
+use crate::{Error, Options, PREFIX, User, XorShift};
 use cachekit::CacheService;
 use cachekit::codec::Codec;
 use redis::AsyncConnectionConfig;
@@ -1277,30 +1277,6 @@ fn process_cpu() -> Result<Duration, Error> {
     let time = nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID)
         .map_err(|errno| Error::new(format!("clock_gettime: {errno}")))?;
     Ok(Duration::from(time))
-}
-
-/// A small deterministic random number generator (xorshift64*), for shuffling turns.
-struct XorShift(u64);
-
-impl XorShift {
-    fn new(seed: u64) -> Self {
-        Self(seed.max(1))
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Fisher-Yates.
-    fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            let j = (self.next() % (i as u64 + 1)) as usize;
-            items.swap(i, j);
-        }
-    }
 }
 
 /// A contender of the stampede.
