@@ -34,7 +34,7 @@ const SHAPES: [&str; 9] = [
 ];
 
 const SCRIPT: &str = "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) \
-     redis.call('ZADD', KEYS[2], 'NX', ARGV[3], ARGV[4]) \
+     redis.call('ZADD', KEYS[2], 'LT', ARGV[3], ARGV[4]) \
      redis.call('SADD', KEYS[3], KEYS[2]) return 1";
 
 const INDEX: &str = "shapes#ix:users";
@@ -166,7 +166,7 @@ async fn write(
     let file = |pipe: &mut redis::Pipeline| {
         pipe.cmd("ZADD")
             .arg(INDEX)
-            .arg("NX")
+            .arg("LT")
             .arg(expires)
             .arg(&member);
     };
