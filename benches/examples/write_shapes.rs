@@ -34,7 +34,7 @@ const SHAPES: [&str; 9] = [
 ];
 
 const SCRIPT: &str = "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) \
-     redis.call('ZADD', KEYS[2], 'LT', ARGV[3], ARGV[4]) \
+     redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4]) \
      redis.call('SADD', KEYS[3], KEYS[2]) return 1";
 
 const INDEX: &str = "shapes#ix:users";
@@ -164,11 +164,7 @@ async fn write(
         pipe.cmd("SET").arg(&key).arg(value).arg("PX").arg(ttl_ms);
     };
     let file = |pipe: &mut redis::Pipeline| {
-        pipe.cmd("ZADD")
-            .arg(INDEX)
-            .arg("LT")
-            .arg(expires)
-            .arg(&member);
+        pipe.cmd("ZADD").arg(INDEX).arg(expires).arg(&member);
     };
     let register = |pipe: &mut redis::Pipeline| {
         pipe.cmd("SADD").arg(REGISTRY).arg(INDEX);

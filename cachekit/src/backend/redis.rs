@@ -1644,13 +1644,11 @@ impl Backend for RedisBackend {
             .arg(value)
             .arg("PX")
             .arg(ttl_ms)
-            // A member already there keeps a score no later than this one: a rewrite with the
-            // same TTL leaves the set's order alone (a trim that finds the key alive scores it
-            // again), and one that ends sooner than the member says (a shorter TTL, an entry
-            // filed without a TTL as `inf`) brings it forward, so the entry leaves once gone.
+            // Every write scores its member by its own expiry, so a rewritten entry is never a
+            // trim candidate before it may have expired (which `LT` or `NX` would make it, for
+            // trims to score again).
             .cmd("ZADD")
             .arg(&filing.index)
-            .arg("LT")
             .arg(now.saturating_add(ttl_ms))
             .arg(filing.member)
             .cmd("SADD")
