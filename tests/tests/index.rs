@@ -39,6 +39,16 @@ async fn indexed_at(url: String, prefix: &str) -> CacheService {
     cache
 }
 
+/// The score of `member` in the sorted set `key`, if it is there.
+async fn zscore(conn: &mut MultiplexedConnection, key: &str, member: &str) -> Option<f64> {
+    redis::cmd("ZSCORE")
+        .arg(key)
+        .arg(member)
+        .query_async(conn)
+        .await
+        .expect("ZSCORE")
+}
+
 async fn zcard(conn: &mut MultiplexedConnection, key: &str) -> u64 {
     redis::cmd("ZCARD")
         .arg(key)
@@ -440,12 +450,7 @@ async fn an_entry_filed_without_a_ttl_leaves_the_index_once_written_with_one_and
     // in line for trimming.
     raw::set(&mut conn, "app:legacy:1", "1").await;
     let cache = indexed(&server, "app").await;
-    let score: Option<f64> = redis::cmd("ZSCORE")
-        .arg("app#ix:legacy")
-        .arg("legacy:1")
-        .query_async(&mut conn)
-        .await
-        .expect("ZSCORE");
+    let score = zscore(&mut conn, "app#ix:legacy", "legacy:1").await;
     assert_eq!(score, Some(f64::INFINITY));
     // Written again with a TTL, it expires; the trims of later writes find it gone.
     let ttl = Some(Duration::from_millis(20));
@@ -454,12 +459,7 @@ async fn an_entry_filed_without_a_ttl_leaves_the_index_once_written_with_one_and
     for i in 0..200 {
         assert!(cache.set(&format!("legacy:n{i}"), &i, ttl).await);
     }
-    let score: Option<f64> = redis::cmd("ZSCORE")
-        .arg("app#ix:legacy")
-        .arg("legacy:1")
-        .query_async(&mut conn)
-        .await
-        .expect("ZSCORE");
+    let score = zscore(&mut conn, "app#ix:legacy", "legacy:1").await;
     assert_eq!(score, None, "the member of an expired entry stayed");
 }
 
@@ -768,12 +768,7 @@ async fn a_write_cut_after_its_set_leaves_nothing_an_invalidation_misses() {
         "the cut write succeeded"
     );
     assert!(tripwire.has_fired(), "the write was not cut");
-    let filed: Option<f64> = redis::cmd("ZSCORE")
-        .arg("cut#ix:users")
-        .arg("users:1")
-        .query_async(&mut conn)
-        .await
-        .expect("ZSCORE");
+    let filed = zscore(&mut conn, "cut#ix:users", "users:1").await;
     assert!(
         !raw::exists(&mut conn, "cut:users:1").await || filed.is_some(),
         "the entry was stored and not filed"
