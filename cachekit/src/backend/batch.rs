@@ -459,6 +459,20 @@ mod tests {
         drop((a, b, c, d));
     }
 
+    /// A launch for the tests that check where batches are sent: notes the flavour of the
+    /// runtime each batch would be sent on, and sends nothing.
+    fn record_runtime(
+        sent_on: &Mutex<Vec<Option<RuntimeFlavor>>>,
+        batch: Vec<Waiting>,
+        runtime: Option<Handle>,
+    ) {
+        sent_on
+            .lock()
+            .unwrap()
+            .push(runtime.map(|runtime| runtime.runtime_flavor()));
+        mem::forget(batch);
+    }
+
     /// A batch is sent on the runtime its slot was taken on, wherever the read that held the
     /// slot ended: reads queued behind it never wait for a runtime their reader did not use.
     #[test]
@@ -466,13 +480,7 @@ mod tests {
         let (threaded, single) = runtimes();
         let batcher = batcher();
         let sent_on = Mutex::new(Vec::new());
-        let launch = |batch: Vec<Waiting>, runtime: Option<Handle>| {
-            sent_on
-                .lock()
-                .unwrap()
-                .push(runtime.map(|runtime| runtime.runtime_flavor()));
-            mem::forget(batch);
-        };
+        let launch = |batch, runtime| record_runtime(&sent_on, batch, runtime);
         let on_threaded = threaded.enter();
         let (a, b) = (
             batcher.enter(&"a".into(), &launch),
@@ -499,13 +507,7 @@ mod tests {
         let (_threaded, single) = runtimes();
         let batcher = batcher();
         let sent_on = Mutex::new(Vec::new());
-        let launch = |batch: Vec<Waiting>, runtime: Option<Handle>| {
-            sent_on
-                .lock()
-                .unwrap()
-                .push(runtime.map(|runtime| runtime.runtime_flavor()));
-            mem::forget(batch);
-        };
+        let launch = |batch, runtime| record_runtime(&sent_on, batch, runtime);
         let on_single = single.enter();
         let a = batcher.enter(&"a".into(), &launch); // takes the note
         let b = batcher.enter(&"b".into(), &launch);

@@ -386,10 +386,11 @@ const SCAN_COUNT: u64 = 1000;
 /// How many keys one `UNLINK` removes at most.
 const UNLINK_BATCH: usize = 1000;
 
-/// Every how many `set`s one trims the index it files in, at most: while trims find work.
+/// A `set` trims the index it files in with a chance of one in this many while trims find
+/// work (see [`TrimPace`]).
 const TRIM_EVERY_MIN: u32 = 8;
-/// Every how many `set`s one trims, at least: while trims find nothing. At most one member is
-/// filed per write, so trims of up to [`TRIM_LIMIT`] keep up even this far apart.
+/// ... and of one in this many while they find nothing. At most one member is filed per write,
+/// so trims of up to [`TRIM_LIMIT`] keep up even this rarely.
 const TRIM_EVERY_MAX: u32 = 128;
 /// How many members a trim run by `set` drops at most.
 const TRIM_LIMIT: u32 = 128;
