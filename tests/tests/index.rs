@@ -443,6 +443,43 @@ async fn trims_grow_rare_while_they_find_nothing_and_frequent_again_once_entries
 }
 
 #[tokio::test]
+async fn an_entry_rewritten_past_its_first_expiry_stays_filed_and_is_invalidated() {
+    let server = RedisServer::start();
+    let mut conn = server.connection().await;
+    let cache = indexed(&server, "app").await;
+    // A rewrite keeps its member's lowest score, so an entry written again and again turns a
+    // trim candidate once its first expiry passes. Other entries of the namespace expire
+    // meanwhile, and keep trims coming: they score it again, and never drop it while it
+    // lives (it is rewritten every 10 ms or so, with a TTL of 100 ms).
+    let ttl = Some(Duration::from_millis(100));
+    assert!(cache.set("hot:1", &0, ttl).await);
+    let first = zscore(&mut conn, "app#ix:hot", "hot:1")
+        .await
+        .expect("the entry was filed");
+    let mut score = first;
+    for i in 0..50 {
+        assert!(cache.set("hot:1", &i, ttl).await);
+        for j in 0..20 {
+            let key = format!("hot:churn{i}-{j}");
+            assert!(cache.set(&key, &j, Some(Duration::from_millis(5))).await);
+        }
+        score = zscore(&mut conn, "app#ix:hot", "hot:1")
+            .await
+            .unwrap_or_else(|| panic!("the member of a live entry left the index (round {i})"));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        score > first,
+        "no trim scored it again ({score} <= {first})"
+    );
+    cache
+        .try_invalidate_pattern("hot:*")
+        .await
+        .expect("invalidate");
+    assert!(!raw::exists(&mut conn, "app:hot:1").await);
+}
+
+#[tokio::test]
 async fn an_entry_filed_without_a_ttl_leaves_the_index_once_written_with_one_and_gone() {
     let server = RedisServer::start();
     let mut conn = server.connection().await;
