@@ -148,6 +148,10 @@ pub mod names {
     pub const SERVICE_SET: &str = "cachekit CacheService::set";
     /// redis-rs `SET ... PX` of `serde_json::to_vec` of the record.
     pub const RAW_SET: &str = "redis-rs serde_json + SET PX (multiplexed)";
+    /// The same `SET` filed by hand as `CacheService::set` files it: one transaction of
+    /// `SET`, `ZADD LT` into the namespace's index and `SADD` into the registry. The floor of
+    /// an atomic indexed write, beside the service's.
+    pub const RAW_SET_FILED: &str = "redis-rs serde_json + MULTI SET ZADD SADD EXEC";
     /// `CacheService::get_or_load` missing, with the index off: the fill scenario's baseline.
     pub const SERVICE_FILL_UNINDEXED: &str = "cachekit get_or_load miss, index off";
     /// `CacheService::get_or_load` missing: the lease and the fill file the key in the index.

@@ -14,7 +14,7 @@ use redis::aio::{
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// What cachekit gives `set_pipeline_buffer_size` (`backend/redis.rs`); redis-rs's default is 50.
 const PIPELINE_BUFFER: usize = 1024;
@@ -908,7 +908,8 @@ impl Runner {
 
     /// Sequential writes and fills, the contenders taking turns call by call: what filing an
     /// entry in the invalidation index adds to a write, against the same service with the
-    /// index off.
+    /// index off; and beside them the same writes by hand on redis-rs, a plain `SET` and the
+    /// transaction that files it, whose ratio is the floor of the service's.
     async fn writes(&mut self) -> Result<(), Error> {
         let (indexed, unindexed) = (
             self.service_with(true).await?,
@@ -918,6 +919,7 @@ impl Runner {
             Write::Set(unindexed.clone(), "writes_off"),
             Write::Set(indexed.clone(), "writes"),
             Write::Raw(self.raw_connection().await?),
+            Write::RawFiled(self.raw_connection().await?),
         ];
         let latencies = self
             .take_turns(SEQUENTIAL_WRITE, &mut sets, 0x5EED_3217_E417)
@@ -1520,6 +1522,8 @@ static RECORD: LazyLock<User> = LazyLock::new(|| User::sample(HIT_ID));
 enum Write {
     /// redis-rs `SET ... PX` of the record's JSON, over 1,000 keys.
     Raw(MultiplexedConnection),
+    /// The same `SET`, filed in an index in one transaction as `CacheService::set` files it.
+    RawFiled(MultiplexedConnection),
     /// `CacheService::set` over 1,000 keys of a namespace.
     Set(CacheService, &'static str),
     /// `CacheService::get_or_load` of a new key of a namespace: a miss, a lease, the loader
@@ -1531,6 +1535,7 @@ impl Write {
     fn name(&self) -> &'static str {
         match self {
             Self::Raw(_) => RAW_SET,
+            Self::RawFiled(_) => RAW_SET_FILED,
             // The contenders with the index off write namespaces named `*_off`.
             Self::Set(_, ns) if ns.ends_with("_off") => SERVICE_SET_UNINDEXED,
             Self::Set(..) => SERVICE_SET,
@@ -1556,6 +1561,32 @@ impl Contender for Write {
                     .arg(json)
                     .arg("PX")
                     .arg(TTL_MS)
+                    .exec_async(conn)
+                    .await?;
+            }
+            Self::RawFiled(conn) => {
+                let json = serde_json::to_vec(user)?;
+                let member = format!("writes_raw_filed:{}", n % 1000);
+                let index = format!("{PREFIX}#ix:writes_raw_filed");
+                let expires = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |since| since.as_millis())
+                    + u128::from(TTL_MS);
+                redis::pipe()
+                    .atomic()
+                    .cmd("SET")
+                    .arg(format!("{PREFIX}:{member}"))
+                    .arg(json)
+                    .arg("PX")
+                    .arg(TTL_MS)
+                    .cmd("ZADD")
+                    .arg(&index)
+                    .arg("LT")
+                    .arg(expires.to_string())
+                    .arg(&member)
+                    .cmd("SADD")
+                    .arg(format!("{PREFIX}#ns"))
+                    .arg(&index)
                     .exec_async(conn)
                     .await?;
             }
