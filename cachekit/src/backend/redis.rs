@@ -29,7 +29,7 @@ end
 /// member`) no longer exists, and scores the others again from their remaining TTL. Scores are
 /// expiry times from the writers' clocks, and `set` keeps the lowest (`ZADD LT`), so they only
 /// order the candidates: a member leaves only once its key is gone. Returns how many it
-/// dropped or scored again: its work.
+/// dropped (members scored again are not counted: see [`TrimPace`]).
 const TRIM_FN: &str = r"local function trim(ix, head, now, limit)
   local old = redis.call('ZRANGEBYSCORE', ix, '-inf', '(' .. now, 'LIMIT', 0, limit)
   local gone = {}
@@ -44,7 +44,7 @@ const TRIM_FN: &str = r"local function trim(ix, head, now, limit)
     end
   end
   if #gone > 0 then redis.call('ZREM', ix, unpack(gone)) end
-  return #old
+  return #gone
 end
 ";
 
@@ -91,8 +91,7 @@ return 1"
 /// Trim the index `KEYS[1]`, then one index drawn at random from the registry `KEYS[2]`, so
 /// that a namespace no longer written is emptied too, and leaves the registry once it and its
 /// drain set are gone. `ARGV`: `{head}:`, now in ms, how many members at most, `{head}`.
-/// Returns how many members it dropped or scored again and registrations it removed: whether
-/// there was work.
+/// Returns how many members and registrations it removed: whether there was work.
 static TRIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{TRIM_FN}local n = trim(KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]))
@@ -391,16 +390,22 @@ const UNLINK_BATCH: usize = 1000;
 /// A `set` trims the index it files in with a chance of one in this many while trims find
 /// work (see [`TrimPace`]).
 const TRIM_EVERY_MIN: u32 = 8;
-/// ... and of one in this many while they find nothing. At most one member is filed per write,
-/// so trims of up to [`TRIM_LIMIT`] keep up even this rarely.
+/// ... and of one in this many while they find nothing. Each write makes at most one trim
+/// candidate (a new member, or a rewrite past its member's score), so trims of up to
+/// [`TRIM_LIMIT`] keep up even this rarely.
 const TRIM_EVERY_MAX: u32 = 128;
-/// How many members a trim run by `set` drops at most.
+/// How many trim candidates a trim run by `set` looks at (drops, or scores again) at most.
 const TRIM_LIMIT: u32 = 128;
 
 /// When `set` trims the index: each write with a chance of one in `every`, `every` halving
-/// (down to [`TRIM_EVERY_MIN`]) after a trim that found work (members to drop or score again)
-/// and doubling (up to [`TRIM_EVERY_MAX`]) after one that found none. So short TTLs are trimmed
-/// as often as they expire, and writes whose entries live long pay for a trim script rarely.
+/// (down to [`TRIM_EVERY_MIN`]) after a trim that removed something and doubling (up to
+/// [`TRIM_EVERY_MAX`]) after one that removed nothing. So short TTLs are trimmed as often as
+/// they expire, and writes whose entries live long pay for a trim script rarely.
+///
+/// A member a trim scores again (its entry rewritten after its filed expiry, which `ZADD LT`
+/// leaves) is not counted: each write makes at most one trim candidate, so trims keep up at
+/// any pace, and counting them would hold a namespace whose entries are rewritten a few times
+/// per TTL at one trim in 8 writes for nothing removed.
 ///
 /// A draw, not every `every`th write: a trim is of the index the write files in, and a process
 /// whose writes take turns between namespaces (one long-lived, one short) would otherwise trim
@@ -426,12 +431,12 @@ impl TrimPace {
         fastrand::u32(..self.every.load(Ordering::Relaxed)) == 0
     }
 
-    /// Notes how much work a trim found.
-    fn trimmed(&self, work: i64) {
+    /// Notes what a trim removed.
+    fn trimmed(&self, removed: i64) {
         let _ = self
             .every
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |every| {
-                Some(if work > 0 {
+                Some(if removed > 0 {
                     (every / 2).max(TRIM_EVERY_MIN)
                 } else {
                     (every * 2).min(TRIM_EVERY_MAX)
@@ -1650,8 +1655,8 @@ impl Backend for RedisBackend {
             // `LT`: a rewrite that would only push its member's score later leaves it, which
             // spares the server moving it in the sorted set. The member turns a trim candidate
             // once that first expiry passes, and the trim scores it again from the key's TTL
-            // (once per TTL at most, each time after a write). A lower score, or `inf` of an
-            // entry filed without a TTL, is taken.
+            // (so once per TTL at most while clocks agree). A lower score replaces the one
+            // filed, as it does `inf` (an entry filed without a TTL).
             .cmd("ZADD")
             .arg(&filing.index)
             .arg("LT")
@@ -1695,7 +1700,7 @@ impl Backend for RedisBackend {
                 .all(|r| !matches!(r, redis::Value::ServerError(_)))
         {
             match replies.get(3) {
-                Some(redis::Value::Int(work)) => self.trims.trimmed(*work),
+                Some(redis::Value::Int(removed)) => self.trims.trimmed(*removed),
                 Some(redis::Value::ServerError(_)) => {
                     // Most likely not loaded yet: load it for the next time.
                     let _: Result<String, _> = TRIM.prepare_invoke().load_async(&mut conn).await;
