@@ -104,7 +104,7 @@ fn quick_mode_reports_every_figure() {
         );
     }
 
-    for contender in [SERVICE_SET_UNINDEXED, SERVICE_SET, RAW_SET] {
+    for contender in [SERVICE_SET_UNINDEXED, SERVICE_SET, RAW_SET, RAW_SET_FILED] {
         for figure in ["mean", "p50", "p99"] {
             ratio(SEQUENTIAL_WRITE, contender, figure);
         }
