@@ -391,8 +391,8 @@ const UNLINK_BATCH: usize = 1000;
 /// work (see [`TrimPace`]).
 const TRIM_EVERY_MIN: u32 = 8;
 /// ... and of one in this many while they find nothing. Each write makes at most one trim
-/// candidate (a new member, or a rewrite past its member's score), so trims of up to
-/// [`TRIM_LIMIT`] keep up even this rarely.
+/// candidate (its member if new, or if a trim scored it again before this rewrite: `ZADD LT`
+/// leaves a score otherwise), so trims of up to [`TRIM_LIMIT`] keep up even this rarely.
 const TRIM_EVERY_MAX: u32 = 128;
 /// How many trim candidates a trim run by `set` looks at (drops, or scores again) at most.
 const TRIM_LIMIT: u32 = 128;
