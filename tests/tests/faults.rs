@@ -284,7 +284,15 @@ async fn an_invalidation_lost_to_a_cut_connection_is_applied_before_the_next_rea
 async fn one_poison_value_does_not_take_the_cache_down() {
     init_tracing();
     let server = RedisServer::start();
-    let mut conn = server.connection().await;
+    // Writing 20 MB can outlast redis-rs's default response timeout (500 ms) on a loaded
+    // machine: this connection only sets up and checks, so it waits longer.
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
+    let mut conn = server
+        .client()
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("a connection to redis-server");
     let cache = CacheService::builder()
         .redis_url(server.url())
         .prefix("poison")
