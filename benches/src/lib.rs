@@ -19,12 +19,10 @@ mod repo;
 mod report;
 mod runner;
 mod stats;
-mod turns;
 
 pub use record::{Address, Preferences, User};
 pub use repo::{DbError, SLOW_LOAD, UserRepo};
 pub use report::{Machine, Report, Row, Settings};
-pub use turns::XorShift;
 
 use cachekit_tests::RedisServer;
 use std::fmt;

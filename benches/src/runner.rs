@@ -4,7 +4,7 @@ use crate::names::*;
 use crate::repo::{self, DbError, SLOW_LOAD, UserRepo};
 use crate::report::{Machine, Report, Row, Settings};
 use crate::stats::{mean, median, percentile};
-use crate::{Error, Options, PREFIX, User, XorShift};
+use crate::{Error, Options, PREFIX, User};
 use cachekit::CacheService;
 use cachekit::codec::Codec;
 use redis::AsyncConnectionConfig;
@@ -674,7 +674,7 @@ impl Runner {
         }
         let n = contenders.len();
         let mut order: Vec<usize> = (0..n).collect();
-        let mut rng = XorShift::new(seed);
+        let mut rng = fastrand::Rng::with_seed(seed);
         let mut latencies: Latencies = vec![Vec::new(); n];
         for round in 0..plan.sequential_rounds {
             if round % 10 == 0 {

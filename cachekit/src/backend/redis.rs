@@ -387,8 +387,8 @@ const SCAN_COUNT: u64 = 1000;
 /// How many keys one `UNLINK` removes at most.
 const UNLINK_BATCH: usize = 1000;
 
-/// A `set` trims the index it files in with a chance of one in this many while trims find
-/// work (see [`TrimPace`]).
+/// A `set` trims the index it files in with a chance of one in this many while trims remove
+/// something (see [`TrimPace`]).
 const TRIM_EVERY_MIN: u32 = 8;
 /// ... and of one in this many while they find nothing. Each write makes at most one trim
 /// candidate (its member if new, or if a trim scored it again before this rewrite: `ZADD LT`
